@@ -1,0 +1,11 @@
+//! `campaign`: segment a donor export into a run directory, then render and send it.
+//!
+//! The binary in `main.rs` only parses arguments and maps results to exit codes; everything a
+//! test might want to call lives here.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod csvio;
+pub mod email;
+pub mod rules;
+pub mod schema;

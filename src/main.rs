@@ -1,0 +1,3 @@
+//! The `campaign` binary.
+
+fn main() {}
