@@ -5,7 +5,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod campaign;
+pub mod cli;
+pub mod cmd;
 pub mod csvio;
 pub mod email;
+pub mod exit;
+pub mod manifest;
 pub mod rules;
+pub mod rundir;
 pub mod schema;
+pub mod segment;
+pub mod suppress;

@@ -1,0 +1,351 @@
+//! The campaign file: what a campaign is called, how its columns are typed, and its ordered
+//! segments.
+//!
+//! Owns reading and checking the TOML a marketer writes, into validated types
+//! ([`CampaignId`], [`SegmentName`], [`SegmentDef`]). It never looks at donor data: rules are
+//! kept as text here and compiled against the donor file's header by [`crate::rules`].
+//!
+//! # Format
+//! ```toml
+//! [campaign]
+//! id = "spring-gala-2026"        # required; letters, digits, '.', '_', '-'
+//! name = "Spring Gala 2026"      # optional, for templates
+//! email_column = "email"         # optional, default "email"
+//!
+//! [columns]                      # optional; undeclared columns are text
+//! total_given = "number"         # number | date | bool | text
+//! last_gift_date = "date"
+//!
+//! [[segment]]                    # one or more, tried in order, first match wins
+//! name = "major"                 # required; becomes a directory name
+//! when = "total_given >= 1000"   # optional; a segment without `when` takes everyone left
+//! template = "major"             # optional, defaults to the segment name
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::schema::ColumnType;
+
+/// A checked name usable as a directory and file name on any system: ASCII letters, digits,
+/// `.`, `_` and `-`, not starting with `.` or `-`, at most 64 characters.
+fn check_name(what: &str, s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    if s.len() > 64 {
+        return Err(format!("{what} {s:?} is longer than 64 characters"));
+    }
+    if s.starts_with('.') || s.starts_with('-') {
+        return Err(format!(
+            "{what} {s:?} starts with '{}'; start it with a letter or digit",
+            &s[..1]
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "{what} {s:?} contains {c:?}; use only letters, digits, '.', '_' and '-' (it becomes a directory name)"
+        ));
+    }
+    Ok(())
+}
+
+/// A campaign's identifier; it appears in the manifest, paths and Message-IDs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct CampaignId(String);
+
+impl CampaignId {
+    /// Checks `s` is a safe identifier.
+    pub fn new(s: &str) -> Result<Self, String> {
+        check_name("campaign id", s)?;
+        Ok(CampaignId(s.to_owned()))
+    }
+
+    /// The identifier text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CampaignId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A segment's name; it becomes the directory `RUN/segments/<name>/`, so it can hold no path
+/// separator and no `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct SegmentName(String);
+
+impl SegmentName {
+    /// Checks `s` is a safe directory name.
+    pub fn new(s: &str) -> Result<Self, String> {
+        check_name("segment name", s)?;
+        Ok(SegmentName(s.to_owned()))
+    }
+
+    /// The name text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SegmentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One segment as written in the campaign file.
+#[derive(Debug, Clone)]
+pub struct SegmentDef {
+    /// The segment's name.
+    pub name: SegmentName,
+    /// The rule text; `None` takes every donor not matched by an earlier segment.
+    pub when: Option<String>,
+    /// The template the segment's donors receive.
+    pub template: String,
+}
+
+/// A checked campaign file.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The campaign's identifier.
+    pub id: CampaignId,
+    /// A display name for templates.
+    pub name: Option<String>,
+    /// The header of the column holding donors' email addresses.
+    pub email_column: String,
+    /// Declared column types, in file order.
+    pub columns: Vec<(String, ColumnType)>,
+    /// Segments in the order they are tried.
+    pub segments: Vec<SegmentDef>,
+}
+
+/// Why a campaign file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CampaignError {
+    /// The file could not be read.
+    #[error("cannot read campaign file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unexpected keys.
+    #[error("campaign file {}: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is not acceptable.
+    #[error("campaign file {}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    campaign: CampaignToml,
+    #[serde(default)]
+    columns: BTreeMap<String, ColumnType>,
+    #[serde(default)]
+    segment: Vec<SegmentToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CampaignToml {
+    id: String,
+    name: Option<String>,
+    email_column: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentToml {
+    name: String,
+    when: Option<String>,
+    template: Option<String>,
+}
+
+impl Campaign {
+    /// Reads and checks a campaign file.
+    pub fn load(path: &Path) -> Result<Campaign, CampaignError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CampaignError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Campaign::parse(path, &text)
+    }
+
+    /// Checks campaign file text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Campaign, CampaignError> {
+        let invalid = |message: String| CampaignError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let file: FileToml = toml::from_str(text).map_err(|e| CampaignError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let id =
+            CampaignId::new(&file.campaign.id).map_err(|m| invalid(format!("[campaign] {m}")))?;
+        let email_column = file
+            .campaign
+            .email_column
+            .unwrap_or_else(|| "email".to_owned());
+        if email_column.trim().is_empty() {
+            return Err(invalid("[campaign] email_column is empty".into()));
+        }
+        if let Some(ty) = file.columns.get(&email_column)
+            && *ty != ColumnType::Text
+        {
+            return Err(invalid(format!(
+                "[columns] declares the email column {email_column:?} as {ty}; it holds addresses, so remove that line"
+            )));
+        }
+        if file.segment.is_empty() {
+            return Err(invalid(
+                "no segments: add at least one [[segment]] with a name (and usually a `when` rule)"
+                    .into(),
+            ));
+        }
+        let mut segments: Vec<SegmentDef> = Vec::with_capacity(file.segment.len());
+        for (i, s) in file.segment.into_iter().enumerate() {
+            let n = i + 1;
+            let name =
+                SegmentName::new(&s.name).map_err(|m| invalid(format!("segment {n}: {m}")))?;
+            if let Some(prev) = segments.iter().position(|p| p.name == name) {
+                return Err(invalid(format!(
+                    "segments {} and {n} are both named {:?}; segment names must be unique",
+                    prev + 1,
+                    name.as_str()
+                )));
+            }
+            if let Some(catch_all) = segments.iter().find(|p| p.when.is_none()) {
+                return Err(invalid(format!(
+                    "segment {n} {:?} can never match: segment {:?} before it has no `when` rule and takes every remaining donor; move the catch-all last",
+                    name.as_str(),
+                    catch_all.name.as_str()
+                )));
+            }
+            if let Some(w) = &s.when
+                && w.trim().is_empty()
+            {
+                return Err(invalid(format!(
+                    "segment {n} {:?} has an empty `when`; write a rule, or remove the line to take every remaining donor",
+                    name.as_str()
+                )));
+            }
+            let template = match s.template {
+                Some(t) => {
+                    check_name("template name", &t)
+                        .map_err(|m| invalid(format!("segment {n} {:?}: {m}", name.as_str())))?;
+                    t
+                }
+                None => name.as_str().to_owned(),
+            };
+            segments.push(SegmentDef {
+                name,
+                when: s.when,
+                template,
+            });
+        }
+        Ok(Campaign {
+            path: path.to_owned(),
+            id,
+            name: file.campaign.name,
+            email_column,
+            columns: file.columns.into_iter().collect(),
+            segments,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Campaign, String> {
+        Campaign::parse(Path::new("c.toml"), text).map_err(|e| e.to_string())
+    }
+
+    const GOOD: &str = r#"
+[campaign]
+id = "gala-2026"
+[columns]
+total_given = "number"
+last = "date"
+[[segment]]
+name = "major"
+when = "total_given >= 1000"
+[[segment]]
+name = "rest"
+template = "general"
+"#;
+
+    #[test]
+    fn reads_a_good_file() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.id.as_str(), "gala-2026");
+        assert_eq!(c.email_column, "email");
+        assert_eq!(
+            c.columns,
+            vec![
+                ("last".to_owned(), ColumnType::Date),
+                ("total_given".to_owned(), ColumnType::Number)
+            ]
+        );
+        assert_eq!(c.segments[0].template, "major");
+        assert_eq!(c.segments[1].template, "general");
+        assert!(c.segments[1].when.is_none());
+    }
+
+    #[test]
+    fn refuses_unsafe_segment_names() {
+        for bad in ["../x", "a/b", "..", ".hidden", "a b", "", "a\\b"] {
+            let text = GOOD.replace("\"major\"", &format!("{bad:?}"));
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains("segment 1: segment name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_duplicates_unreachable_and_typos() {
+        let dup = GOOD.replace("\"rest\"", "\"major\"");
+        assert!(parse(&dup).unwrap_err().contains("both named \"major\""));
+        let after_catch_all = format!("{GOOD}[[segment]]\nname = \"late\"\nwhen = \"true\"\n");
+        assert!(
+            parse(&after_catch_all)
+                .unwrap_err()
+                .contains("segment 3 \"late\" can never match")
+        );
+        let typo = GOOD.replace("template =", "templat =");
+        let err = parse(&typo).unwrap_err();
+        assert!(err.contains("c.toml") && err.contains("templat"), "{err}");
+        let bad_type = GOOD.replace("\"number\"", "\"money\"");
+        assert!(parse(&bad_type).unwrap_err().contains("money"));
+        let none = "[campaign]\nid = \"x\"\n";
+        assert!(parse(none).unwrap_err().contains("no segments"));
+    }
+}

@@ -1,0 +1,233 @@
+//! `campaign segment`: flags, output and exit codes around [`crate::segment`].
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args as ClapArgs;
+use jiff::civil::Date;
+
+use crate::campaign::Campaign;
+use crate::exit::{Code, Error};
+use crate::manifest::Manifest;
+use crate::segment::{self, SegmentError, SegmentOptions};
+
+/// Flags of `campaign segment`.
+#[derive(Debug, ClapArgs)]
+pub struct Args {
+    /// The donor export: CSV with a header line, UTF-8 (a BOM is fine), LF or CRLF.
+    #[arg(value_name = "DONORS.csv")]
+    pub donors: PathBuf,
+
+    /// The campaign file (TOML): campaign id, column types and ordered segment rules.
+    #[arg(long, value_name = "CAMPAIGN.toml")]
+    pub campaign: PathBuf,
+
+    /// The run directory to create. It must not exist yet (see --force).
+    #[arg(long, value_name = "RUN_DIR", required_unless_present = "explain")]
+    pub out: Option<PathBuf>,
+
+    /// A suppression list: one address per line (`@domain` lines suppress a domain, `#`
+    /// starts a comment) or a CSV with an `email` column. Repeat for several lists.
+    #[arg(long, value_name = "FILE")]
+    pub suppress: Vec<PathBuf>,
+
+    /// Donors per chunk file; chunks are the unit of work for `send`.
+    #[arg(long, value_name = "N", default_value_t = segment::DEFAULT_CHUNK_SIZE,
+          value_parser = parse_chunk_size)]
+    pub chunk_size: usize,
+
+    /// The date `today` means in rules, so a re-run gives the same segments. Default: the
+    /// current local date.
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub as_of: Option<Date>,
+
+    /// Replace RUN_DIR if it is a run that has not started sending. A run with a delivery
+    /// ledger is never replaced.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the summary as JSON on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Show, for the donor with this address, where each of their rows goes and each rule's
+    /// verdict with the values it compared. Writes nothing; --out is not needed.
+    #[arg(long, value_name = "EMAIL")]
+    pub explain: Option<String>,
+
+    /// Refuse to write a run when more than this share of rows fails validation (0 to 1):
+    /// a broken export must not become half a campaign.
+    #[arg(long, value_name = "FRACTION", default_value_t = segment::DEFAULT_MAX_REJECT_RATE,
+          value_parser = parse_fraction)]
+    pub max_reject_rate: f64,
+
+    /// The column holding email addresses, overriding `email_column` in the campaign file.
+    #[arg(long, value_name = "NAME")]
+    pub email_column: Option<String>,
+
+    /// No progress bar even on a terminal.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn parse_chunk_size(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number from 1 to 10000000")),
+    }
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a fraction from 0 to 1 (for example 0.05 for 5%)"
+        )),
+    }
+}
+
+/// Runs `campaign segment`.
+pub fn run(args: Args) -> Result<Code, Error> {
+    let mut campaign = Campaign::load(&args.campaign).map_err(|e| Error::new(Code::Usage, e))?;
+    if let Some(col) = args.email_column {
+        campaign.email_column = col;
+    }
+    let as_of = match args.as_of {
+        Some(d) => d,
+        None => jiff::ZonedDateTime::now().date(),
+    };
+    let opts = SegmentOptions {
+        donors: args.donors,
+        campaign,
+        suppress: args.suppress,
+        out: args.out.clone().unwrap_or_default(),
+        chunk_size: args.chunk_size,
+        as_of,
+        force: args.force,
+        max_reject_rate: args.max_reject_rate,
+    };
+    if let Some(email) = &args.explain {
+        let text = segment::explain(&opts, email).map_err(map_error)?;
+        print_out(&text)?;
+        return Ok(Code::Success);
+    }
+    let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
+        let size = std::fs::metadata(&opts.donors)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let pb = indicatif::ProgressBar::new(size);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} segmenting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        pb
+    });
+    let result = segment::run(&opts, progress.as_ref());
+    if let Some(pb) = progress {
+        pb.finish_and_clear();
+    }
+    let report = result.map_err(map_error)?;
+    for w in &report.warnings {
+        eprintln!("campaign: warning: {}", crate::exit::escape_controls(w));
+    }
+    let text = if args.json {
+        summary_json(&report.manifest, &opts.out, &report.warnings)
+    } else {
+        summary_table(&report.manifest, &opts.out)
+    };
+    print_out(&text)?;
+    Ok(Code::Success)
+}
+
+fn map_error(e: SegmentError) -> Error {
+    let code = match &e {
+        SegmentError::TooManyRejected(_) | SegmentError::NoRows(_) | SegmentError::Replace(_) => {
+            Code::Refused
+        }
+        SegmentError::Config(_) => Code::Usage,
+        SegmentError::Other(_) => Code::Failure,
+    };
+    Error::new(code, e)
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn print_out(text: &str) -> Result<(), Error> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to stdout").map_err(Error::from),
+    }
+}
+
+fn summary_table(m: &Manifest, out: &std::path::Path) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{}: campaign {}, as of {}, {} donor rows read",
+        out.display(),
+        m.campaign_id,
+        m.as_of,
+        m.input.data_rows
+    );
+    let w = m
+        .segments
+        .iter()
+        .map(|g| g.name.len())
+        .chain([7])
+        .max()
+        .unwrap_or(7);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>9}  {:>6}  template",
+        "segment", "donors", "chunks"
+    );
+    for g in &m.segments {
+        let _ = writeln!(
+            s,
+            "{:<w$}  {:>9}  {:>6}  {}",
+            g.name,
+            g.rows,
+            g.chunks.len(),
+            g.template
+        );
+    }
+    let _ = writeln!(s, "{:<w$}  {:>9}", "total", m.segmented());
+    let d = &m.dropped;
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "dropped: {} rejected, {} duplicate, {} suppressed, {} unmatched (each listed with its line and reason in {}/dropped/)",
+        d.rejected,
+        d.duplicate,
+        d.suppressed,
+        d.unmatched,
+        out.display()
+    );
+    s
+}
+
+fn summary_json(m: &Manifest, out: &std::path::Path, warnings: &[String]) -> String {
+    let v = serde_json::json!({
+        "run": out.display().to_string(),
+        "campaign_id": m.campaign_id,
+        "as_of": m.as_of,
+        "data_rows": m.input.data_rows,
+        "segments": m.segments.iter().map(|g| serde_json::json!({
+            "name": g.name,
+            "donors": g.rows,
+            "chunks": g.chunks.len(),
+            "template": g.template,
+        })).collect::<Vec<_>>(),
+        "dropped": m.dropped,
+        "warnings": warnings,
+    });
+    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,240 @@
+//! The run directory's layout and its all-or-nothing creation.
+//!
+//! Owns the names of things inside a run directory and the rule that a run appears complete
+//! or not at all: `segment` builds in a hidden staging directory beside the target and renames
+//! it into place as its last step, so a crash or an error leaves no directory at the target
+//! path. It never writes a run's contents itself.
+//!
+//! Layout:
+//! ```text
+//! RUN/manifest.json              written last; see crate::manifest
+//! RUN/segments/<segment>/00001.csv
+//! RUN/dropped/{rejected,duplicate,suppressed,unmatched}.csv
+//! RUN/ledger/                    created by `send`; its presence means sending has started
+//! ```
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// The manifest's file name.
+pub const MANIFEST: &str = "manifest.json";
+/// The directory of chunk files, one subdirectory per segment.
+pub const SEGMENTS_DIR: &str = "segments";
+/// The directory of dropped-row files.
+pub const DROPPED_DIR: &str = "dropped";
+/// The delivery ledger's directory; once it exists the run must never be replaced.
+pub const LEDGER_DIR: &str = "ledger";
+
+/// Why an existing run directory may not be replaced.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplaceError {
+    /// It exists and `--force` was not given.
+    #[error(
+        "{} already exists; pick another --out, or add --force to replace it (only possible before sending has started)",
+        .0.display()
+    )]
+    Exists(PathBuf),
+    /// It has a ledger: donors may already have been mailed.
+    #[error(
+        "{} has a delivery ledger: sending has started, and replacing it could mail donors twice. Keep it, and segment into a new directory",
+        .0.display()
+    )]
+    Sending(PathBuf),
+    /// It is not a run directory.
+    #[error(
+        "{} exists and is not a campaign run (no {MANIFEST}); refusing to replace it even with --force",
+        .0.display()
+    )]
+    NotARun(PathBuf),
+}
+
+/// Checks whether `target` may be created or replaced.
+pub fn check_replace(target: &Path, force: bool) -> Result<(), ReplaceError> {
+    match fs::symlink_metadata(target) {
+        Err(_) => Ok(()),
+        Ok(_) if !force => Err(ReplaceError::Exists(target.to_owned())),
+        Ok(_) if target.join(LEDGER_DIR).exists() => Err(ReplaceError::Sending(target.to_owned())),
+        Ok(_) if !target.join(MANIFEST).is_file() => Err(ReplaceError::NotARun(target.to_owned())),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// A run being built. Dropping it without [`Staging::commit`] removes everything it wrote.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    target: PathBuf,
+    force: bool,
+    committed: bool,
+}
+
+fn sibling(target: &Path, tag: &str) -> Result<PathBuf> {
+    let name = target
+        .file_name()
+        .with_context(|| format!("{} does not name a directory", target.display()))?;
+    let mut hidden = std::ffi::OsString::from(".");
+    hidden.push(name);
+    hidden.push(format!(".{tag}-{}", std::process::id()));
+    Ok(target.with_file_name(hidden))
+}
+
+impl Staging {
+    /// Creates a hidden staging directory beside `target`, after checking `target` may be
+    /// created (or, with `force`, replaced).
+    pub fn create(target: &Path, force: bool) -> Result<Staging> {
+        check_replace(target, force)?;
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            bail!(
+                "the parent directory of {} does not exist; create {} first",
+                target.display(),
+                parent.display()
+            );
+        }
+        remove_dead_staging(target, parent);
+        let dir = sibling(target, "partial")?;
+        if dir.exists() {
+            fs::remove_dir_all(&dir)
+                .with_context(|| format!("removing stale staging directory {}", dir.display()))?;
+        }
+        fs::create_dir(&dir)
+            .with_context(|| format!("creating staging directory {}", dir.display()))?;
+        Ok(Staging {
+            dir,
+            target: target.to_owned(),
+            force,
+            committed: false,
+        })
+    }
+
+    /// Where to write the run's files.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Moves the finished run into place. The caller has written and synced every file.
+    pub fn commit(mut self) -> Result<()> {
+        // Sending may have started on the old run while we were segmenting: check again.
+        check_replace(&self.target, self.force)?;
+        sync_dir(&self.dir)?;
+        if self.target.exists() {
+            let old = sibling(&self.target, "replaced")?;
+            fs::rename(&self.target, &old)
+                .with_context(|| format!("moving the old run {} aside", self.target.display()))?;
+            fs::rename(&self.dir, &self.target)
+                .with_context(|| format!("moving the new run into {}", self.target.display()))?;
+            fs::remove_dir_all(&old)
+                .with_context(|| format!("removing the replaced run at {}", old.display()))?;
+        } else {
+            fs::rename(&self.dir, &self.target)
+                .with_context(|| format!("moving the new run into {}", self.target.display()))?;
+        }
+        self.committed = true;
+        if let Some(parent) = self.target.parent() {
+            let parent = if parent.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                parent
+            };
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Removes staging directories of `target` left by processes that no longer run (a crash or
+/// `kill -9`), so they do not pile up. Best effort, and only where `/proc` tells which
+/// processes are alive; a staging directory of a live process is never touched.
+fn remove_dead_staging(target: &Path, parent: &Path) {
+    let (Some(name), true) = (target.file_name(), Path::new("/proc/self").exists()) else {
+        return;
+    };
+    let prefix = format!(".{}.partial-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// Makes a directory's entries (new files, renames) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_staging_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("run");
+        {
+            let s = Staging::create(&target, false).unwrap();
+            fs::write(s.path().join("x"), "y").unwrap();
+        }
+        assert!(!target.exists());
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn replace_rules() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("run");
+        fs::create_dir(&target).unwrap();
+        assert!(matches!(
+            check_replace(&target, false),
+            Err(ReplaceError::Exists(_))
+        ));
+        assert!(matches!(
+            check_replace(&target, true),
+            Err(ReplaceError::NotARun(_))
+        ));
+        fs::write(target.join(MANIFEST), "{}").unwrap();
+        assert!(check_replace(&target, true).is_ok());
+        fs::create_dir(target.join(LEDGER_DIR)).unwrap();
+        assert!(matches!(
+            check_replace(&target, true),
+            Err(ReplaceError::Sending(_))
+        ));
+    }
+
+    #[test]
+    fn commit_replaces_an_unsent_run() {
+        let tmp = tempfile::tempdir().unwrap();
+        let target = tmp.path().join("run");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join(MANIFEST), "old").unwrap();
+        let s = Staging::create(&target, true).unwrap();
+        fs::write(s.path().join(MANIFEST), "new").unwrap();
+        s.commit().unwrap();
+        assert_eq!(fs::read_to_string(target.join(MANIFEST)).unwrap(), "new");
+        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
+    }
+}

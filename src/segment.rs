@@ -1,0 +1,833 @@
+//! The master step: stream a donor export into a run directory of per-segment chunks.
+//!
+//! Owns the decision for every input row: rejected (invalid), suppressed, duplicate, a
+//! segment, or unmatched, in that order; and writing each row, byte for byte, to exactly one
+//! place in the run. It never sends or renders anything, and never loads the export whole:
+//! memory is the dedupe set (16 bytes of hash per distinct donor) plus one chunk per segment.
+//!
+//! The main thread parses and classifies; a writer thread writes and hashes chunk files, so the
+//! two cores of a small machine both work.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use anyhow::{Context, Result, anyhow, bail};
+use jiff::civil::Date;
+use sha2::{Digest, Sha256};
+
+use crate::campaign::Campaign;
+use crate::csvio::{CsvError, RawReader, RawRecord, hex, push_field};
+use crate::email::{Address, KeySet, RecipientKey};
+use crate::manifest::{self, Chunk, DonorInput, Dropped, DroppedFiles, InputFile, Manifest};
+use crate::rules::{Rule, Scratch};
+use crate::rundir::{self, DROPPED_DIR, MANIFEST, ReplaceError, SEGMENTS_DIR, Staging};
+use crate::schema::{Fields, Schema, TypedRow};
+use crate::suppress::{Suppressed, Suppressions};
+
+/// Default share of rejected rows above which `segment` refuses to make a run.
+pub const DEFAULT_MAX_REJECT_RATE: f64 = 0.05;
+
+/// Default data rows per chunk file.
+pub const DEFAULT_CHUNK_SIZE: usize = 1000;
+
+/// Everything `segment` needs, already checked.
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    /// The donor export.
+    pub donors: PathBuf,
+    /// The campaign.
+    pub campaign: Campaign,
+    /// Suppression lists.
+    pub suppress: Vec<PathBuf>,
+    /// The run directory to create.
+    pub out: PathBuf,
+    /// Data rows per chunk, at least 1.
+    pub chunk_size: usize,
+    /// What `today` means in rules.
+    pub as_of: Date,
+    /// Replace an existing run that has not started sending.
+    pub force: bool,
+    /// Refuse the run when more than this share of rows is rejected.
+    pub max_reject_rate: f64,
+}
+
+/// Why `segment` made no run, where the caller acts on the difference.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// Too many rows failed validation: the export is probably broken.
+    #[error("{0}")]
+    TooManyRejected(Box<RejectSummary>),
+    /// The export has a header and nothing else.
+    #[error("{} has a header but no donor rows", .0.display())]
+    NoRows(PathBuf),
+    /// The campaign does not fit the export, or a setting or list is unusable: fix the
+    /// configuration and run again.
+    #[error(transparent)]
+    Config(anyhow::Error),
+    /// The target directory may not be replaced.
+    #[error(transparent)]
+    Replace(#[from] ReplaceError),
+    /// Anything else (unreadable files, bad rules, I/O): a message with context.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// What the rejected rows of a refused export looked like.
+#[derive(Debug)]
+pub struct RejectSummary {
+    /// The export.
+    pub donors: PathBuf,
+    /// Rejected rows.
+    pub rejected: u64,
+    /// Data rows read.
+    pub rows: u64,
+    /// The threshold in force.
+    pub max_rate: f64,
+    /// Per kind of problem: (kind, count, first line, first reason), most common first.
+    pub kinds: Vec<(String, u64, u64, String)>,
+}
+
+impl std::fmt::Display for RejectSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: {} of {} rows ({:.1}%) failed validation, above the limit of {:.1}% (--max-reject-rate {}); no run was written.",
+            self.donors.display(),
+            self.rejected,
+            self.rows,
+            100.0 * self.rejected as f64 / self.rows.max(1) as f64,
+            100.0 * self.max_rate,
+            self.max_rate
+        )?;
+        for (kind, n, line, reason) in &self.kinds {
+            writeln!(f, "  {n} × {kind}, first at line {line}: {reason}")?;
+        }
+        write!(
+            f,
+            "Fix the export (or the [columns] types in the campaign file), or raise --max-reject-rate if these rows really should be skipped."
+        )
+    }
+}
+
+/// Where one row went.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Failed validation.
+    Rejected {
+        /// Short kind used to group reasons ("email", "column total_given", ...).
+        kind: String,
+        /// The full reason.
+        reason: String,
+    },
+    /// On a suppression list.
+    Suppressed(Suppressed),
+    /// Same address as an earlier valid row.
+    Duplicate,
+    /// The index of the first segment whose rule matched.
+    Segment(usize),
+    /// Matched no rule.
+    Unmatched,
+}
+
+/// The per-row decision, shared by `segment` and `segment --explain` so both always agree.
+pub struct Classifier {
+    schema: Schema,
+    email_idx: usize,
+    email_column: String,
+    rules: Vec<Option<Rule>>,
+    suppressions: Suppressions,
+    seen: KeySet,
+    typed: TypedRow,
+    scratch: Scratch,
+    /// The key of the last row whose address was valid.
+    last_key: Option<RecipientKey>,
+}
+
+impl Classifier {
+    /// Compiles the campaign's rules against the export's header.
+    pub fn new(
+        campaign: &Campaign,
+        donors: &Path,
+        header: &[String],
+        suppressions: Suppressions,
+        as_of: Date,
+    ) -> Result<Classifier> {
+        let schema = Schema::new(header, &campaign.columns).map_err(|e| {
+            anyhow!(
+                "{} does not fit {}: {e}",
+                donors.display(),
+                campaign.path.display()
+            )
+        })?;
+        let email_idx = match schema.column(&campaign.email_column) {
+            Some(c) => c.index,
+            None => {
+                let close = schema.suggest(&campaign.email_column);
+                let hint = if close.is_empty() {
+                    String::new()
+                } else {
+                    format!(" Did you mean {}?", quoted_list(&close))
+                };
+                bail!(
+                    "{} has no column {:?} for email addresses.{hint} Its columns are {}. Set email_column in the [campaign] table of {}.",
+                    donors.display(),
+                    campaign.email_column,
+                    quoted_list(&header.iter().map(String::as_str).collect::<Vec<_>>()),
+                    campaign.path.display()
+                )
+            }
+        };
+        let mut rules = Vec::with_capacity(campaign.segments.len());
+        let mut problems = Vec::new();
+        for (i, seg) in campaign.segments.iter().enumerate() {
+            match &seg.when {
+                None => rules.push(None),
+                Some(src) => match Rule::compile(src, &schema, as_of) {
+                    Ok(r) => rules.push(Some(r)),
+                    Err(e) => problems.push(format!(
+                        "{}: segment {} {:?}, rule column {}:\n{}",
+                        campaign.path.display(),
+                        i + 1,
+                        seg.name.as_str(),
+                        e.column(src),
+                        indent(&e.render(src))
+                    )),
+                },
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}", problems.join("\n"));
+        }
+        Ok(Classifier {
+            schema,
+            email_idx,
+            email_column: campaign.email_column.clone(),
+            rules,
+            suppressions,
+            seen: KeySet::default(),
+            typed: TypedRow::default(),
+            scratch: Scratch::default(),
+            last_key: None,
+        })
+    }
+
+    /// Pre-sizes the dedupe set so it never has to grow (growing briefly needs old and new
+    /// tables at once, the peak of this step's memory).
+    pub fn reserve(&mut self, donors: usize) {
+        self.seen = KeySet::with_capacity(donors);
+    }
+
+    /// Decides where a data row goes, remembering its address for later duplicates.
+    pub fn classify(&mut self, rec: &RawRecord<'_>) -> Outcome {
+        self.last_key = None;
+        let fields = match self.fields(rec) {
+            Ok(f) => f,
+            Err(o) => return o,
+        };
+        let addr = match Address::parse(fields.get(self.email_idx)) {
+            Ok(a) => a,
+            Err(e) => {
+                return Outcome::Rejected {
+                    kind: format!("bad address in {}", self.email_column),
+                    reason: format!("{}: {e}", self.email_column),
+                };
+            }
+        };
+        let key = addr.key();
+        // Remembered before the value checks so `--explain` finds rows rejected for values.
+        self.last_key = Some(key);
+        if let Err(e) = self.schema.parse_row(&fields, &mut self.typed) {
+            return Outcome::Rejected {
+                kind: format!("bad value in {}", e.column),
+                reason: e.to_string(),
+            };
+        }
+        if let Some(s) = self.suppressions.check(&addr, key) {
+            return Outcome::Suppressed(s);
+        }
+        if !self.seen.insert(key) {
+            return Outcome::Duplicate;
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let hit = match rule {
+                None => true,
+                Some(r) => r.matches(&fields, &self.typed, &mut self.scratch),
+            };
+            if hit {
+                return Outcome::Segment(i);
+            }
+        }
+        Outcome::Unmatched
+    }
+
+    /// The key of the address on the row last classified, if it was valid.
+    pub fn last_key(&self) -> Option<RecipientKey> {
+        self.last_key
+    }
+
+    /// Each rule's verdict on a row, with the values it looked at; `None` when the row does not
+    /// get as far as the rules (bad structure or values).
+    pub fn explain_rules(&mut self, rec: &RawRecord<'_>) -> Option<Vec<String>> {
+        let fields = self.fields(rec).ok()?;
+        self.schema.parse_row(&fields, &mut self.typed).ok()?;
+        Some(
+            self.rules
+                .iter()
+                .map(|r| match r {
+                    None => "no rule: takes every donor who reaches it -> matched".to_owned(),
+                    Some(r) => r.explain(&fields, &self.typed).to_string(),
+                })
+                .collect(),
+        )
+    }
+
+    fn fields<'r>(&self, rec: &RawRecord<'r>) -> Result<Fields<'r>, Outcome> {
+        let data = std::str::from_utf8(rec.data).map_err(|e| Outcome::Rejected {
+            kind: "not UTF-8".into(),
+            reason: format!(
+                "not valid UTF-8 (byte {} of the row's values); re-export the file as UTF-8",
+                e.valid_up_to() + 1
+            ),
+        })?;
+        if rec.ends.len() != self.schema.len() {
+            let spans = if rec.lines > 1 {
+                format!(
+                    "; it spans lines {}-{}, so a quote is probably not closed",
+                    rec.line,
+                    rec.line + rec.lines - 1
+                )
+            } else {
+                String::new()
+            };
+            return Err(Outcome::Rejected {
+                kind: "wrong number of fields".into(),
+                reason: format!(
+                    "has {} fields but the header has {}{spans}",
+                    rec.ends.len(),
+                    self.schema.len()
+                ),
+            });
+        }
+        Ok(Fields::new(data, rec.ends))
+    }
+}
+
+/// Writes one dropped row: `line,reason,` then the original row.
+fn push_dropped(out: &mut Vec<u8>, line: u64, reason: &str, raw: &[u8]) {
+    out.extend_from_slice(line.to_string().as_bytes());
+    out.push(b',');
+    push_field(out, reason.as_bytes());
+    out.push(b',');
+    out.extend_from_slice(raw);
+    out.push(b'\n');
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn quoted_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The kinds of dropped rows, in manifest order.
+const DROPPED_KINDS: [&str; 4] = ["rejected", "duplicate", "suppressed", "unmatched"];
+
+/// Flush a dropped-rows buffer to the writer past this size.
+const DROPPED_FLUSH: usize = 1 << 20;
+
+enum Job {
+    Chunk {
+        seg: usize,
+        rows: u64,
+        bytes: Vec<u8>,
+    },
+    Dropped {
+        kind: usize,
+        bytes: Vec<u8>,
+    },
+}
+
+/// The writer thread: writes, hashes and syncs chunk files; appends dropped rows.
+fn writer(
+    root: PathBuf,
+    segment_dirs: Vec<String>,
+    dropped_header: Vec<u8>,
+    jobs: mpsc::Receiver<Job>,
+) -> Result<Vec<Vec<Chunk>>> {
+    let mut chunks: Vec<Vec<Chunk>> = vec![Vec::new(); segment_dirs.len()];
+    let mut dropped = Vec::with_capacity(DROPPED_KINDS.len());
+    for kind in DROPPED_KINDS {
+        let path = root.join(DROPPED_DIR).join(format!("{kind}.csv"));
+        let mut f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(&dropped_header)
+            .with_context(|| format!("writing {}", path.display()))?;
+        dropped.push((path, f));
+    }
+    for job in jobs {
+        match job {
+            Job::Chunk { seg, rows, bytes } => {
+                let rel = format!(
+                    "{SEGMENTS_DIR}/{}/{:05}.csv",
+                    segment_dirs[seg],
+                    chunks[seg].len() + 1
+                );
+                let path = root.join(&rel);
+                let mut f =
+                    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                f.write_all(&bytes)
+                    .and_then(|_| f.sync_data())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                chunks[seg].push(Chunk {
+                    file: rel,
+                    rows,
+                    sha256: hex(&Sha256::digest(&bytes)),
+                });
+            }
+            Job::Dropped { kind, bytes } => {
+                let (path, f) = &mut dropped[kind];
+                f.write_all(&bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+        }
+    }
+    for (path, f) in dropped {
+        f.sync_data()
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for d in segment_dirs {
+        rundir::sync_dir(&root.join(SEGMENTS_DIR).join(d))?;
+    }
+    rundir::sync_dir(&root.join(DROPPED_DIR))?;
+    Ok(chunks)
+}
+
+fn sha256_file(path: &Path) -> Result<InputFile> {
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(InputFile {
+        path: absolute(path),
+        sha256: hex(&Sha256::digest(&bytes)),
+    })
+}
+
+fn absolute(path: &Path) -> String {
+    fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}
+
+/// Opens the export and reads its header.
+fn open_donors(path: &Path) -> Result<(RawReader<File>, Vec<String>, u64)> {
+    let file =
+        File::open(path).with_context(|| format!("cannot open donor file {}", path.display()))?;
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut rdr = RawReader::new(file).with_sha256();
+    let header = {
+        let rec = rdr
+            .next_record()
+            .map_err(|e| csv_error(path, e))?
+            .with_context(|| {
+                format!(
+                    "{} is empty; it needs a header line naming the columns",
+                    path.display()
+                )
+            })?;
+        let data = std::str::from_utf8(rec.data).map_err(|_| {
+            anyhow!(
+                "{}: line 1 (the header) is not valid UTF-8; re-export the file as UTF-8",
+                path.display()
+            )
+        })?;
+        let fields = Fields::new(data, rec.ends);
+        (0..fields.len())
+            .map(|i| fields.get(i).to_owned())
+            .collect()
+    };
+    Ok((rdr, header, size))
+}
+
+fn csv_error(path: &Path, e: CsvError) -> anyhow::Error {
+    anyhow!("{}: {e}", path.display())
+}
+
+/// Rough data rows in a file of `size` bytes, from the header's length, for pre-sizing.
+fn estimate_rows(size: u64, header: &[String]) -> usize {
+    // Exports run about 100 bytes a row; more columns mean longer rows.
+    let per_row = (header.len() as u64 * 9).max(40);
+    (size / per_row).min(200_000_000) as usize
+}
+
+/// What a successful `segment` produced.
+#[derive(Debug)]
+pub struct SegmentReport {
+    /// The manifest written to the run.
+    pub manifest: Manifest,
+    /// Things the operator should know that did not stop the run.
+    pub warnings: Vec<String>,
+}
+
+/// Runs the master step and returns the manifest it wrote.
+pub fn run(
+    opts: &SegmentOptions,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<SegmentReport, SegmentError> {
+    rundir::check_replace(&opts.out, opts.force)?;
+    let suppressions = Suppressions::load(&opts.suppress).map_err(SegmentError::Config)?;
+    let warnings: Vec<String> = suppressions
+        .ignored
+        .iter()
+        .map(|i| {
+            format!(
+                "{}:{}: suppression entry ignored: {}",
+                i.path.display(),
+                i.line,
+                i.reason
+            )
+        })
+        .collect();
+    let (mut rdr, header, size) = open_donors(&opts.donors)?;
+    let mut classifier = Classifier::new(
+        &opts.campaign,
+        &opts.donors,
+        &header,
+        suppressions,
+        opts.as_of,
+    )
+    .map_err(SegmentError::Config)?;
+    classifier.reserve(estimate_rows(size, &header));
+    let suppression_files = opts
+        .suppress
+        .iter()
+        .map(|p| sha256_file(p))
+        .collect::<Result<Vec<_>>>()?;
+    let campaign_file = sha256_file(&opts.campaign.path)?;
+
+    let staging = Staging::create(&opts.out, opts.force)?;
+    let root = staging.path().to_owned();
+    let segment_dirs: Vec<String> = opts
+        .campaign
+        .segments
+        .iter()
+        .map(|s| s.name.as_str().to_owned())
+        .collect();
+    for d in &segment_dirs {
+        let p = root.join(SEGMENTS_DIR).join(d);
+        fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+    }
+    fs::create_dir_all(root.join(DROPPED_DIR))
+        .with_context(|| format!("creating {}", root.join(DROPPED_DIR).display()))?;
+
+    let mut chunk_header = Vec::new();
+    for (i, h) in header.iter().enumerate() {
+        if i > 0 {
+            chunk_header.push(b',');
+        }
+        push_field(&mut chunk_header, h.as_bytes());
+    }
+    chunk_header.push(b'\n');
+    let mut dropped_header = b"line,reason,".to_vec();
+    dropped_header.extend_from_slice(&chunk_header);
+
+    // A bounded queue keeps memory flat when the disk is slower than the parser.
+    let (tx, rx) = mpsc::sync_channel::<Job>(16);
+    let writer_handle = {
+        let root = root.clone();
+        let dirs = segment_dirs.clone();
+        thread::Builder::new()
+            .name("chunk-writer".into())
+            .spawn(move || writer(root, dirs, dropped_header, rx))
+            .context("starting the writer thread")?
+    };
+
+    let nseg = segment_dirs.len();
+    let mut bufs: Vec<Vec<u8>> = vec![chunk_header.clone(); nseg];
+    let mut buf_rows = vec![0u64; nseg];
+    let mut seg_rows = vec![0u64; nseg];
+    let mut dropped_bufs: Vec<Vec<u8>> = vec![Vec::new(); DROPPED_KINDS.len()];
+    let mut dropped = Dropped::default();
+    let mut rows: u64 = 0;
+    let mut reject_kinds: HashMap<String, (u64, u64, String)> = HashMap::new();
+    let chunk_size = opts.chunk_size as u64;
+
+    let send = |tx: &mpsc::SyncSender<Job>, job: Job| tx.send(job).is_ok();
+    let mut writer_gone = false;
+    let read_result: Result<(), SegmentError> = loop {
+        if let Some(pb) = progress
+            && rows.is_multiple_of(65536)
+        {
+            pb.set_position(rdr.bytes_read());
+        }
+        let rec = match rdr.next_record() {
+            Ok(Some(rec)) => rec,
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(csv_error(&opts.donors, e).into()),
+        };
+        rows += 1;
+        let outcome = classifier.classify(&rec);
+        let (kind, reason): (usize, std::borrow::Cow<'_, str>) = match outcome {
+            Outcome::Segment(i) => {
+                let b = &mut bufs[i];
+                b.extend_from_slice(rec.raw);
+                b.push(b'\n');
+                buf_rows[i] += 1;
+                seg_rows[i] += 1;
+                if buf_rows[i] == chunk_size {
+                    let bytes = std::mem::replace(b, chunk_header.clone());
+                    if !send(
+                        &tx,
+                        Job::Chunk {
+                            seg: i,
+                            rows: buf_rows[i],
+                            bytes,
+                        },
+                    ) {
+                        writer_gone = true;
+                        break Ok(());
+                    }
+                    buf_rows[i] = 0;
+                }
+                continue;
+            }
+            Outcome::Rejected { kind, reason } => {
+                dropped.rejected += 1;
+                let e = reject_kinds
+                    .entry(kind)
+                    .or_insert_with(|| (0, rec.line, reason.clone()));
+                e.0 += 1;
+                (0, reason.into())
+            }
+            Outcome::Duplicate => {
+                dropped.duplicate += 1;
+                (1, "duplicate: an earlier row has the same address".into())
+            }
+            Outcome::Suppressed(s) => {
+                dropped.suppressed += 1;
+                (
+                    2,
+                    match s {
+                        Suppressed::Address => "suppressed: address is on a suppression list",
+                        Suppressed::Domain => "suppressed: domain is on a suppression list",
+                    }
+                    .into(),
+                )
+            }
+            Outcome::Unmatched => {
+                dropped.unmatched += 1;
+                (3, "unmatched: no segment rule matched".into())
+            }
+        };
+        push_dropped(&mut dropped_bufs[kind], rec.line, &reason, rec.raw);
+        if dropped_bufs[kind].len() > DROPPED_FLUSH {
+            let bytes = std::mem::take(&mut dropped_bufs[kind]);
+            if !send(&tx, Job::Dropped { kind, bytes }) {
+                writer_gone = true;
+                break Ok(());
+            }
+        }
+    };
+    if !writer_gone {
+        for (i, b) in bufs.into_iter().enumerate() {
+            if buf_rows[i] > 0
+                && !send(
+                    &tx,
+                    Job::Chunk {
+                        seg: i,
+                        rows: buf_rows[i],
+                        bytes: b,
+                    },
+                )
+            {
+                break;
+            }
+        }
+        for (kind, bytes) in dropped_bufs.into_iter().enumerate() {
+            if !bytes.is_empty() && !send(&tx, Job::Dropped { kind, bytes }) {
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let chunks = writer_handle
+        .join()
+        .map_err(|_| anyhow!("the chunk writer thread panicked"))??;
+    read_result?;
+    if let Some(pb) = progress {
+        pb.set_position(size);
+    }
+
+    if rows == 0 {
+        return Err(SegmentError::NoRows(opts.donors.clone()));
+    }
+    if dropped.rejected as f64 > opts.max_reject_rate * rows as f64 {
+        let mut kinds: Vec<(String, u64, u64, String)> = reject_kinds
+            .into_iter()
+            .map(|(k, (n, line, reason))| (k, n, line, reason))
+            .collect();
+        kinds.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        kinds.truncate(8);
+        return Err(SegmentError::TooManyRejected(Box::new(RejectSummary {
+            donors: opts.donors.clone(),
+            rejected: dropped.rejected,
+            rows,
+            max_rate: opts.max_reject_rate,
+            kinds,
+        })));
+    }
+
+    let input_sha = rdr.sha256_hex().unwrap_or_default();
+    let segments = opts
+        .campaign
+        .segments
+        .iter()
+        .zip(chunks)
+        .zip(seg_rows)
+        .map(|((def, chunks), rows)| manifest::Segment {
+            name: def.name.as_str().to_owned(),
+            template: def.template.clone(),
+            rule: def.when.clone(),
+            rows,
+            chunks,
+        })
+        .collect();
+    let dropped_file = |k: &str| format!("{DROPPED_DIR}/{k}.csv");
+    let manifest = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        campaign_id: opts.campaign.id.as_str().to_owned(),
+        as_of: opts.as_of.to_string(),
+        created_at: jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .map_err(anyhow::Error::from)?
+            .to_string(),
+        input: DonorInput {
+            path: absolute(&opts.donors),
+            sha256: input_sha,
+            bytes: rdr.bytes_read(),
+            data_rows: rows,
+        },
+        campaign_file,
+        suppression_files,
+        email_column: opts.campaign.email_column.clone(),
+        header,
+        chunk_size,
+        segments,
+        dropped,
+        dropped_files: DroppedFiles {
+            rejected: dropped_file("rejected"),
+            duplicate: dropped_file("duplicate"),
+            suppressed: dropped_file("suppressed"),
+            unmatched: dropped_file("unmatched"),
+        },
+        suppression_entries_ignored: warnings.len() as u64,
+    };
+    debug_assert_eq!(manifest.segmented() + manifest.dropped.total(), rows);
+    let path = root.join(MANIFEST);
+    let mut f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    serde_json::to_writer_pretty(&mut f, &manifest)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| {
+            f.write_all(b"\n")?;
+            f.sync_all()?;
+            Ok(())
+        })
+        .with_context(|| format!("writing {}", path.display()))?;
+    staging.commit()?;
+    Ok(SegmentReport { manifest, warnings })
+}
+
+/// `segment --explain EMAIL`: where every row with this address goes and why, each rule's
+/// verdict on it with the values it compared. Writes nothing.
+pub fn explain(opts: &SegmentOptions, email: &str) -> Result<String, SegmentError> {
+    use std::fmt::Write as _;
+    let target = Address::parse(email)
+        .map_err(|e| SegmentError::Config(anyhow!("--explain {email:?} is not an address: {e}")))?
+        .key();
+    let suppressions = Suppressions::load(&opts.suppress).map_err(SegmentError::Config)?;
+    let (mut rdr, header, _) = open_donors(&opts.donors)?;
+    let mut classifier = Classifier::new(
+        &opts.campaign,
+        &opts.donors,
+        &header,
+        suppressions,
+        opts.as_of,
+    )
+    .map_err(SegmentError::Config)?;
+    let mut out = String::new();
+    let mut first_line = None;
+    while let Some(rec) = rdr
+        .next_record()
+        .map_err(|e| SegmentError::Other(csv_error(&opts.donors, e)))?
+    {
+        let outcome = classifier.classify(&rec);
+        if classifier.last_key() != Some(target) {
+            continue;
+        }
+        let verdict = match &outcome {
+            Outcome::Segment(i) => format!(
+                "goes to segment {:?}",
+                opts.campaign.segments[*i].name.as_str()
+            ),
+            Outcome::Unmatched => "matches no segment (written to dropped/unmatched.csv)".into(),
+            Outcome::Duplicate => format!(
+                "dropped as a duplicate of line {}",
+                first_line.unwrap_or_default()
+            ),
+            Outcome::Suppressed(Suppressed::Address) => {
+                "dropped: the address is on a suppression list".into()
+            }
+            Outcome::Suppressed(Suppressed::Domain) => {
+                "dropped: its domain is on a suppression list".into()
+            }
+            Outcome::Rejected { reason, .. } => format!("rejected: {reason}"),
+        };
+        let _ = writeln!(out, "line {}: {verdict}", rec.line);
+        if first_line.is_none() && !matches!(outcome, Outcome::Rejected { .. }) {
+            first_line = Some(rec.line);
+        }
+        if let Some(verdicts) = classifier.explain_rules(&rec) {
+            let note = match outcome {
+                Outcome::Segment(_) | Outcome::Unmatched => "",
+                _ => " (not applied, the row was dropped first)",
+            };
+            let _ = writeln!(out, "  rules in order, first match wins{note}:");
+            let winner = match outcome {
+                Outcome::Segment(i) => i,
+                _ => usize::MAX,
+            };
+            for (i, (def, v)) in opts.campaign.segments.iter().zip(verdicts).enumerate() {
+                let tag = match i.cmp(&winner) {
+                    std::cmp::Ordering::Equal => " <- first match",
+                    std::cmp::Ordering::Greater => " (not reached)",
+                    std::cmp::Ordering::Less => "",
+                };
+                let _ = writeln!(out, "  segment {:?}{tag}:", def.name.as_str());
+                for l in v.lines() {
+                    let _ = writeln!(out, "    {l}");
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(SegmentError::Other(anyhow!(
+            "no row of {} has the address {email:?} (compared case-insensitively)",
+            opts.donors.display()
+        )));
+    }
+    Ok(format!(
+        "{email} in {} (as of {}):\n{out}",
+        opts.donors.display(),
+        opts.as_of
+    ))
+}

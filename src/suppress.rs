@@ -1,0 +1,173 @@
+//! Suppression lists: addresses and domains that must never be mailed.
+//!
+//! Owns reading `--suppress` files and answering "is this address suppressed, and why". A file
+//! is either a plain list (one address per line, `#` comments, blank lines, `@domain` lines that
+//! suppress a whole domain) or a CSV export whose header has an `email` column. Matching is
+//! case-insensitive on the whole address; a domain entry matches that exact domain, not its
+//! subdomains. It never modifies the files.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::csvio::RawReader;
+use crate::email::{Address, KeySet, RecipientKey, domain_key};
+use crate::schema::Fields;
+
+/// An entry that could not be read as an address; it can match no valid donor address, so it
+/// is reported and skipped rather than stopping the run.
+#[derive(Debug, Clone)]
+pub struct IgnoredEntry {
+    /// The suppression file.
+    pub path: PathBuf,
+    /// 1-based line in it.
+    pub line: u64,
+    /// Why it was ignored.
+    pub reason: String,
+}
+
+/// Why a donor is suppressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suppressed {
+    /// The address itself is listed.
+    Address,
+    /// Its domain is listed.
+    Domain,
+}
+
+/// All suppression entries of a run.
+#[derive(Default)]
+pub struct Suppressions {
+    addresses: KeySet,
+    domains: KeySet,
+    /// Entries that were not valid addresses.
+    pub ignored: Vec<IgnoredEntry>,
+}
+
+impl Suppressions {
+    /// Reads every file in order.
+    pub fn load(paths: &[PathBuf]) -> Result<Suppressions> {
+        let mut s = Suppressions::default();
+        for p in paths {
+            s.add_file(p)
+                .with_context(|| format!("reading suppression list {}", p.display()))?;
+        }
+        Ok(s)
+    }
+
+    /// Addresses plus domains listed.
+    pub fn len(&self) -> usize {
+        self.addresses.len() + self.domains.len()
+    }
+
+    /// True when nothing is suppressed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `addr` (with its precomputed key) is suppressed.
+    pub fn check(&self, addr: &Address<'_>, key: RecipientKey) -> Option<Suppressed> {
+        if self.addresses.contains(key) {
+            Some(Suppressed::Address)
+        } else if !self.domains.is_empty() && self.domains.contains(domain_key(addr.domain())) {
+            Some(Suppressed::Domain)
+        } else {
+            None
+        }
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<()> {
+        let bytes = std::fs::read(path)?;
+        let text = std::str::from_utf8(&bytes)
+            .context("not valid UTF-8; save the list as UTF-8")?
+            .trim_start_matches('\u{feff}');
+        // The first line that is not blank or a comment decides the format: a CSV header has
+        // a comma, an address never does outside quotes.
+        let mut offset = 0;
+        for (i, line) in text.split_inclusive('\n').enumerate() {
+            let t = line.trim();
+            if t.is_empty() || t.starts_with('#') {
+                offset += line.len();
+                continue;
+            }
+            if t.contains(',') {
+                return self.add_csv(path, &text[offset..], i as u64);
+            }
+            break;
+        }
+        for (i, line) in text.lines().enumerate() {
+            self.add_line(path, i as u64 + 1, line);
+        }
+        Ok(())
+    }
+
+    fn add_line(&mut self, path: &Path, line: u64, text: &str) {
+        let t = text.trim();
+        if t.is_empty() || t.starts_with('#') {
+            return;
+        }
+        self.add_entry(path, line, t);
+    }
+
+    fn add_entry(&mut self, path: &Path, line: u64, t: &str) {
+        if let Some(domain) = t.strip_prefix('@') {
+            // Reuse address validation for the domain half so both agree on what a domain is.
+            let probe = format!("x@{domain}");
+            match Address::parse(&probe) {
+                Ok(_) => {
+                    self.domains.insert(domain_key(domain));
+                }
+                Err(e) => self.ignored.push(IgnoredEntry {
+                    path: path.to_owned(),
+                    line,
+                    reason: format!("not a domain: {e}"),
+                }),
+            }
+            return;
+        }
+        match Address::parse(t) {
+            Ok(a) => {
+                self.addresses.insert(a.key());
+            }
+            Err(e) => self.ignored.push(IgnoredEntry {
+                path: path.to_owned(),
+                line,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Reads a CSV list whose header is the first line of `text`, `skipped` lines into the file.
+    fn add_csv(&mut self, path: &Path, text: &str, skipped: u64) -> Result<()> {
+        let mut rdr = RawReader::new(text.as_bytes());
+        let header: Vec<String> = match rdr.next_record()? {
+            Some(rec) => {
+                let fields = Fields::new(std::str::from_utf8(rec.data)?, rec.ends);
+                (0..fields.len())
+                    .map(|i| fields.get(i).trim().to_owned())
+                    .collect()
+            }
+            None => return Ok(()),
+        };
+        let Some(col) = header.iter().position(|h| h.eq_ignore_ascii_case("email")) else {
+            bail!(
+                "line {} looks like a CSV header ({}) but has no `email` column; name the address column `email`, or give one address per line",
+                skipped + 1,
+                header.join(",")
+            );
+        };
+        while let Some(rec) = rdr.next_record()? {
+            let line = rec.line + skipped;
+            let fields = Fields::new(std::str::from_utf8(rec.data)?, rec.ends);
+            match (col < fields.len()).then(|| fields.get(col).trim()) {
+                Some(v) if !v.is_empty() => self.add_entry(path, line, v),
+                _ => self.ignored.push(IgnoredEntry {
+                    path: path.to_owned(),
+                    line,
+                    reason: "no email value on this line".into(),
+                }),
+            }
+        }
+        Ok(())
+    }
+}

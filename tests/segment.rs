@@ -1,0 +1,409 @@
+//! `campaign segment` end to end: the real binary on real files.
+
+mod common;
+
+use common::*;
+
+const CAMPAIGN: &str = r#"
+[campaign]
+id = "test-2026"
+[columns]
+total = "number"
+last = "date"
+[[segment]]
+name = "major"
+when = "total >= 1000"
+[[segment]]
+name = "recent"
+when = "last >= today - 365d"
+template = "general"
+"#;
+
+fn setup(csv: &[u8]) -> Workdir {
+    let w = Workdir::new();
+    w.write("donors.csv", csv);
+    w.write("campaign.toml", CAMPAIGN);
+    w
+}
+
+fn segment(w: &Workdir, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run",
+        "--as-of",
+        "2026-11-29",
+    ];
+    args.extend_from_slice(extra);
+    w.run(&args)
+}
+
+#[test]
+fn rows_land_byte_for_byte_in_chunks_and_dropped_files() {
+    let csv = "\u{feff}email,name,total,last\r\n\
+        a@example.org,\"Smith, Ann\",1500,2026-01-01\r\n\
+        b@example.org,\"Bo \"\"B\"\" Lee\",20,2026-06-01\r\n\
+        c@example.org,\"two\r\nlines\",5,2020-01-01\r\n\
+        A@Example.org,dup,2000,2026-01-01\r\n\
+        not-an-address,bad,1,2026-01-01\r\n\
+        d@example.org,bad value,£1000,2026-01-01\r\n\
+        e@example.org,short row\r\n\
+        f@example.org,Zoë,3000,2026-02-30\r\n\
+        g@example.org,Zoë,3000,2026-02-28";
+    let w = setup(csv.as_bytes());
+    let o = segment(&w, &["--max-reject-rate", "0.6"]);
+    assert_code(&o, 0);
+    let m = manifest(&w.path("run"));
+    assert_eq!(m["input"]["data_rows"], 9);
+    assert_eq!(m["dropped"]["rejected"], 4);
+    assert_eq!(m["dropped"]["duplicate"], 1);
+    assert_eq!(m["dropped"]["unmatched"], 1);
+    assert_eq!(m["segments"][0]["rows"], 2);
+    assert_eq!(m["segments"][1]["rows"], 1);
+    assert_eq!(m["segments"][1]["template"], "general");
+
+    let major = w.read("run/segments/major/00001.csv");
+    assert_eq!(
+        major,
+        "email,name,total,last\n\
+         a@example.org,\"Smith, Ann\",1500,2026-01-01\n\
+         g@example.org,Zoë,3000,2026-02-28\n"
+    );
+    assert_eq!(
+        w.read("run/segments/recent/00001.csv"),
+        "email,name,total,last\nb@example.org,\"Bo \"\"B\"\" Lee\",20,2026-06-01\n"
+    );
+    // The multi-line row keeps its embedded CRLF and is reported at the line it starts on.
+    assert_eq!(
+        w.read("run/dropped/unmatched.csv"),
+        "line,reason,email,name,total,last\n\
+         4,unmatched: no segment rule matched,c@example.org,\"two\r\nlines\",5,2020-01-01\n"
+    );
+    assert!(
+        w.read("run/dropped/duplicate.csv")
+            .contains("\n6,duplicate: an earlier row has the same address,A@Example.org,dup,")
+    );
+    let rejected = w.read("run/dropped/rejected.csv");
+    let lines: Vec<&str> = rejected.lines().collect();
+    assert_eq!(lines.len(), 5, "{rejected}");
+    assert!(
+        lines[1].starts_with("7,\"email: \"\"not-an-address\"\""),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].starts_with("8,") && lines[2].contains("total"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[3].starts_with("9,") && lines[3].contains("2 fields"),
+        "{}",
+        lines[3]
+    );
+    assert!(
+        lines[4].starts_with("10,") && lines[4].contains("2026-02-30"),
+        "{}",
+        lines[4]
+    );
+}
+
+#[test]
+fn manifest_counts_add_up_and_hashes_match() {
+    use sha2::{Digest, Sha256};
+    let mut csv = String::from("email,total,last\n");
+    for i in 0..25 {
+        csv.push_str(&format!(
+            "d{i}@example.org,{},2026-0{}-01\n",
+            i * 100,
+            i % 9 + 1
+        ));
+    }
+    let w = setup(csv.as_bytes());
+    let o = segment(&w, &["--chunk-size", "4"]);
+    assert_code(&o, 0);
+    let m = manifest(&w.path("run"));
+    let mut total = 0;
+    for seg in m["segments"].as_array().unwrap() {
+        let mut seg_rows = 0;
+        for (i, c) in seg["chunks"].as_array().unwrap().iter().enumerate() {
+            let file = c["file"].as_str().unwrap();
+            assert_eq!(
+                file,
+                format!(
+                    "segments/{}/{:05}.csv",
+                    seg["name"].as_str().unwrap(),
+                    i + 1
+                )
+            );
+            let bytes = std::fs::read(w.path("run").join(file)).unwrap();
+            let hex: String = Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(c["sha256"], hex);
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.starts_with("email,total,last\n"));
+            let rows = text.lines().count() as u64 - 1;
+            assert_eq!(c["rows"], rows);
+            assert!(rows <= 4 && rows > 0);
+            seg_rows += rows;
+        }
+        assert_eq!(seg["rows"], seg_rows);
+        total += seg_rows;
+    }
+    let d = &m["dropped"];
+    for k in ["rejected", "duplicate", "suppressed", "unmatched"] {
+        total += d[k].as_u64().unwrap();
+    }
+    assert_eq!(total, 25);
+    let input_hex: String = Sha256::digest(csv.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(m["input"]["sha256"], input_hex);
+    assert_eq!(m["as_of"], "2026-11-29");
+    assert_eq!(m["campaign_id"], "test-2026");
+}
+
+#[test]
+fn suppression_lists_plain_csv_and_domains() {
+    let csv = "email,total,last\n\
+        keep@example.org,5000,2026-01-01\n\
+        Gone@Example.org,5000,2026-01-01\n\
+        x@closed.example,5000,2026-01-01\n\
+        y@sub.closed.example,5000,2026-01-01\n\
+        bounced@example.net,5000,2026-01-01\n";
+    let w = setup(csv.as_bytes());
+    w.write(
+        "suppress.txt",
+        "# unsubscribes\n\ngone@example.ORG\n@closed.example\nnot an address\n",
+    );
+    w.write(
+        "bounces.csv",
+        "date,email\n2026-01-01,bounced@example.net\n",
+    );
+    let o = segment(
+        &w,
+        &["--suppress", "suppress.txt", "--suppress", "bounces.csv"],
+    );
+    assert_code(&o, 0);
+    let m = manifest(&w.path("run"));
+    assert_eq!(m["dropped"]["suppressed"], 3);
+    assert_eq!(m["segments"][0]["rows"], 2, "subdomains are not suppressed");
+    assert_eq!(m["suppression_entries_ignored"], 1);
+    assert!(
+        stderr(&o).contains("suppress.txt:5: suppression entry ignored"),
+        "{}",
+        stderr(&o)
+    );
+    let s = w.read("run/dropped/suppressed.csv");
+    assert!(s.contains("3,suppressed: address is on a suppression list,Gone@Example.org"));
+    assert!(s.contains("4,suppressed: domain is on a suppression list,x@closed.example"));
+}
+
+#[test]
+fn too_many_rejects_writes_no_run() {
+    let csv =
+        "email,total,last\nok@example.org,1,2026-01-01\nbad,1,2026-01-01\nworse@,1,2026-01-01\n";
+    let w = setup(csv.as_bytes());
+    let o = segment(&w, &[]);
+    assert_code(&o, 3);
+    let err = stderr(&o);
+    assert!(err.contains("2 of 3 rows"), "{err}");
+    assert!(err.contains("first at line 3"), "{err}");
+    assert!(err.contains("--max-reject-rate"), "{err}");
+    assert_eq!(w.entries(), ["campaign.toml", "donors.csv"]);
+}
+
+#[test]
+fn existing_runs_are_replaced_only_when_safe() {
+    let csv = "email,total,last\nok@example.org,1,2026-01-01\n";
+    let w = setup(csv.as_bytes());
+    assert_code(&segment(&w, &[]), 0);
+    let again = segment(&w, &[]);
+    assert_code(&again, 3);
+    assert!(stderr(&again).contains("--force"), "{}", stderr(&again));
+    assert_code(&segment(&w, &["--force"]), 0);
+    std::fs::create_dir(w.path("run/ledger")).unwrap();
+    let sending = segment(&w, &["--force"]);
+    assert_code(&sending, 3);
+    assert!(stderr(&sending).contains("sending has started"));
+    assert!(w.path("run/ledger").exists());
+    std::fs::create_dir(w.path("other")).unwrap();
+    w.write("other/precious.txt", "x");
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "other",
+        "--force",
+    ]);
+    assert_code(&o, 3);
+    assert!(w.path("other/precious.txt").exists());
+}
+
+#[test]
+fn rule_errors_point_at_the_column() {
+    let w = setup(b"email,total,last\nok@example.org,1,2026-01-01\n");
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace("total >= 1000", "totl >= 1000"),
+    );
+    let o = segment(&w, &[]);
+    assert_code(&o, 2);
+    let err = stderr(&o);
+    assert!(err.contains("campaign.toml"), "{err}");
+    assert!(err.contains("segment 1 \"major\""), "{err}");
+    assert!(err.contains("totl >= 1000\n"), "{err}");
+    assert!(err.contains("^^^^"), "{err}");
+    assert!(
+        err.contains("\"total\""),
+        "suggests the close column: {err}"
+    );
+    assert_eq!(w.entries(), ["campaign.toml", "donors.csv"]);
+}
+
+#[test]
+fn unknown_email_column_names_close_matches() {
+    let w = setup(b"E-mail,total,last\nok@example.org,1,2026-01-01\n");
+    let o = segment(&w, &[]);
+    assert_code(&o, 2);
+    let err = stderr(&o);
+    assert!(err.contains("no column \"email\""), "{err}");
+    assert!(err.contains("E-mail"), "{err}");
+    let fixed = segment(&w, &["--email-column", "E-mail"]);
+    assert_code(&fixed, 0);
+}
+
+#[test]
+fn explain_shows_each_rule_and_the_values() {
+    let csv = "email,total,last\nann@example.org,250,2026-06-01\nANN@example.org,5000,2026-06-01\n";
+    let w = setup(csv.as_bytes());
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--as-of",
+        "2026-11-29",
+        "--explain",
+        "Ann@Example.org",
+    ]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("line 2: goes to segment \"recent\""), "{out}");
+    assert!(
+        out.contains("line 3: dropped as a duplicate of line 2"),
+        "{out}"
+    );
+    assert!(out.contains("250"), "shows the value compared: {out}");
+    assert!(out.contains("segment \"major\""), "{out}");
+    assert!(!w.path("run").exists());
+    let missing = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--explain",
+        "zed@example.org",
+    ]);
+    assert_code(&missing, 1);
+    assert!(stderr(&missing).contains("no row"));
+}
+
+#[test]
+fn json_summary_matches_manifest() {
+    let w =
+        setup(b"email,total,last\nok@example.org,1,2026-01-01\nbig@example.org,9000,2020-01-01\n");
+    let o = segment(&w, &["--json"]);
+    assert_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("stdout is JSON");
+    assert_eq!(v["data_rows"], 2);
+    assert_eq!(v["segments"][0]["name"], "major");
+    assert_eq!(v["segments"][0]["donors"], 1);
+    assert_eq!(v["segments"][1]["donors"], 1);
+    assert_eq!(v["dropped"]["rejected"], 0);
+}
+
+#[test]
+fn header_only_and_empty_files_are_refused() {
+    let w = setup(b"email,total,last\n");
+    let o = segment(&w, &[]);
+    assert_code(&o, 3);
+    assert!(stderr(&o).contains("no donor rows"));
+    w.write("donors.csv", "");
+    let o = segment(&w, &[]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("is empty"), "{}", stderr(&o));
+    assert!(!w.path("run").exists());
+}
+
+/// Kills `segment` mid-run: the target must not exist, so nothing can mistake the partial
+/// output for a run.
+#[test]
+fn a_killed_segment_leaves_no_run() {
+    let w = Workdir::new();
+    w.write("campaign.toml", CAMPAIGN);
+    let mut csv = String::from("email,total,last\n");
+    for i in 0..400_000 {
+        csv.push_str(&format!("donor{i}@example.org,{},2026-01-01\n", i % 3000));
+    }
+    w.write("donors.csv", csv);
+    let mut child = w
+        .command()
+        .args([
+            "segment",
+            "donors.csv",
+            "--campaign",
+            "campaign.toml",
+            "--out",
+            "run",
+            "--chunk-size",
+            "10",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the staging directory holds some chunks, then kill without warning.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let partial = w
+            .entries()
+            .into_iter()
+            .find(|e| e.starts_with(".run.partial"));
+        if let Some(p) = partial {
+            let major = w.path(&p).join("segments/major");
+            if std::fs::read_dir(&major).map(|d| d.count()).unwrap_or(0) > 2 {
+                break;
+            }
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("segment finished ({status}) before it could be killed; make the input bigger");
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!w.path("run").exists());
+    assert!(w.entries().iter().any(|e| e.starts_with(".run.partial")));
+    // A new run succeeds and clears the dead process's staging directory.
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run",
+    ]);
+    assert_code(&o, 0);
+    assert_eq!(manifest(&w.path("run"))["input"]["data_rows"], 400_000);
+    assert_eq!(w.entries(), ["campaign.toml", "donors.csv", "run"]);
+}
