@@ -16,6 +16,17 @@
 //! total_given = "number"         # number | date | bool | text
 //! last_gift_date = "date"
 //!
+//! [message]                      # needed by `check` and `send`, not by `segment`
+//! from = "Friends of the Park <appeal@park.example>"
+//! reply_to = "supporters@park.example"          # optional
+//! to_name = "{{ first_name }} {{ last_name }}"   # optional template for the To display name
+//! unsubscribe_url = "https://park.example/u?e={{ email | urlencode }}&t={{ unsubscribe_token }}"
+//! unsubscribe_mailto = "unsubscribe@park.example"
+//! currency = "£"                                 # optional symbol for the `money` filter
+//!
+//! [templates]
+//! dir = "templates"              # optional, relative to this file; default "templates"
+//!
 //! [[segment]]                    # one or more, tried in order, first match wins
 //! name = "major"                 # required; becomes a directory name
 //! when = "total_given >= 1000"   # optional; a segment without `when` takes everyone left
@@ -116,6 +127,24 @@ pub struct SegmentDef {
     pub template: String,
 }
 
+/// How every message of the campaign is addressed, from the `[message]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSettings {
+    /// The From header: `Display Name <address>` or a bare address.
+    pub from: String,
+    /// An optional Reply-To address in the same form.
+    pub reply_to: Option<String>,
+    /// A template for the donor's display name in To; without it To is the bare address.
+    pub to_name: Option<String>,
+    /// A template for the one-click unsubscribe URL (https), per donor.
+    pub unsubscribe_url: Option<String>,
+    /// The mailto address for List-Unsubscribe.
+    pub unsubscribe_mailto: Option<String>,
+    /// Currency symbol the `money` filter puts before amounts.
+    pub currency: Option<String>,
+}
+
 /// A checked campaign file.
 #[derive(Debug, Clone)]
 pub struct Campaign {
@@ -131,6 +160,10 @@ pub struct Campaign {
     pub columns: Vec<(String, ColumnType)>,
     /// Segments in the order they are tried.
     pub segments: Vec<SegmentDef>,
+    /// The `[message]` table, if present (`check` and `send` require it).
+    pub message: Option<MessageSettings>,
+    /// The templates directory, resolved against the campaign file's directory.
+    pub templates_dir: PathBuf,
 }
 
 /// Why a campaign file was refused.
@@ -170,6 +203,14 @@ struct FileToml {
     columns: BTreeMap<String, ColumnType>,
     #[serde(default)]
     segment: Vec<SegmentToml>,
+    message: Option<MessageSettings>,
+    templates: Option<TemplatesToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TemplatesToml {
+    dir: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -271,6 +312,12 @@ impl Campaign {
                 template,
             });
         }
+        let base = path.parent().unwrap_or(Path::new(""));
+        let templates_dir = base.join(
+            file.templates
+                .and_then(|t| t.dir)
+                .unwrap_or_else(|| PathBuf::from("templates")),
+        );
         Ok(Campaign {
             path: path.to_owned(),
             id,
@@ -278,6 +325,8 @@ impl Campaign {
             email_column,
             columns: file.columns.into_iter().collect(),
             segments,
+            message: file.message,
+            templates_dir,
         })
     }
 }

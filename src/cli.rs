@@ -26,4 +26,5 @@ pub enum Command {
     /// Exit codes: 0 run written; 2 bad flags, campaign file or rules; 3 input refused
     /// (too many invalid rows, no rows, existing run in the way); 1 other failures.
     Segment(crate::cmd::segment::Args),
+
 }

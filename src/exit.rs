@@ -18,6 +18,9 @@ pub enum Code {
     /// The input was refused as unsafe to act on (too many invalid rows, no rows, an existing
     /// run in the way): nothing was written.
     Refused = 3,
+    /// Finished, but some donors' messages could not be rendered (a data or template
+    /// problem listed in the failures file): they get nothing until it is fixed.
+    SomeFailed = 4,
 }
 
 impl From<Code> for std::process::ExitCode {

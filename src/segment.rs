@@ -23,7 +23,7 @@ use crate::campaign::Campaign;
 use crate::csvio::{CsvError, RawReader, RawRecord, hex, push_field};
 use crate::email::{Address, KeySet, RecipientKey};
 use crate::manifest::{self, Chunk, DonorInput, Dropped, DroppedFiles, InputFile, Manifest};
-use crate::rules::{Rule, Scratch};
+use crate::rules::{Rule, RuleError, Scratch};
 use crate::rundir::{self, DROPPED_DIR, MANIFEST, ReplaceError, SEGMENTS_DIR, Staging};
 use crate::schema::{Fields, Schema, TypedRow};
 use crate::suppress::{Suppressed, Suppressions};
@@ -181,27 +181,8 @@ impl Classifier {
                 )
             }
         };
-        let mut rules = Vec::with_capacity(campaign.segments.len());
-        let mut problems = Vec::new();
-        for (i, seg) in campaign.segments.iter().enumerate() {
-            match &seg.when {
-                None => rules.push(None),
-                Some(src) => match Rule::compile(src, &schema, as_of) {
-                    Ok(r) => rules.push(Some(r)),
-                    Err(e) => problems.push(format!(
-                        "{}: segment {} {:?}, rule column {}:\n{}",
-                        campaign.path.display(),
-                        i + 1,
-                        seg.name.as_str(),
-                        e.column(src),
-                        indent(&e.render(src))
-                    )),
-                },
-            }
-        }
-        if !problems.is_empty() {
-            bail!("{}", problems.join("\n"));
-        }
+        let rules =
+            compile_rules(campaign, &schema, as_of).map_err(|p| anyhow!("{}", p.join("\n")))?;
         Ok(Classifier {
             schema,
             email_idx,
@@ -314,6 +295,43 @@ impl Classifier {
         }
         Ok(Fields::new(data, rec.ends))
     }
+}
+
+/// Compiles every segment's rule against the export's columns, reporting every broken rule
+/// (with a caret under the problem), not just the first.
+pub fn compile_rules(
+    campaign: &Campaign,
+    schema: &Schema,
+    as_of: Date,
+) -> Result<Vec<Option<Rule>>, Vec<String>> {
+    let mut rules = Vec::with_capacity(campaign.segments.len());
+    let mut problems = Vec::new();
+    for (i, seg) in campaign.segments.iter().enumerate() {
+        match &seg.when {
+            None => rules.push(None),
+            Some(src) => match Rule::compile(src, schema, as_of) {
+                Ok(r) => rules.push(Some(r)),
+                Err(e) => problems.push(rule_problem(campaign, i, src, &e)),
+            },
+        }
+    }
+    if problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(problems)
+    }
+}
+
+/// A broken rule, for the marketer: file, segment, column, the rule with a caret.
+pub fn rule_problem(campaign: &Campaign, index: usize, source: &str, e: &RuleError) -> String {
+    format!(
+        "{}: segment {} {:?}, rule column {}:\n{}",
+        campaign.path.display(),
+        index + 1,
+        campaign.segments[index].name.as_str(),
+        e.column(source),
+        indent(&e.render(source))
+    )
 }
 
 /// Writes one dropped row: `line,reason,` then the original row.
@@ -429,7 +447,7 @@ fn absolute(path: &Path) -> String {
 }
 
 /// Opens the export and reads its header.
-fn open_donors(path: &Path) -> Result<(RawReader<File>, Vec<String>, u64)> {
+pub fn open_donors(path: &Path) -> Result<(RawReader<File>, Vec<String>, u64)> {
     let file =
         File::open(path).with_context(|| format!("cannot open donor file {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);

@@ -1,9 +1,8 @@
 //! `campaign segment`: flags, output and exit codes around [`crate::segment`].
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Args as ClapArgs;
 use jiff::civil::Date;
 
@@ -109,7 +108,7 @@ pub fn run(args: Args) -> Result<Code, Error> {
     };
     if let Some(email) = &args.explain {
         let text = segment::explain(&opts, email).map_err(map_error)?;
-        print_out(&text)?;
+        super::print_bytes(text.as_bytes())?;
         return Ok(Code::Success);
     }
     let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
@@ -139,7 +138,7 @@ pub fn run(args: Args) -> Result<Code, Error> {
     } else {
         summary_table(&report.manifest, &opts.out)
     };
-    print_out(&text)?;
+    super::print_bytes(text.as_bytes())?;
     Ok(Code::Success)
 }
 
@@ -152,15 +151,6 @@ fn map_error(e: SegmentError) -> Error {
         SegmentError::Other(_) => Code::Failure,
     };
     Error::new(code, e)
-}
-
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn print_out(text: &str) -> Result<(), Error> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        r => r.context("writing to stdout").map_err(Error::from),
-    }
 }
 
 fn summary_table(m: &Manifest, out: &std::path::Path) -> String {

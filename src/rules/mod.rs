@@ -140,6 +140,14 @@ impl Rule {
         })
     }
 
+    /// The syntax stage alone, for checking a campaign file without a donor export: column
+    /// names and types are not checked.
+    pub fn check_syntax(source: &str) -> Result<(), RuleError> {
+        let tokens = lexer::lex(source)?;
+        parse::parse(&tokens, source)?;
+        Ok(())
+    }
+
     /// Hot path. No heap allocation per call in the common case (ASCII data). `scratch` is reusable space for
     /// e.g. Unicode case folding of non-ASCII text.
     ///

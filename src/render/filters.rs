@@ -1,0 +1,130 @@
+//! The campaign-specific filters: `money`, `date` and `fallback`.
+//!
+//! Owns turning numbers and ISO dates into donor-facing text. Never looks at the donor row or
+//! the environment: each filter is a pure function of its arguments (and, for `money`, the
+//! run's currency symbol captured when the filter is registered).
+
+use minijinja::value::{Value, ValueKind};
+use minijinja::{Error, ErrorKind};
+
+use crate::schema::{parse_date, parse_number};
+
+/// `value | money` / `value | money("€")`: thousands separators, two decimals, and no `.00`
+/// on whole amounts. Empty, none and undefined render as `""` so `| fallback(...)` can follow.
+pub(crate) fn money(
+    default_symbol: &str,
+    value: &Value,
+    symbol: Option<&str>,
+) -> Result<String, Error> {
+    let symbol = symbol.unwrap_or(default_symbol);
+    let amount = match value.kind() {
+        ValueKind::Undefined | ValueKind::None => return Ok(String::new()),
+        ValueKind::Number => f64::try_from(value.clone()).map_err(|_| not_a_number(value))?,
+        ValueKind::String => {
+            let text = value.as_str().unwrap_or_default().trim();
+            if text.is_empty() {
+                return Ok(String::new());
+            }
+            parse_number(text).ok_or_else(|| not_a_number(value))?
+        }
+        _ => return Err(not_a_number(value)),
+    };
+    format_money(amount, symbol).ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("money: {amount} is too large to show as an amount"),
+        )
+    })
+}
+
+/// A value as the marketer wrote it: text in double quotes, anything else as printed.
+fn shown(value: &Value) -> String {
+    match value.as_str() {
+        Some(s) => format!("\"{s}\""),
+        None => value.to_string(),
+    }
+}
+
+fn not_a_number(value: &Value) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!(
+            "money: {} is not a number; use it on a column declared `number` in [columns], or on plain numeric text like 1250.50",
+            shown(value)
+        ),
+    )
+}
+
+/// Formats `amount` as `£1,250.50` / `£25` / `-£3.10`; `None` when it does not fit in cents.
+pub(crate) fn format_money(amount: f64, symbol: &str) -> Option<String> {
+    // Round to whole cents first, so 0.999 becomes 1 and is shown without decimals.
+    let cents = (amount * 100.0).round();
+    if !cents.is_finite() || cents.abs() >= 9.0e15 {
+        return None;
+    }
+    // Exact: |cents| < 2^53, so the conversion neither truncates nor saturates.
+    let cents = cents as i64;
+    let (whole, frac) = (cents.unsigned_abs() / 100, cents.unsigned_abs() % 100);
+    let digits = whole.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + symbol.len() + 4);
+    if cents < 0 {
+        out.push('-');
+    }
+    out.push_str(symbol);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if frac != 0 {
+        out.push('.');
+        out.push_str(&format!("{frac:02}"));
+    }
+    Some(out)
+}
+
+/// `value | date("%-d %B %Y")`: an ISO `YYYY-MM-DD` date formatted with strftime codes.
+/// Empty, none and undefined render as `""`.
+pub(crate) fn date(value: &Value, format: &str) -> Result<String, Error> {
+    let text = match value.kind() {
+        ValueKind::Undefined | ValueKind::None => return Ok(String::new()),
+        ValueKind::String => value.as_str().unwrap_or_default().trim(),
+        _ => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "date: {} is not a date; use it on a column declared `date` in [columns] (YYYY-MM-DD)",
+                    shown(value)
+                ),
+            ));
+        }
+    };
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    let day = parse_date(text).map_err(|hint| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("date: {text:?} is not a date: {hint}"),
+        )
+    })?;
+    jiff::fmt::strtime::format(format, day).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "date: the format {format:?} cannot be used for a date ({e}); try \"%-d %B %Y\""
+            ),
+        )
+    })
+}
+
+/// `value | fallback("friend")`: `value` unless it is empty, only spaces, none or undefined.
+pub(crate) fn fallback(value: &Value, replacement: Value) -> Value {
+    let empty = match value.kind() {
+        ValueKind::Undefined | ValueKind::None => true,
+        ValueKind::String => value.as_str().is_none_or(|s| s.trim().is_empty()),
+        _ => false,
+    };
+    if empty { replacement } else { value.clone() }
+}
