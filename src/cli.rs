@@ -27,4 +27,17 @@ pub enum Command {
     /// (too many invalid rows, no rows, existing run in the way); 1 other failures.
     Segment(crate::cmd::segment::Args),
 
+    /// Check a campaign file, its rules and its templates, reporting every problem found.
+    ///
+    /// With --donors, rules and template variables are checked against that export's
+    /// columns. Exit codes: 0 no problems; 2 problems found (listed on stdout).
+    Check(crate::cmd::check::Args),
+
+    /// Render and deliver a run's messages. With --dry-run, render every message, write
+    /// previews and a failures file, and send nothing.
+    ///
+    /// Exit codes: 0 every message rendered; 4 some donors' messages could not be rendered
+    /// (listed in RUN/previews/failures.csv); 2 bad flags, campaign file or templates;
+    /// 1 other failures.
+    Send(crate::cmd::send::Args),
 }

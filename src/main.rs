@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Segment(args) => campaign::cmd::segment::run(args),
+        Command::Check(args) => campaign::cmd::check::run(args),
+        Command::Send(args) => campaign::cmd::send::run(args),
     };
     match result {
         Ok(code) => code.into(),

@@ -1,0 +1,342 @@
+//! `campaign send --dry-run` and `campaign check`, end to end on real files.
+
+mod common;
+
+use common::*;
+use mail_parser::MessageParser;
+
+const CAMPAIGN: &str = r#"
+[campaign]
+id = "dry-2026"
+name = "Dry Run Appeal"
+[columns]
+total = "number"
+[message]
+from = "Friends of Riverside Park <appeal@riverside-park.example>"
+to_name = "{{ name }}"
+unsubscribe_url = "https://riverside-park.example/u?e={{ email | urlencode }}&t={{ unsubscribe_token }}"
+unsubscribe_mailto = "unsubscribe@riverside-park.example"
+currency = "£"
+[[segment]]
+name = "major"
+when = "total >= 1000"
+[[segment]]
+name = "rest"
+template = "general"
+"#;
+
+fn setup(csv: &str) -> Workdir {
+    let w = Workdir::new();
+    w.write("donors.csv", csv);
+    w.write("campaign.toml", CAMPAIGN);
+    w.write("templates/major/subject.txt", "Thank you, {{ name }}\n");
+    w.write(
+        "templates/major/body.txt",
+        "Dear {{ name }},\nyou gave {{ total | money }}.\n{% include \"_partials/footer.txt\" %}",
+    );
+    w.write(
+        "templates/major/body.html",
+        "<p>Dear {{ name }},</p><p>you gave {{ total | money }}.</p>",
+    );
+    w.write(
+        "templates/general/subject.txt",
+        "Spring news for {{ name }}",
+    );
+    w.write(
+        "templates/general/body.txt",
+        "Hello {{ name }}\n{% include \"_partials/footer.txt\" %}",
+    );
+    w.write(
+        "templates/_partials/footer.txt",
+        "Unsubscribe: {{ unsubscribe_url }}\n",
+    );
+    w
+}
+
+fn segment(w: &Workdir) {
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run",
+        "--as-of",
+        "2026-11-29",
+    ]);
+    assert_code(&o, 0);
+}
+
+const DONORS: &str = "email,name,total\n\
+    zoe@example.org,Zoë Łukasz,2500\n\
+    bo@example.org,<b>Bo</b>,10\n\
+    cy@example.org,Cy,20\n\
+    di@example.org,Di,30\n\
+    ed@example.org,Ed,5000\n";
+
+fn parse(bytes: &[u8]) -> mail_parser::Message<'_> {
+    MessageParser::default()
+        .parse(bytes)
+        .expect("message parses")
+}
+
+#[test]
+fn dry_run_renders_every_donor_and_writes_previews() {
+    let w = setup(DONORS);
+    segment(&w);
+    let o = w.run(&["send", "run", "--dry-run", "--preview", "2"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("nothing was sent"), "{out}");
+    assert!(
+        stderr(&o).contains("CAMPAIGN_UNSUBSCRIBE_SECRET is not set"),
+        "{}",
+        stderr(&o)
+    );
+    let mut previews = std::fs::read_dir(w.path("run/previews/rest"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect::<Vec<_>>();
+    previews.sort();
+    assert_eq!(previews, ["001.eml", "002.eml"]);
+    let major = std::fs::read(w.path("run/previews/major/001.eml")).unwrap();
+    let m = parse(&major);
+    assert_eq!(m.subject(), Some("Thank you, Zoë Łukasz"));
+    let to = m.to().unwrap().first().unwrap();
+    assert_eq!(to.name(), Some("Zoë Łukasz"));
+    assert_eq!(to.address(), Some("zoe@example.org"));
+    assert_eq!(
+        m.from().unwrap().first().unwrap().name(),
+        Some("Friends of Riverside Park")
+    );
+    assert!(m.body_text(0).unwrap().contains("you gave £2,500."));
+    assert!(m.body_html(0).unwrap().contains("<p>you gave £2,500.</p>"));
+    let unsub = m
+        .header_raw("List-Unsubscribe")
+        .expect("List-Unsubscribe header");
+    assert!(
+        unsub.contains("t=DRY-RUN-PLACEHOLDER-NOT-A-REAL-TOKEN"),
+        "{unsub}"
+    );
+    assert_eq!(
+        m.header_raw("List-Unsubscribe-Post").map(str::trim),
+        Some("List-Unsubscribe=One-Click")
+    );
+    // The text body of a plain-text-only template has no HTML part.
+    let rest = std::fs::read(w.path("run/previews/rest/001.eml")).unwrap();
+    let r = parse(&rest);
+    // mail-parser synthesises an HTML view of a text-only message, so check the raw MIME.
+    let raw = String::from_utf8_lossy(&rest);
+    assert!(!raw.contains("text/html"), "{raw}");
+    assert!(!raw.contains("multipart/alternative"), "{raw}");
+    assert!(
+        r.body_text(0).unwrap().contains("Hello <b>Bo</b>"),
+        "text bodies are not HTML-escaped"
+    );
+    let failures = w.read("run/previews/failures.csv");
+    assert_eq!(failures.trim(), "segment,chunk,line,email,reason");
+}
+
+#[test]
+fn message_ids_are_deterministic_and_tokens_verifiable() {
+    use campaign::unsubscribe::UnsubscribeSecret;
+    let w = setup(DONORS);
+    segment(&w);
+    let secret = "correct horse battery staple 2026";
+    let run = |w: &Workdir| {
+        let o = w
+            .command()
+            .args(["send", "run", "--dry-run", "--preview", "1"])
+            .env("CAMPAIGN_UNSUBSCRIBE_SECRET", secret)
+            .output()
+            .unwrap();
+        assert_code(&o, 0);
+        std::fs::read(w.path("run/previews/major/001.eml")).unwrap()
+    };
+    let first = run(&w);
+    let second = run(&w);
+    let (a, b) = (parse(&first), parse(&second));
+    assert_eq!(a.message_id(), b.message_id());
+    assert!(a.message_id().unwrap().contains("dry-2026"));
+    let other = std::fs::read(w.path("run/previews/rest/001.eml")).unwrap();
+    assert_ne!(parse(&other).message_id(), a.message_id());
+    let expected = UnsubscribeSecret::new(secret.as_bytes().to_vec())
+        .unwrap()
+        .token("dry-2026", "zoe@example.org");
+    let unsub = a.header_raw("List-Unsubscribe").unwrap();
+    assert!(unsub.contains(&format!("t={expected}")), "{unsub}");
+}
+
+#[test]
+fn a_donor_that_cannot_be_rendered_is_listed_and_the_rest_go_on() {
+    let csv = "email,name,total\n\
+        ok@example.org,Ok,1500\n\
+        evil@example.org,\"Eve\r\nBcc: victim@example.org\",2000\n\
+        fine@example.org,Fine,1\n";
+    let w = setup(csv);
+    segment(&w);
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 4);
+    assert!(
+        stdout(&o).contains("1 donors cannot be rendered"),
+        "{}",
+        stdout(&o)
+    );
+    let mut rdr = csv::Reader::from_path(w.path("run/previews/failures.csv")).unwrap();
+    let rows: Vec<csv::StringRecord> = rdr.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(&rows[0][0], "major");
+    assert_eq!(&rows[0][1], "segments/major/00001.csv");
+    assert_eq!(&rows[0][2], "3");
+    assert_eq!(&rows[0][3], "evil@example.org");
+    assert!(
+        rows[0][4].contains("line break") || rows[0][4].contains("U+000D"),
+        "{}",
+        &rows[0][4]
+    );
+    // Nothing of the injected header reaches any preview.
+    for seg in ["major", "rest"] {
+        for e in std::fs::read_dir(w.path(&format!("run/previews/{seg}"))).unwrap() {
+            let bytes = std::fs::read(e.unwrap().path()).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains("Bcc:"));
+        }
+    }
+}
+
+#[test]
+fn limit_segment_and_print_narrow_the_run() {
+    let w = setup(DONORS);
+    segment(&w);
+    let o = w.run(&[
+        "send",
+        "run",
+        "--dry-run",
+        "--segment",
+        "rest",
+        "--limit",
+        "2",
+        "--json",
+    ]);
+    assert_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["segments"].as_array().unwrap().len(), 1);
+    assert_eq!(v["segments"][0]["segment"], "rest");
+    assert_eq!(v["segments"][0]["rendered"], 2);
+    let bad = w.run(&["send", "run", "--dry-run", "--segment", "nope"]);
+    assert_code(&bad, 2);
+    assert!(stderr(&bad).contains("\"major\""), "{}", stderr(&bad));
+
+    let p = w.run(&["send", "run", "--dry-run", "--print", "ED@example.org"]);
+    assert_code(&p, 0);
+    let m = parse(&p.stdout);
+    assert_eq!(m.subject(), Some("Thank you, Ed"));
+    let missing = w.run(&["send", "run", "--dry-run", "--print", "nobody@example.org"]);
+    assert_code(&missing, 1);
+}
+
+#[test]
+fn a_tampered_chunk_or_changed_templates_are_caught() {
+    let w = setup(DONORS);
+    segment(&w);
+    std::fs::create_dir(w.path("run/ledger")).unwrap();
+    w.write("run/ledger/templates.sha256", "0000\n");
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("changed after this run started sending"),
+        "{}",
+        stderr(&o)
+    );
+    let chunk = w.path("run/segments/rest/00001.csv");
+    let mut text = std::fs::read_to_string(&chunk).unwrap();
+    text.push_str("new@example.org,New,1\n");
+    std::fs::write(&chunk, text).unwrap();
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("has changed since"), "{}", stderr(&o));
+}
+
+#[test]
+fn real_send_is_refused_for_now() {
+    let w = setup(DONORS);
+    segment(&w);
+    let o = w.run(&["send", "run"]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("--dry-run"));
+}
+
+#[test]
+fn check_reports_every_problem_at_once() {
+    let w = setup(DONORS);
+    let ok = w.run(&["check", "campaign.toml", "--donors", "donors.csv"]);
+    assert_code(&ok, 0);
+    assert!(stdout(&ok).contains("OK"), "{}", stdout(&ok));
+
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace("total >= 1000", "totl >= 1000"),
+    );
+    w.write(
+        "templates/general/body.txt",
+        "Hello {{ name }}\n\nYou live in {{ city }}.\n",
+    );
+    std::fs::remove_file(w.path("templates/major/body.txt")).unwrap();
+    w.write("templates/major/subject.txt", "Thanks {{ name }");
+    let o = w.run(&["check", "campaign.toml", "--donors", "donors.csv"]);
+    assert_code(&o, 2);
+    let out = stdout(&o);
+    assert!(out.contains("unknown column \"totl\""), "{out}");
+    assert!(
+        out.contains("general/body.txt:3"),
+        "line of the unknown variable: {out}"
+    );
+    assert!(out.contains("city"), "{out}");
+    assert!(out.contains("major/body.txt"), "missing file: {out}");
+    assert!(out.contains("major/subject.txt"), "syntax error: {out}");
+    assert!(out.contains("problems found"), "{out}");
+}
+
+#[test]
+fn fixtures_dry_run_renders_every_segmented_donor() {
+    let w = Workdir::new();
+    let o = w.run(&[
+        "segment",
+        fixture("donors.csv").to_str().unwrap(),
+        "--campaign",
+        fixture("campaign.toml").to_str().unwrap(),
+        "--as-of",
+        "2026-11-29",
+        "--out",
+        "run",
+    ]);
+    assert_code(&o, 0);
+    let check = w.run(&[
+        "check",
+        fixture("campaign.toml").to_str().unwrap(),
+        "--donors",
+        fixture("donors.csv").to_str().unwrap(),
+    ]);
+    assert_code(&check, 0);
+    let o = w.run(&["send", "run", "--dry-run", "--json"]);
+    assert_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let m = manifest(&w.path("run"));
+    for (t, s) in v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(m["segments"].as_array().unwrap())
+    {
+        assert_eq!(t["rendered"], s["rows"]);
+        assert_eq!(t["failed"], 0);
+    }
+    for seg in ["major", "lapsed", "first_time", "regular"] {
+        let bytes = std::fs::read(w.path(&format!("run/previews/{seg}/001.eml"))).unwrap();
+        let m = parse(&bytes);
+        assert!(!m.subject().unwrap_or("").is_empty());
+        assert!(m.body_text(0).is_some());
+        for line in bytes.split(|&b| b == b'\n') {
+            assert!(line.len() <= 999, "line over 998 octets in {seg}");
+        }
+    }
+}
