@@ -227,7 +227,7 @@ pub fn read_chunk(run: &Path, chunk: &manifest::Chunk) -> Result<Vec<u8>> {
     let sha = hex(&Sha256::digest(&bytes));
     if sha != chunk.sha256 {
         anyhow::bail!(
-            "{} has changed since `campaign segment` wrote it (SHA-256 differs from the manifest); chunks must not be edited: re-run segment into a new run directory",
+            "{} has changed since `campaign segment` wrote it (SHA-256 differs from the manifest): it was edited, or lost data in a crash. Chunks must not be edited; segment again (with --force if nothing was sent yet)",
             path.display()
         );
     }

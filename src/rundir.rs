@@ -118,7 +118,8 @@ impl Staging {
         &self.dir
     }
 
-    /// Moves the finished run into place. The caller has written and synced every file.
+    /// Moves the finished run into place. The caller has written every file and synced the
+    /// manifest.
     pub fn commit(mut self) -> Result<()> {
         // Sending may have started on the old run while we were segmenting: check again.
         check_replace(&self.target, self.force)?;
