@@ -145,6 +145,47 @@ pub struct MessageSettings {
     pub currency: Option<String>,
 }
 
+/// The `[smtp]` table: where and how to deliver. `CAMPAIGN_SMTP_URL` overrides it; the
+/// password never lives here (see `crate::smtp`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpTable {
+    /// Relay host name or address.
+    pub host: Option<String>,
+    /// Port; defaults by TLS mode (25, 587, 465).
+    pub port: Option<u16>,
+    /// `none`, `starttls` or `tls` (implicit TLS).
+    pub tls: Option<String>,
+    /// User name for AUTH.
+    pub username: Option<String>,
+    /// A file holding the password (its first line), instead of `CAMPAIGN_SMTP_PASSWORD`.
+    pub password_file: Option<PathBuf>,
+    /// Allow AUTH over an unencrypted connection to a host that is not loopback.
+    pub allow_insecure_auth: Option<bool>,
+    /// The name sent in EHLO.
+    pub hello_name: Option<String>,
+    /// Seconds to wait for any server reply.
+    pub timeout_seconds: Option<u64>,
+    /// Open a fresh connection after this many messages.
+    pub reconnect_after: Option<usize>,
+}
+
+/// The `[send]` table: pacing defaults, overridden by `campaign send` flags.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SendTable {
+    /// Global rate limit, e.g. `"50/s"` or `"3000/min"`.
+    pub rate: Option<String>,
+    /// At most this many messages per calendar day (UTC) across runs of the same run directory.
+    pub daily_cap: Option<u64>,
+    /// SMTP connections (worker threads).
+    pub concurrency: Option<usize>,
+    /// Delivery attempts per donor within one `send` before leaving them deferred.
+    pub max_attempts: Option<u32>,
+    /// First retry delay in seconds; doubles each attempt, with jitter.
+    pub retry_delay_seconds: Option<f64>,
+}
+
 /// A checked campaign file.
 #[derive(Debug, Clone)]
 pub struct Campaign {
@@ -164,6 +205,10 @@ pub struct Campaign {
     pub message: Option<MessageSettings>,
     /// The templates directory, resolved against the campaign file's directory.
     pub templates_dir: PathBuf,
+    /// The `[smtp]` table.
+    pub smtp: SmtpTable,
+    /// The `[send]` table.
+    pub send: SendTable,
 }
 
 /// Why a campaign file was refused.
@@ -205,6 +250,10 @@ struct FileToml {
     segment: Vec<SegmentToml>,
     message: Option<MessageSettings>,
     templates: Option<TemplatesToml>,
+    #[serde(default)]
+    smtp: SmtpTable,
+    #[serde(default)]
+    send: SendTable,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +376,8 @@ impl Campaign {
             segments,
             message: file.message,
             templates_dir,
+            smtp: file.smtp,
+            send: file.send,
         })
     }
 }
