@@ -677,6 +677,17 @@ impl RecipientKey {
     pub fn to_hex(self) -> String {
         format!("{:032x}", self.0)
     }
+
+    /// Parses the form [`RecipientKey::to_hex`] writes: exactly 32 lowercase hex digits.
+    ///
+    /// Anything else (uppercase, a sign, another length) is `None`, so a stored key has one
+    /// spelling only.
+    pub fn from_hex(s: &str) -> Option<RecipientKey> {
+        if s.len() != 32 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        u128::from_str_radix(s, 16).ok().map(RecipientKey)
+    }
 }
 
 impl fmt::Display for RecipientKey {

@@ -13,6 +13,7 @@ pub mod deliver;
 pub mod dryrun;
 pub mod email;
 pub mod exit;
+pub mod ledger;
 pub mod manifest;
 pub mod message;
 pub mod prepare;

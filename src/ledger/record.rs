@@ -1,0 +1,255 @@
+//! One ledger line: parsing it and writing it (the format is specified in the module above).
+//!
+//! Both directions go through [`Record`], so what a writer keeps in memory is folded by the
+//! same code as what a reader parses.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+
+use crate::email::RecipientKey;
+
+/// A parsed line, borrowing its text from the line (or the writer's arguments).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Record<'a> {
+    /// The session that wrote it.
+    pub session: &'a str,
+    /// When.
+    pub at: Timestamp,
+    /// What happened.
+    pub event: Event<'a>,
+}
+
+/// The kind-specific part of a [`Record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Event<'a> {
+    /// `H`: a session starts using the file.
+    Start { boot_id: Option<&'a str>, pid: u32 },
+    /// `A`: attempt reserved.
+    Reserve(RecipientKey),
+    /// `T`: body about to be sent.
+    Transmit(RecipientKey),
+    /// `S`: accepted.
+    Sent {
+        key: RecipientKey,
+        code: u16,
+        reply: &'a str,
+    },
+    /// `F`: permanently failed.
+    Failed {
+        key: RecipientKey,
+        code: u16,
+        text: &'a str,
+        suppress: bool,
+    },
+    /// `D`: transient failure.
+    Deferred {
+        key: RecipientKey,
+        code: Option<u16>,
+        text: &'a str,
+    },
+    /// `U`: outcome unknown.
+    Unknown { key: RecipientKey, text: &'a str },
+    /// `R`: reservation released unused.
+    Release(RecipientKey),
+}
+
+/// Whether `s` can be a session or boot id field: non-empty, not the `-` placeholder, no
+/// control characters (so no TAB or newline) and no spaces (so it reads as one word).
+pub(super) fn is_token(s: &str) -> bool {
+    !s.is_empty() && s != "-" && !s.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// `text` with every ASCII control character replaced by a space; borrowed when it has none,
+/// which is the usual case for SMTP replies.
+pub(super) fn clean_text(text: &str) -> Cow<'_, str> {
+    // Control characters are ASCII, so a byte scan finds them in any UTF-8 text.
+    if text.bytes().any(|b| b.is_ascii_control()) {
+        Cow::Owned(
+            text.chars()
+                .map(|c| if c.is_ascii_control() { ' ' } else { c })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// Appends `rec` as one line (with its `\n`) to `buf`. Text fields must already be clean
+/// ([`clean_text`]) and ids tokens ([`is_token`]); the writer guarantees both.
+pub(super) fn encode(rec: &Record<'_>, buf: &mut String) {
+    debug_assert!(is_token(rec.session));
+    // Writing to a String cannot fail.
+    let s = rec.session;
+    let at = rec.at;
+    let _ = match &rec.event {
+        Event::Start { boot_id, pid } => {
+            let boot = boot_id.unwrap_or("-");
+            writeln!(buf, "H\t{s}\t{boot}\t{at:.3}\t{pid}")
+        }
+        Event::Reserve(key) => writeln!(buf, "A\t{s}\t{:032x}\t{at:.3}", key.as_u128()),
+        Event::Transmit(key) => writeln!(buf, "T\t{s}\t{:032x}\t{at:.3}", key.as_u128()),
+        Event::Sent { key, code, reply } => {
+            writeln!(
+                buf,
+                "S\t{s}\t{:032x}\t{at:.3}\t{code}\t{reply}",
+                key.as_u128()
+            )
+        }
+        Event::Failed {
+            key,
+            code,
+            text,
+            suppress,
+        } => writeln!(
+            buf,
+            "F\t{s}\t{:032x}\t{at:.3}\t{code}\t{text}\t{}",
+            key.as_u128(),
+            u8::from(*suppress)
+        ),
+        Event::Deferred { key, code, text } => {
+            let _ = write!(buf, "D\t{s}\t{:032x}\t{at:.3}\t", key.as_u128());
+            let _ = match code {
+                Some(code) => write!(buf, "{code}"),
+                None => buf.write_char('-'),
+            };
+            writeln!(buf, "\t{text}")
+        }
+        Event::Unknown { key, text } => {
+            writeln!(buf, "U\t{s}\t{:032x}\t{at:.3}\t{text}", key.as_u128())
+        }
+        Event::Release(key) => writeln!(buf, "R\t{s}\t{:032x}\t{at:.3}", key.as_u128()),
+    };
+}
+
+/// The most fields any record has (`F`).
+const MAX_FIELDS: usize = 7;
+
+/// Parses one complete line (without its `\n`); the error is a reason for an operator.
+pub(super) fn parse(line: &str) -> Result<Record<'_>, String> {
+    let mut fields = [""; MAX_FIELDS];
+    let mut n = 0;
+    for field in line.split('\t') {
+        if n == MAX_FIELDS {
+            n += 1;
+            break;
+        }
+        fields[n] = field;
+        n += 1;
+    }
+    let kind = fields[0];
+    let want = match kind {
+        "H" | "U" => 5,
+        "A" | "T" | "R" => 4,
+        "S" | "D" => 6,
+        "F" => 7,
+        "" if n == 1 => return Err("empty line".to_owned()),
+        _ => {
+            return Err(format!(
+                "unknown record kind {:?} (expected one of H A T S F D U R)",
+                shorten(kind)
+            ));
+        }
+    };
+    if n != want {
+        let found = if n > MAX_FIELDS {
+            "more".to_owned()
+        } else {
+            n.to_string()
+        };
+        return Err(format!(
+            "{kind} record has {found} tab-separated fields, expected {want}"
+        ));
+    }
+    let session = fields[1];
+    if session.is_empty() {
+        return Err("empty session id".to_owned());
+    }
+    if kind == "H" {
+        let boot_id = match fields[2] {
+            "" => return Err("empty boot id (use - for none)".to_owned()),
+            "-" => None,
+            b => Some(b),
+        };
+        let at = timestamp(fields[3])?;
+        let pid = fields[4]
+            .parse()
+            .map_err(|_| format!("bad process id {:?}", shorten(fields[4])))?;
+        return Ok(Record {
+            session,
+            at,
+            event: Event::Start { boot_id, pid },
+        });
+    }
+    let key = RecipientKey::from_hex(fields[2]).ok_or_else(|| {
+        format!(
+            "bad recipient key {:?} (expected 32 lowercase hex digits)",
+            shorten(fields[2])
+        )
+    })?;
+    let at = timestamp(fields[3])?;
+    let event = match kind {
+        "A" => Event::Reserve(key),
+        "T" => Event::Transmit(key),
+        "R" => Event::Release(key),
+        "S" => Event::Sent {
+            key,
+            code: code(fields[4])?,
+            reply: fields[5],
+        },
+        "F" => Event::Failed {
+            key,
+            code: code(fields[4])?,
+            text: fields[5],
+            suppress: match fields[6] {
+                "0" => false,
+                "1" => true,
+                other => {
+                    return Err(format!(
+                        "bad suppress flag {:?} (expected 0 or 1)",
+                        shorten(other)
+                    ));
+                }
+            },
+        },
+        "D" => Event::Deferred {
+            key,
+            code: match fields[4] {
+                "-" => None,
+                c => Some(code(c)?),
+            },
+            text: fields[5],
+        },
+        // Only "U" is left: `want` rejected every other kind.
+        _ => Event::Unknown {
+            key,
+            text: fields[4],
+        },
+    };
+    Ok(Record { session, at, event })
+}
+
+fn timestamp(s: &str) -> Result<Timestamp, String> {
+    s.parse()
+        .map_err(|_| format!("bad timestamp {:?} (expected RFC 3339)", shorten(s)))
+}
+
+fn code(s: &str) -> Result<u16, String> {
+    // `parse` would accept a leading `+`; a code is digits only.
+    if !s.is_empty()
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(c) = s.parse()
+    {
+        return Ok(c);
+    }
+    Err(format!("bad SMTP code {:?}", shorten(s)))
+}
+
+/// At most 40 characters of `s`, so a garbage megabyte line gives a readable message.
+fn shorten(s: &str) -> &str {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
