@@ -33,11 +33,17 @@ pub enum Command {
     /// columns. Exit codes: 0 no problems; 2 problems found (listed on stdout).
     Check(crate::cmd::check::Args),
 
-    /// Render and deliver a run's messages. With --dry-run, render every message, write
-    /// previews and a failures file, and send nothing.
+    /// Deliver a run's messages over SMTP, recording every outcome in the run's ledger; a
+    /// re-run resumes and never mails a donor twice. With --dry-run, render every message,
+    /// write previews and a failures file, and send nothing.
     ///
-    /// Exit codes: 0 every message rendered; 4 some donors' messages could not be rendered
-    /// (listed in RUN/previews/failures.csv); 2 bad flags, campaign file or templates;
-    /// 1 other failures.
+    /// Exit codes: 0 every donor sent or permanently failed (dry run: every message
+    /// rendered); 5 donors remain (deferred, limit, daily cap, interrupted): run again later;
+    /// 6 halted because the server refused the sender; 7 another send holds the run's lock;
+    /// 4 (dry run) some messages cannot be rendered; 2 bad flags, campaign file, templates
+    /// or SMTP settings; 1 other failures.
     Send(crate::cmd::send::Args),
+
+    /// Show, per segment, how many donors are sent, failed, deferred, unknown and pending.
+    Status(crate::cmd::status::Args),
 }

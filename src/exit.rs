@@ -21,6 +21,14 @@ pub enum Code {
     /// Finished, but some donors' messages could not be rendered (a data or template
     /// problem listed in the failures file): they get nothing until it is fixed.
     SomeFailed = 4,
+    /// `send` stopped with donors still to do (deferred for a retry, the limit or the daily
+    /// cap reached, or interrupted): run it again later to continue.
+    Remaining = 5,
+    /// `send` halted because the server refused the sender (policy 5.7.x, authentication):
+    /// fix DNS, credentials or content, then run again.
+    Halted = 6,
+    /// Another `send` holds the run's lock (cron overlap); nothing was done.
+    Locked = 7,
 }
 
 impl From<Code> for std::process::ExitCode {

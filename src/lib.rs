@@ -22,6 +22,7 @@ pub mod rules;
 pub mod rundir;
 pub mod schema;
 pub mod segment;
+pub mod send;
 pub mod smtp;
 pub mod suppress;
 pub mod unsubscribe;

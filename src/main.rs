@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         Command::Segment(args) => campaign::cmd::segment::run(args),
         Command::Check(args) => campaign::cmd::check::run(args),
         Command::Send(args) => campaign::cmd::send::run(args),
+        Command::Status(args) => campaign::cmd::status::run(args),
     };
     match result {
         Ok(code) => code.into(),

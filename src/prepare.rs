@@ -150,6 +150,18 @@ impl Preparer {
         &self.templates
     }
 
+    /// The recipient key of a chunk row, without rendering anything (to consult the ledger
+    /// first); `None` when the row's address does not parse (`prepare` then says why).
+    pub fn key_of(&self, rec: &RawRecord<'_>) -> Option<(RecipientKey, String)> {
+        let data = std::str::from_utf8(rec.data).ok()?;
+        if rec.ends.len() != self.schema.len() {
+            return None;
+        }
+        let fields = Fields::new(data, rec.ends);
+        let addr = Address::parse(fields.get(self.email_idx)).ok()?;
+        Some((addr.key(), normalise(&addr)))
+    }
+
     /// The message for one chunk row of `segment`.
     pub fn prepare(
         &self,

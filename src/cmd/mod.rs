@@ -2,8 +2,10 @@
 //! and prints the result. Nothing here is reused by another command.
 
 pub mod check;
+pub mod deliver;
 pub mod segment;
 pub mod send;
+pub mod status;
 
 use std::io::Write;
 

@@ -37,7 +37,8 @@ pub struct Args {
     #[arg(long = "segment", value_name = "NAME")]
     pub segments: Vec<String>,
 
-    /// Worker threads. Default: the number of CPUs.
+    /// Worker threads; for a real send, SMTP connections. Default: [send] concurrency, else
+    /// 8 for sending and the number of CPUs for a dry run.
     #[arg(long, value_name = "N")]
     pub concurrency: Option<usize>,
 
@@ -45,6 +46,32 @@ pub struct Args {
     /// run.
     #[arg(long, value_name = "EMAIL", requires = "dry_run")]
     pub print: Option<String>,
+
+    /// Global rate limit across all connections, e.g. 50/s, 3000/min (default: [send] rate
+    /// in the campaign file, else unlimited). Throttling replies lower it further.
+    #[arg(long, value_name = "N/UNIT")]
+    pub rate: Option<crate::send::Rate>,
+
+    /// At most N messages per UTC day for this run directory, counting earlier runs (default:
+    /// [send] daily_cap).
+    #[arg(long, value_name = "N")]
+    pub daily_cap: Option<u64>,
+
+    /// Donors whose last attempt has an unknown outcome (the connection or the process died
+    /// after the message was sent): skip them and list them in RUN_DIR/unknown.csv, or send
+    /// again (they may get two messages).
+    #[arg(long, value_enum, default_value_t = crate::send::OnUnknown::Skip)]
+    pub on_unknown: crate::send::OnUnknown,
+
+    /// Delivery attempts per donor within this run before leaving them deferred for the next
+    /// (default: [send] max_attempts, else 3).
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+
+    /// Seconds before the first retry of a deferred donor; doubles each time, plus jitter
+    /// (default: [send] retry_delay_seconds, else 30).
+    #[arg(long, value_name = "SECONDS")]
+    pub retry_delay: Option<f64>,
 
     /// Print the summary as JSON.
     #[arg(long)]
@@ -58,12 +85,7 @@ pub struct Args {
 /// Runs `campaign send`.
 pub fn run(args: Args) -> Result<Code, Error> {
     if !args.dry_run {
-        return Err(Error::new(
-            Code::Usage,
-            anyhow::anyhow!(
-                "this version of campaign can only preview a run: add --dry-run (delivery over SMTP is not built yet)"
-            ),
-        ));
+        return super::deliver::run(args);
     }
     let usage = |e: anyhow::Error| Error::new(Code::Usage, e);
     let mut loaded = dryrun::load_run(&args.run, args.campaign.as_deref()).map_err(usage)?;

@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: a fresh temp dir and the real binary.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -91,4 +93,67 @@ pub fn assert_code(o: &Output, code: i32) {
 pub fn manifest(run: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(run.join("manifest.json")).expect("manifest.json");
     serde_json::from_str(&text).expect("manifest parses")
+}
+
+/// A campaign with a [message] table and two segments (`major`: total >= 1000, `rest`).
+pub const CAMPAIGN: &str = r#"
+[campaign]
+id = "dry-2026"
+name = "Dry Run Appeal"
+[columns]
+total = "number"
+[message]
+from = "Friends of Riverside Park <appeal@riverside-park.example>"
+to_name = "{{ name }}"
+unsubscribe_url = "https://riverside-park.example/u?e={{ email | urlencode }}&t={{ unsubscribe_token }}"
+unsubscribe_mailto = "unsubscribe@riverside-park.example"
+currency = "£"
+[[segment]]
+name = "major"
+when = "total >= 1000"
+[[segment]]
+name = "rest"
+template = "general"
+"#;
+
+pub fn setup(csv: &str) -> Workdir {
+    let w = Workdir::new();
+    w.write("donors.csv", csv);
+    w.write("campaign.toml", CAMPAIGN);
+    w.write("templates/major/subject.txt", "Thank you, {{ name }}\n");
+    w.write(
+        "templates/major/body.txt",
+        "Dear {{ name }},\nyou gave {{ total | money }}.\n{% include \"_partials/footer.txt\" %}",
+    );
+    w.write(
+        "templates/major/body.html",
+        "<p>Dear {{ name }},</p><p>you gave {{ total | money }}.</p>",
+    );
+    w.write(
+        "templates/general/subject.txt",
+        "Spring news for {{ name }}",
+    );
+    w.write(
+        "templates/general/body.txt",
+        "Hello {{ name }}\n{% include \"_partials/footer.txt\" %}",
+    );
+    w.write(
+        "templates/_partials/footer.txt",
+        "Unsubscribe: {{ unsubscribe_url }}\n",
+    );
+    w
+}
+
+pub fn segment(w: &Workdir) {
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run",
+        "--as-of",
+        "2026-11-29",
+    ]);
+    assert_code(&o, 0);
 }

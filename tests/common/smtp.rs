@@ -1,0 +1,171 @@
+//! A real SMTP server for tests: mailin-embedded on a free loopback port, recording every
+//! message it accepts, with a policy deciding each reply.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use mailin_embedded::response::{OK, START_DATA};
+use mailin_embedded::{Handler, Response, Server};
+
+/// One accepted message.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: Vec<u8>,
+}
+
+/// Where in the transaction a policy is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Rcpt,
+    DataEnd,
+}
+
+/// Decides a reply: `None` means the normal positive reply. Gets the step, the recipient,
+/// and how many times this recipient was seen at this step before.
+pub type Policy = Arc<dyn Fn(Step, &str, usize) -> Option<(u16, String)> + Send + Sync>;
+
+#[derive(Clone)]
+struct Conn {
+    shared: Arc<Inner>,
+    from: String,
+    to: Vec<String>,
+    data: Vec<u8>,
+}
+
+struct Inner {
+    received: Mutex<Vec<Received>>,
+    seen: Mutex<std::collections::HashMap<(bool, String), usize>>,
+    connections: AtomicUsize,
+    policy: Policy,
+}
+
+impl Inner {
+    fn ask(&self, step: Step, rcpt: &str) -> Option<Response> {
+        let n = {
+            let mut seen = self.seen.lock().unwrap();
+            let e = seen
+                .entry((step == Step::Rcpt, rcpt.to_owned()))
+                .or_insert(0);
+            *e += 1;
+            *e - 1
+        };
+        (self.policy)(step, rcpt, n).map(|(code, text)| Response::custom(code, text))
+    }
+}
+
+impl Handler for Conn {
+    fn helo(&mut self, _ip: IpAddr, _domain: &str) -> Response {
+        self.shared.connections.fetch_add(1, Ordering::SeqCst);
+        OK
+    }
+
+    fn mail(&mut self, _ip: IpAddr, _domain: &str, from: &str) -> Response {
+        self.from = from.to_owned();
+        self.to.clear();
+        self.data.clear();
+        OK
+    }
+
+    fn rcpt(&mut self, to: &str) -> Response {
+        if let Some(r) = self.shared.ask(Step::Rcpt, to) {
+            return r;
+        }
+        self.to.push(to.to_owned());
+        OK
+    }
+
+    fn data_start(
+        &mut self,
+        _domain: &str,
+        _from: &str,
+        _is8bit: bool,
+        _to: &[String],
+    ) -> Response {
+        self.data.clear();
+        START_DATA
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.data.extend_from_slice(buf);
+        Ok(())
+    }
+
+    fn data_end(&mut self) -> Response {
+        let rcpt = self.to.first().cloned().unwrap_or_default();
+        if let Some(r) = self.shared.ask(Step::DataEnd, &rcpt) {
+            return r;
+        }
+        self.shared.received.lock().unwrap().push(Received {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            data: std::mem::take(&mut self.data),
+        });
+        Response::custom(250, "2.0.0 Ok: queued as TEST123".to_owned())
+    }
+}
+
+/// A running test server. It lives until the test process ends.
+pub struct TestServer {
+    pub port: u16,
+    inner: Arc<Inner>,
+}
+
+impl TestServer {
+    /// Accepts everything.
+    pub fn start() -> TestServer {
+        TestServer::with_policy(Arc::new(|_, _, _| None))
+    }
+
+    pub fn with_policy(policy: Policy) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+        let port = listener.local_addr().unwrap().port();
+        let inner = Arc::new(Inner {
+            received: Mutex::new(Vec::new()),
+            seen: Mutex::new(Default::default()),
+            connections: AtomicUsize::new(0),
+            policy,
+        });
+        let handler = Conn {
+            shared: Arc::clone(&inner),
+            from: String::new(),
+            to: Vec::new(),
+            data: Vec::new(),
+        };
+        let mut server = Server::new(handler);
+        server
+            .with_name("test.invalid")
+            .with_num_threads(16)
+            .with_tcp_listener(listener);
+        std::thread::spawn(move || {
+            let _ = server.serve();
+        });
+        TestServer { port, inner }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.received.lock().unwrap().clone()
+    }
+
+    /// Messages received per recipient address.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for r in self.received() {
+            for t in r.to {
+                *m.entry(t).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    pub fn connections(&self) -> usize {
+        self.inner.connections.load(Ordering::SeqCst)
+    }
+}

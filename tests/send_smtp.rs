@@ -1,0 +1,343 @@
+//! `campaign send` against a real SMTP server (mailin-embedded on loopback): delivery,
+//! retries, bounces, halts, resume after a crash, the lock, pacing and the daily cap.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::smtp::{Step, TestServer};
+use common::*;
+
+const SECRET: &str = "test-secret-for-unsubscribe-tokens";
+
+fn donors(n: usize) -> String {
+    let mut csv = String::from("email,name,total\n");
+    for i in 0..n {
+        csv.push_str(&format!("d{i}@example.org,Donor {i},{}\n", i * 10));
+    }
+    csv
+}
+
+fn send(w: &Workdir, server: &TestServer, extra: &[&str]) -> std::process::Output {
+    w.command()
+        .args(["send", "run", "--retry-delay", "0.05"])
+        .args(extra)
+        .env("CAMPAIGN_SMTP_URL", server.url())
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+        .output()
+        .unwrap()
+}
+
+fn status(w: &Workdir) -> serde_json::Value {
+    let o = w.run(&["status", "run", "--json"]);
+    assert_code(&o, 0);
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
+fn total(status: &serde_json::Value, field: &str) -> u64 {
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[field].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn every_donor_is_delivered_exactly_once_with_its_message() {
+    let server = TestServer::start();
+    let w = setup(&donors(120));
+    segment(&w);
+    let o = send(&w, &server, &["--concurrency", "4"]);
+    assert_code(&o, 0);
+    let counts = server.counts();
+    assert_eq!(counts.len(), 120);
+    assert!(counts.values().all(|&n| n == 1), "{counts:?}");
+    let msg = server
+        .received()
+        .into_iter()
+        .find(|r| r.to == ["d12@example.org"])
+        .unwrap();
+    let text = String::from_utf8_lossy(&msg.data);
+    assert!(
+        text.contains("Thank you, Donor 12") || text.contains("Spring news for Donor 12"),
+        "{text}"
+    );
+    assert_eq!(msg.from, "appeal@riverside-park.example");
+    assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    let s = status(&w);
+    assert_eq!(total(&s, "sent"), 120);
+    assert_eq!(total(&s, "pending"), 0);
+    assert!(w.path("run/report.json").exists());
+
+    // A re-run (cron) sends nothing more.
+    let again = send(&w, &server, &[]);
+    assert_code(&again, 0);
+    assert_eq!(server.received().len(), 120);
+}
+
+#[test]
+fn a_temporary_rejection_is_retried_within_the_run() {
+    let server = TestServer::with_policy(Arc::new(|step, rcpt, n| {
+        (step == Step::Rcpt && rcpt == "d3@example.org" && n < 2)
+            .then(|| (451, "4.3.0 Try again later".to_owned()))
+    }));
+    let w = setup(&donors(6));
+    segment(&w);
+    let o = send(&w, &server, &["--concurrency", "1"]);
+    assert_code(&o, 0);
+    assert_eq!(server.counts().get("d3@example.org"), Some(&1));
+    assert_eq!(server.received().len(), 6);
+    // The pre-flight check's connection plus one that served everyone: a rejected RCPT
+    // costs a RSET, not the connection.
+    assert_eq!(server.connections(), 2);
+}
+
+#[test]
+fn a_donor_still_failing_after_max_attempts_is_deferred_for_the_next_run() {
+    let server = TestServer::with_policy(Arc::new(|step, rcpt, n| {
+        (step == Step::Rcpt && rcpt == "d1@example.org" && n < 3)
+            .then(|| (450, "4.2.1 Mailbox busy".to_owned()))
+    }));
+    let w = setup(&donors(3));
+    segment(&w);
+    let o = send(&w, &server, &["--max-attempts", "2"]);
+    assert_code(&o, 5);
+    assert!(stdout(&o).contains("deferred"), "{}", stdout(&o));
+    assert_eq!(total(&status(&w), "deferred"), 1);
+    let o = send(&w, &server, &[]);
+    assert_code(&o, 0);
+    assert_eq!(server.counts().get("d1@example.org"), Some(&1));
+}
+
+#[test]
+fn a_hard_bounce_is_recorded_and_suppressed_next_time() {
+    let server = TestServer::with_policy(Arc::new(|step, rcpt, _| {
+        (step == Step::Rcpt && rcpt == "d2@example.org")
+            .then(|| (550, "5.1.1 No such user".to_owned()))
+    }));
+    let w = setup(&donors(5));
+    segment(&w);
+    let o = send(&w, &server, &[]);
+    assert_code(&o, 0);
+    assert_eq!(server.received().len(), 4);
+    assert_eq!(total(&status(&w), "failed"), 1);
+    let failed = w.read("run/failed.csv");
+    assert!(
+        failed.contains("d2@example.org") && failed.contains("550"),
+        "{failed}"
+    );
+    let bounced = w.read("run/suppress-bounced.txt");
+    assert!(bounced.lines().any(|l| l == "d2@example.org"), "{bounced}");
+
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run2",
+        "--suppress",
+        "run/suppress-bounced.txt",
+    ]);
+    assert_code(&o, 0);
+    assert_eq!(manifest(&w.path("run2"))["dropped"]["suppressed"], 1);
+}
+
+#[test]
+fn a_server_that_closes_the_connection_mid_run_costs_nobody() {
+    // 421 after the body: the server closes the connection and keeps nothing.
+    let server = TestServer::with_policy(Arc::new(|step, rcpt, n| {
+        (step == Step::DataEnd && rcpt == "d4@example.org" && n == 0)
+            .then(|| (421, "4.3.2 Shutting down".to_owned()))
+    }));
+    let w = setup(&donors(8));
+    segment(&w);
+    let o = send(&w, &server, &["--concurrency", "1"]);
+    assert_code(&o, 0);
+    let counts = server.counts();
+    assert_eq!(counts.len(), 8);
+    assert!(counts.values().all(|&n| n == 1));
+    assert!(server.connections() >= 2, "reconnected after the close");
+}
+
+#[test]
+fn a_policy_rejection_halts_the_run_and_leaves_the_rest_pending() {
+    let server = TestServer::with_policy(Arc::new(|step, _, _| {
+        (step == Step::Rcpt).then(|| (550, "5.7.1 Sender rejected by DMARC policy".to_owned()))
+    }));
+    let w = setup(&donors(50));
+    segment(&w);
+    let o = send(&w, &server, &["--concurrency", "1"]);
+    assert_code(&o, 6);
+    assert!(stdout(&o).contains("HALTED"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("5.7.1"), "{}", stdout(&o));
+    assert!(server.received().is_empty());
+    let s = status(&w);
+    assert_eq!(
+        total(&s, "failed"),
+        0,
+        "donors are not blamed for the sender's problem"
+    );
+    assert!(total(&s, "pending") >= 48, "{s}");
+}
+
+#[test]
+fn a_second_send_on_the_same_run_is_refused() {
+    let server = TestServer::start();
+    let w = setup(&donors(3));
+    segment(&w);
+    let lock = campaign::ledger::RunLock::acquire(&w.path("run")).unwrap();
+    let o = send(&w, &server, &[]);
+    assert_code(&o, 7);
+    assert!(server.received().is_empty());
+    drop(lock);
+    assert_code(&send(&w, &server, &[]), 0);
+}
+
+#[test]
+fn the_rate_limit_spaces_messages() {
+    let server = TestServer::start();
+    let w = setup(&donors(11));
+    segment(&w);
+    let start = Instant::now();
+    let o = send(&w, &server, &["--rate", "20/s", "--concurrency", "4"]);
+    assert_code(&o, 0);
+    // 11 messages at 20/s need at least 10 intervals of 50 ms.
+    assert!(
+        start.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(server.received().len(), 11);
+}
+
+#[test]
+fn the_daily_cap_holds_across_runs() {
+    let server = TestServer::start();
+    let w = setup(&donors(5));
+    segment(&w);
+    let o = send(&w, &server, &["--daily-cap", "2"]);
+    assert_code(&o, 5);
+    assert!(stdout(&o).contains("daily cap"), "{}", stdout(&o));
+    assert_eq!(server.received().len(), 2);
+    let o = send(&w, &server, &["--daily-cap", "3"]);
+    assert_code(&o, 5);
+    assert_eq!(server.received().len(), 3);
+}
+
+#[test]
+fn a_real_send_needs_the_unsubscribe_secret_and_unchanged_templates() {
+    let server = TestServer::start();
+    let w = setup(&donors(3));
+    segment(&w);
+    let o = w
+        .command()
+        .args(["send", "run"])
+        .env("CAMPAIGN_SMTP_URL", server.url())
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("CAMPAIGN_UNSUBSCRIBE_SECRET"),
+        "{}",
+        stderr(&o)
+    );
+    assert_code(&send(&w, &server, &["--limit", "1"]), 5);
+    w.write("templates/general/subject.txt", "A different subject");
+    let o = send(&w, &server, &[]);
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("changed after this run started sending"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(server.received().len(), 1);
+}
+
+/// Kills `send` mid-run, re-runs it, and counts what the server got: every donor is delivered
+/// once or listed as unknown; with --on-unknown skip nobody gets two messages, with resend
+/// only donors listed as unknown can.
+#[test]
+fn resume_after_a_crash_never_mails_anyone_twice() {
+    let server = TestServer::start();
+    let n = 1500;
+    let w = setup(&donors(n));
+    segment(&w);
+    let mut child = w
+        .command()
+        .args(["send", "run", "--rate", "400/s", "--concurrency", "3"])
+        .env("CAMPAIGN_SMTP_URL", server.url())
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.received().len() < 200 {
+        assert!(Instant::now() < deadline, "no progress");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "send finished too early"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = server.received().len();
+    assert!(before < n, "killed before the end");
+
+    let o = send(&w, &server, &["--concurrency", "3"]);
+    assert_code(&o, 0);
+    let counts = server.counts();
+    assert!(counts.values().all(|&c| c == 1), "someone got two messages");
+    let unknown = w.read("run/unknown.csv");
+    let unknown: Vec<String> = unknown
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(3).unwrap().to_owned())
+        .collect();
+    assert!(
+        unknown.len() <= 3,
+        "at most one unknown per worker: {unknown:?}"
+    );
+    for i in 0..n {
+        let a = format!("d{i}@example.org");
+        assert!(
+            counts.contains_key(&a) || unknown.contains(&a),
+            "{a} was neither delivered nor listed as unknown"
+        );
+    }
+    let o = send(&w, &server, &["--on-unknown", "resend"]);
+    assert_code(&o, 0);
+    for (a, c) in server.counts() {
+        assert!(c == 1 || unknown.contains(&a), "{a} got {c} messages");
+    }
+}
+
+#[test]
+fn an_unreachable_relay_sends_nothing_and_says_so() {
+    let w = setup(&donors(3));
+    segment(&w);
+    // A port nobody listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = w
+        .command()
+        .args(["send", "run"])
+        .env("CAMPAIGN_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_code(&o, 5);
+    assert!(
+        stderr(&o).contains("cannot reach the relay"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(total(&status(&w), "pending"), 3);
+}
