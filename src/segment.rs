@@ -491,6 +491,48 @@ fn estimate_rows(size: u64, header: &[String]) -> usize {
     (size / per_row).min(200_000_000) as usize
 }
 
+/// The export opened at its first data row, with the classifier compiled for its header:
+/// the common start of `run` and `explain`.
+struct Input {
+    rdr: RawReader<File>,
+    header: Vec<String>,
+    size: u64,
+    classifier: Classifier,
+    /// Suppression entries that were skipped, as warnings for the operator.
+    warnings: Vec<String>,
+}
+
+fn open_input(opts: &SegmentOptions) -> Result<Input, SegmentError> {
+    let mut suppressions = Suppressions::load(&opts.suppress).map_err(SegmentError::Config)?;
+    let warnings = std::mem::take(&mut suppressions.ignored)
+        .into_iter()
+        .map(|i| {
+            format!(
+                "{}:{}: suppression entry ignored: {}",
+                i.path.display(),
+                i.line,
+                i.reason
+            )
+        })
+        .collect();
+    let (rdr, header, size) = open_donors(&opts.donors)?;
+    let classifier = Classifier::new(
+        &opts.campaign,
+        &opts.donors,
+        &header,
+        suppressions,
+        opts.as_of,
+    )
+    .map_err(SegmentError::Config)?;
+    Ok(Input {
+        rdr,
+        header,
+        size,
+        classifier,
+        warnings,
+    })
+}
+
 /// What a successful `segment` produced.
 #[derive(Debug)]
 pub struct SegmentReport {
@@ -506,28 +548,13 @@ pub fn run(
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<SegmentReport, SegmentError> {
     rundir::check_replace(&opts.out, opts.force)?;
-    let suppressions = Suppressions::load(&opts.suppress).map_err(SegmentError::Config)?;
-    let warnings: Vec<String> = suppressions
-        .ignored
-        .iter()
-        .map(|i| {
-            format!(
-                "{}:{}: suppression entry ignored: {}",
-                i.path.display(),
-                i.line,
-                i.reason
-            )
-        })
-        .collect();
-    let (mut rdr, header, size) = open_donors(&opts.donors)?;
-    let mut classifier = Classifier::new(
-        &opts.campaign,
-        &opts.donors,
-        &header,
-        suppressions,
-        opts.as_of,
-    )
-    .map_err(SegmentError::Config)?;
+    let Input {
+        mut rdr,
+        header,
+        size,
+        mut classifier,
+        warnings,
+    } = open_input(opts)?;
     classifier.reserve(estimate_rows(size, &header));
     let suppression_files = opts
         .suppress
@@ -776,16 +803,11 @@ pub fn explain(opts: &SegmentOptions, email: &str) -> Result<String, SegmentErro
     let target = Address::parse(email)
         .map_err(|e| SegmentError::Config(anyhow!("--explain {email:?} is not an address: {e}")))?
         .key();
-    let suppressions = Suppressions::load(&opts.suppress).map_err(SegmentError::Config)?;
-    let (mut rdr, header, _) = open_donors(&opts.donors)?;
-    let mut classifier = Classifier::new(
-        &opts.campaign,
-        &opts.donors,
-        &header,
-        suppressions,
-        opts.as_of,
-    )
-    .map_err(SegmentError::Config)?;
+    let Input {
+        mut rdr,
+        mut classifier,
+        ..
+    } = open_input(opts)?;
     let mut out = String::new();
     let mut first_line = None;
     while let Some(rec) = rdr
