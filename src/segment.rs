@@ -196,14 +196,21 @@ impl Classifier {
         })
     }
 
-    /// Pre-sizes the dedupe set so it never has to grow (growing briefly needs old and new
-    /// tables at once, the peak of this step's memory).
-    pub fn reserve(&mut self, donors: usize) {
-        self.seen = KeySet::with_capacity(donors);
-    }
-
     /// Decides where a data row goes, remembering its address for later duplicates.
     pub fn classify(&mut self, rec: &RawRecord<'_>) -> Outcome {
+        let outcome = self.assess(rec);
+        match (&outcome, self.last_key) {
+            (Outcome::Segment(_) | Outcome::Unmatched, Some(key)) if !self.seen.insert(key) => {
+                Outcome::Duplicate
+            }
+            _ => outcome,
+        }
+    }
+
+    /// Everything [`Classifier::classify`] decides except duplicates: `Segment` and
+    /// `Unmatched` mean "valid and not suppressed", and the caller dedupes them by
+    /// [`Classifier::last_key`] in input order. Lets dedupe run on another thread.
+    pub fn assess(&mut self, rec: &RawRecord<'_>) -> Outcome {
         self.last_key = None;
         let fields = match self.fields(rec) {
             Ok(f) => f,
@@ -229,9 +236,6 @@ impl Classifier {
         }
         if let Some(s) = self.suppressions.check(&addr, key) {
             return Outcome::Suppressed(s);
-        }
-        if !self.seen.insert(key) {
-            return Outcome::Duplicate;
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let hit = match rule {
@@ -334,14 +338,13 @@ pub fn rule_problem(campaign: &Campaign, index: usize, source: &str, e: &RuleErr
     )
 }
 
-/// Writes one dropped row: `line,reason,` then the original row.
-fn push_dropped(out: &mut Vec<u8>, line: u64, reason: &str, raw: &[u8]) {
+/// Writes one dropped row: `line,reason,` then the original row (ending in `\n`).
+fn push_dropped(out: &mut Vec<u8>, line: u64, reason: &str, raw_line: &[u8]) {
     out.extend_from_slice(line.to_string().as_bytes());
     out.push(b',');
     push_field(out, reason.as_bytes());
     out.push(b',');
-    out.extend_from_slice(raw);
-    out.push(b'\n');
+    out.extend_from_slice(raw_line);
 }
 
 fn indent(s: &str) -> String {
@@ -362,78 +365,226 @@ fn quoted_list(items: &[&str]) -> String {
 /// The kinds of dropped rows, in manifest order.
 const DROPPED_KINDS: [&str; 4] = ["rejected", "duplicate", "suppressed", "unmatched"];
 
-/// Flush a dropped-rows buffer to the writer past this size.
+/// Write a dropped-rows buffer out past this size.
 const DROPPED_FLUSH: usize = 1 << 20;
 
-enum Job {
-    Chunk {
-        seg: usize,
-        rows: u64,
-        bytes: Vec<u8>,
-    },
-    Dropped {
-        kind: usize,
-        bytes: Vec<u8>,
+/// Rows handed from the parser thread to the router thread at a time.
+const BATCH_ROWS: usize = 4096;
+
+/// What the parser thread decided about a row; duplicates are the router's call.
+#[derive(Debug, Clone, Copy)]
+enum Pre {
+    /// Failed validation; the reason is `Batch::reasons[i]`.
+    Rejected(u32),
+    /// On a suppression list.
+    Suppressed(Suppressed),
+    /// Valid and not suppressed: the first matching segment (`None`: unmatched), subject to
+    /// dedupe by key.
+    Valid {
+        key: RecipientKey,
+        segment: Option<u32>,
     },
 }
 
-/// The writer thread: writes and hashes chunk files; appends dropped rows.
+/// A run of consecutive input rows: their raw bytes (each ending in `\n`) and decisions.
+#[derive(Default)]
+struct Batch {
+    raw: Vec<u8>,
+    rows: Vec<(usize, u64, Pre)>,
+    reasons: Vec<String>,
+}
+
+impl Batch {
+    fn push(&mut self, raw: &[u8], line: u64, pre: Pre) {
+        self.raw.extend_from_slice(raw);
+        self.raw.push(b'\n');
+        self.rows.push((self.raw.len(), line, pre));
+    }
+
+    fn clear(&mut self) {
+        self.raw.clear();
+        self.rows.clear();
+        self.reasons.clear();
+    }
+}
+
+/// What the router thread produced.
+struct Routed {
+    chunks: Vec<Vec<Chunk>>,
+    seg_rows: Vec<u64>,
+    dropped: Dropped,
+}
+
+/// The router thread: dedupes valid rows in input order, copies each row to its chunk or
+/// dropped file, and writes and hashes chunk files.
+///
+/// Dedupe lives here rather than with parsing because its random reads into a table of
+/// hundreds of megabytes are the slowest single step at 10M rows; on its own thread it
+/// overlaps with parsing instead of adding to it.
 ///
 /// Chunk files are not synced one by one: at 10M rows that is 10,000 journal commits, more
 /// than the rest of the step. The manifest (synced) records every chunk's SHA-256 and `send`
 /// checks it before using a chunk, so a power cut that loses chunk data after the rename is
 /// caught there, never sent from.
-fn writer(
+struct Router {
     root: PathBuf,
     segment_dirs: Vec<String>,
-    dropped_header: Vec<u8>,
-    jobs: mpsc::Receiver<Job>,
-) -> Result<Vec<Vec<Chunk>>> {
-    let mut chunks: Vec<Vec<Chunk>> = vec![Vec::new(); segment_dirs.len()];
-    let mut dropped = Vec::with_capacity(DROPPED_KINDS.len());
-    for kind in DROPPED_KINDS {
-        let path = root.join(DROPPED_DIR).join(format!("{kind}.csv"));
-        let mut f = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(&dropped_header)
-            .with_context(|| format!("writing {}", path.display()))?;
-        dropped.push((path, f));
+    header_len: usize,
+    chunk_size: u64,
+    seen: KeySet,
+    bufs: Vec<Vec<u8>>,
+    buf_rows: Vec<u64>,
+    out: Routed,
+    dropped_files: Vec<(PathBuf, File)>,
+    dropped_bufs: Vec<Vec<u8>>,
+}
+
+impl Router {
+    fn new(
+        root: PathBuf,
+        segment_dirs: Vec<String>,
+        chunk_header: &[u8],
+        chunk_size: u64,
+        expected_donors: usize,
+    ) -> Result<Router> {
+        let mut dropped_header = b"line,reason,".to_vec();
+        dropped_header.extend_from_slice(chunk_header);
+        let mut dropped_files = Vec::with_capacity(DROPPED_KINDS.len());
+        for kind in DROPPED_KINDS {
+            let path = root.join(DROPPED_DIR).join(format!("{kind}.csv"));
+            let mut f =
+                File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+            f.write_all(&dropped_header)
+                .with_context(|| format!("writing {}", path.display()))?;
+            dropped_files.push((path, f));
+        }
+        let n = segment_dirs.len();
+        Ok(Router {
+            root,
+            header_len: chunk_header.len(),
+            chunk_size,
+            // Pre-sized so it never grows: growing briefly holds old and new tables at once,
+            // which would be this step's peak of memory.
+            seen: KeySet::with_capacity(expected_donors),
+            bufs: vec![chunk_header.to_vec(); n],
+            buf_rows: vec![0; n],
+            out: Routed {
+                chunks: vec![Vec::new(); n],
+                seg_rows: vec![0; n],
+                dropped: Dropped::default(),
+            },
+            dropped_files,
+            dropped_bufs: vec![Vec::new(); DROPPED_KINDS.len()],
+            segment_dirs,
+        })
     }
-    for job in jobs {
-        match job {
-            Job::Chunk { seg, rows, bytes } => {
-                let rel = format!(
-                    "{SEGMENTS_DIR}/{}/{:05}.csv",
-                    segment_dirs[seg],
-                    chunks[seg].len() + 1
-                );
-                let path = root.join(&rel);
-                let mut f =
-                    File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-                f.write_all(&bytes)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                chunks[seg].push(Chunk {
-                    file: rel,
-                    rows,
-                    sha256: hex(&Sha256::digest(&bytes)),
-                });
-            }
-            Job::Dropped { kind, bytes } => {
-                let (path, f) = &mut dropped[kind];
-                f.write_all(&bytes)
-                    .with_context(|| format!("writing {}", path.display()))?;
+
+    fn route(&mut self, batch: &Batch) -> Result<()> {
+        let mut start = 0;
+        for &(end, line, pre) in &batch.rows {
+            let raw = &batch.raw[start..end];
+            start = end;
+            match pre {
+                Pre::Valid { key, segment } => {
+                    if !self.seen.insert(key) {
+                        self.out.dropped.duplicate += 1;
+                        self.drop_row(1, line, DUPLICATE_REASON, raw)?;
+                    } else if let Some(i) = segment {
+                        self.add_to_chunk(i as usize, raw)?;
+                    } else {
+                        self.out.dropped.unmatched += 1;
+                        self.drop_row(3, line, UNMATCHED_REASON, raw)?;
+                    }
+                }
+                Pre::Suppressed(s) => {
+                    self.out.dropped.suppressed += 1;
+                    let reason = match s {
+                        Suppressed::Address => "suppressed: address is on a suppression list",
+                        Suppressed::Domain => "suppressed: domain is on a suppression list",
+                    };
+                    self.drop_row(2, line, reason, raw)?;
+                }
+                Pre::Rejected(r) => {
+                    self.out.dropped.rejected += 1;
+                    self.drop_row(0, line, &batch.reasons[r as usize], raw)?;
+                }
             }
         }
+        Ok(())
     }
-    for (path, f) in dropped {
-        f.sync_data()
+
+    fn add_to_chunk(&mut self, i: usize, raw: &[u8]) -> Result<()> {
+        self.bufs[i].extend_from_slice(raw);
+        self.buf_rows[i] += 1;
+        self.out.seg_rows[i] += 1;
+        if self.buf_rows[i] == self.chunk_size {
+            self.write_chunk(i)?;
+        }
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, i: usize) -> Result<()> {
+        let rel = format!(
+            "{SEGMENTS_DIR}/{}/{:05}.csv",
+            self.segment_dirs[i],
+            self.out.chunks[i].len() + 1
+        );
+        let path = self.root.join(&rel);
+        let bytes = &self.bufs[i];
+        File::create(&path)
+            .and_then(|mut f| f.write_all(bytes))
             .with_context(|| format!("writing {}", path.display()))?;
+        self.out.chunks[i].push(Chunk {
+            file: rel,
+            rows: self.buf_rows[i],
+            sha256: hex(&Sha256::digest(bytes)),
+        });
+        // Keep the buffer (and its capacity) for the next chunk of this segment.
+        self.bufs[i].truncate(self.header_len);
+        self.buf_rows[i] = 0;
+        Ok(())
     }
-    for d in segment_dirs {
-        rundir::sync_dir(&root.join(SEGMENTS_DIR).join(d))?;
+
+    fn drop_row(&mut self, kind: usize, line: u64, reason: &str, raw: &[u8]) -> Result<()> {
+        push_dropped(&mut self.dropped_bufs[kind], line, reason, raw);
+        if self.dropped_bufs[kind].len() > DROPPED_FLUSH {
+            self.flush_dropped(kind)?;
+        }
+        Ok(())
     }
-    rundir::sync_dir(&root.join(DROPPED_DIR))?;
-    Ok(chunks)
+
+    fn flush_dropped(&mut self, kind: usize) -> Result<()> {
+        let (path, f) = &mut self.dropped_files[kind];
+        f.write_all(&self.dropped_bufs[kind])
+            .with_context(|| format!("writing {}", path.display()))?;
+        self.dropped_bufs[kind].clear();
+        Ok(())
+    }
+
+    /// Writes the last, partial chunks and the dropped rows still buffered.
+    fn finish(mut self) -> Result<Routed> {
+        for i in 0..self.bufs.len() {
+            if self.buf_rows[i] > 0 {
+                self.write_chunk(i)?;
+            }
+        }
+        for kind in 0..DROPPED_KINDS.len() {
+            self.flush_dropped(kind)?;
+        }
+        for (path, f) in &self.dropped_files {
+            f.sync_data()
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        for d in &self.segment_dirs {
+            rundir::sync_dir(&self.root.join(SEGMENTS_DIR).join(d))?;
+        }
+        rundir::sync_dir(&self.root.join(DROPPED_DIR))?;
+        Ok(self.out)
+    }
 }
+
+const DUPLICATE_REASON: &str = "duplicate: an earlier row has the same address";
+const UNMATCHED_REASON: &str = "unmatched: no segment rule matched";
 
 fn sha256_file(path: &Path) -> Result<InputFile> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -555,7 +706,6 @@ pub fn run(
         mut classifier,
         warnings,
     } = open_input(opts)?;
-    classifier.reserve(estimate_rows(size, &header));
     let suppression_files = opts
         .suppress
         .iter()
@@ -586,32 +736,34 @@ pub fn run(
         push_field(&mut chunk_header, h.as_bytes());
     }
     chunk_header.push(b'\n');
-    let mut dropped_header = b"line,reason,".to_vec();
-    dropped_header.extend_from_slice(&chunk_header);
 
-    // A bounded queue keeps memory flat when the disk is slower than the parser.
-    let (tx, rx) = mpsc::sync_channel::<Job>(16);
-    let writer_handle = {
-        let root = root.clone();
-        let dirs = segment_dirs.clone();
-        thread::Builder::new()
-            .name("chunk-writer".into())
-            .spawn(move || writer(root, dirs, dropped_header, rx))
-            .context("starting the writer thread")?
-    };
+    let mut router = Router::new(
+        root.clone(),
+        segment_dirs,
+        &chunk_header,
+        opts.chunk_size as u64,
+        estimate_rows(size, &header),
+    )?;
+    // Bounded queues keep memory flat whichever thread is slower; emptied batches come back
+    // to be refilled, so steady state allocates nothing.
+    let (tx, rx) = mpsc::sync_channel::<Batch>(4);
+    let (free_tx, free_rx) = mpsc::channel::<Batch>();
+    let router_handle = thread::Builder::new()
+        .name("router".into())
+        .spawn(move || -> Result<Routed> {
+            for mut batch in rx {
+                router.route(&batch)?;
+                batch.clear();
+                let _ = free_tx.send(batch);
+            }
+            router.finish()
+        })
+        .context("starting the router thread")?;
 
-    let nseg = segment_dirs.len();
-    let mut bufs: Vec<Vec<u8>> = vec![chunk_header.clone(); nseg];
-    let mut buf_rows = vec![0u64; nseg];
-    let mut seg_rows = vec![0u64; nseg];
-    let mut dropped_bufs: Vec<Vec<u8>> = vec![Vec::new(); DROPPED_KINDS.len()];
-    let mut dropped = Dropped::default();
     let mut rows: u64 = 0;
+    let mut rejected: u64 = 0;
     let mut reject_kinds: HashMap<String, (u64, u64, String)> = HashMap::new();
-    let chunk_size = opts.chunk_size as u64;
-
-    let send = |tx: &mpsc::SyncSender<Job>, job: Job| tx.send(job).is_ok();
-    let mut writer_gone = false;
+    let mut batch = Batch::default();
     let read_result: Result<(), SegmentError> = loop {
         if let Some(pb) = progress
             && rows.is_multiple_of(65536)
@@ -624,97 +776,52 @@ pub fn run(
             Err(e) => break Err(csv_error(&opts.donors, e).into()),
         };
         rows += 1;
-        let outcome = classifier.classify(&rec);
-        let (kind, reason): (usize, std::borrow::Cow<'_, str>) = match outcome {
-            Outcome::Segment(i) => {
-                let b = &mut bufs[i];
-                b.extend_from_slice(rec.raw);
-                b.push(b'\n');
-                buf_rows[i] += 1;
-                seg_rows[i] += 1;
-                if buf_rows[i] == chunk_size {
-                    let bytes = std::mem::replace(b, chunk_header.clone());
-                    if !send(
-                        &tx,
-                        Job::Chunk {
-                            seg: i,
-                            rows: buf_rows[i],
-                            bytes,
-                        },
-                    ) {
-                        writer_gone = true;
-                        break Ok(());
-                    }
-                    buf_rows[i] = 0;
-                }
-                continue;
-            }
-            Outcome::Rejected { kind, reason } => {
-                dropped.rejected += 1;
+        let outcome = classifier.assess(&rec);
+        let pre = match (outcome, classifier.last_key()) {
+            (Outcome::Segment(i), Some(key)) => Pre::Valid {
+                key,
+                segment: Some(i as u32),
+            },
+            (Outcome::Unmatched, Some(key)) => Pre::Valid { key, segment: None },
+            (Outcome::Suppressed(s), _) => Pre::Suppressed(s),
+            (Outcome::Rejected { kind, reason }, _) => {
+                rejected += 1;
                 let e = reject_kinds
                     .entry(kind)
                     .or_insert_with(|| (0, rec.line, reason.clone()));
                 e.0 += 1;
-                (0, reason.into())
+                batch.reasons.push(reason);
+                Pre::Rejected(batch.reasons.len() as u32 - 1)
             }
-            Outcome::Duplicate => {
-                dropped.duplicate += 1;
-                (1, "duplicate: an earlier row has the same address".into())
-            }
-            Outcome::Suppressed(s) => {
-                dropped.suppressed += 1;
-                (
-                    2,
-                    match s {
-                        Suppressed::Address => "suppressed: address is on a suppression list",
-                        Suppressed::Domain => "suppressed: domain is on a suppression list",
-                    }
-                    .into(),
-                )
-            }
-            Outcome::Unmatched => {
-                dropped.unmatched += 1;
-                (3, "unmatched: no segment rule matched".into())
-            }
+            // A valid row always has a key, and `assess` leaves duplicates to the router.
+            (o, _) => unreachable!("assess returned {o:?} without a key"),
         };
-        push_dropped(&mut dropped_bufs[kind], rec.line, &reason, rec.raw);
-        if dropped_bufs[kind].len() > DROPPED_FLUSH {
-            let bytes = std::mem::take(&mut dropped_bufs[kind]);
-            if !send(&tx, Job::Dropped { kind, bytes }) {
-                writer_gone = true;
+        batch.push(rec.raw, rec.line, pre);
+        if batch.rows.len() == BATCH_ROWS {
+            let next = free_rx.try_recv().unwrap_or_default();
+            if tx.send(std::mem::replace(&mut batch, next)).is_err() {
+                // The router stopped on an error; joining it below reports that error.
                 break Ok(());
             }
         }
     };
-    if !writer_gone {
-        for (i, b) in bufs.into_iter().enumerate() {
-            if buf_rows[i] > 0
-                && !send(
-                    &tx,
-                    Job::Chunk {
-                        seg: i,
-                        rows: buf_rows[i],
-                        bytes: b,
-                    },
-                )
-            {
-                break;
-            }
-        }
-        for (kind, bytes) in dropped_bufs.into_iter().enumerate() {
-            if !bytes.is_empty() && !send(&tx, Job::Dropped { kind, bytes }) {
-                break;
-            }
-        }
+    if !batch.rows.is_empty() {
+        let _ = tx.send(batch);
     }
     drop(tx);
-    let chunks = writer_handle
+    let routed = router_handle
         .join()
-        .map_err(|_| anyhow!("the chunk writer thread panicked"))??;
+        .map_err(|_| anyhow!("the router thread panicked"))??;
     read_result?;
     if let Some(pb) = progress {
         pb.set_position(size);
     }
+    let Routed {
+        chunks,
+        seg_rows,
+        dropped,
+    } = routed;
+    debug_assert_eq!(dropped.rejected, rejected);
 
     if rows == 0 {
         return Err(SegmentError::NoRows(opts.donors.clone()));
@@ -770,7 +877,7 @@ pub fn run(
         suppression_files,
         email_column: opts.campaign.email_column.clone(),
         header,
-        chunk_size,
+        chunk_size: opts.chunk_size as u64,
         segments,
         dropped,
         dropped_files: DroppedFiles {
