@@ -341,3 +341,50 @@ fn an_unreachable_relay_sends_nothing_and_says_so() {
     );
     assert_eq!(total(&status(&w), "pending"), 3);
 }
+
+/// SIGTERM (what cron's timeout or systemd sends): messages in flight finish, nothing new
+/// starts, the summary says how to resume, and the re-run completes without duplicates.
+#[test]
+fn sigterm_stops_cleanly_and_the_rerun_finishes() {
+    let server = TestServer::start();
+    let n = 400;
+    let w = setup(&donors(n));
+    segment(&w);
+    let child = w
+        .command()
+        .args(["send", "run", "--rate", "200/s", "--concurrency", "2"])
+        .env("CAMPAIGN_SMTP_URL", server.url())
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.received().len() < 40 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The shell's built-in kill, so the test needs no procps.
+    let killed = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let o = child.wait_with_output().unwrap();
+    assert_code(&o, 5);
+    assert!(stdout(&o).contains("interrupted"), "{}", stdout(&o));
+    let got = server.received().len();
+    assert!(got < n, "stopped before the end ({got})");
+    let s = status(&w);
+    assert_eq!(total(&s, "sent") as usize, got);
+    assert_eq!(
+        total(&s, "unknown"),
+        0,
+        "a clean stop leaves nothing unknown"
+    );
+
+    assert_code(&send(&w, &server, &[]), 0);
+    let counts = server.counts();
+    assert_eq!(counts.len(), n);
+    assert!(counts.values().all(|&c| c == 1));
+}
