@@ -100,6 +100,15 @@ pub struct SendOptions {
     pub envelope_from: String,
 }
 
+/// Progress bars for a terminal: one for the run, one per segment (indexed like the
+/// manifest's segments; `None` for segments not being sent).
+pub struct Progress {
+    /// The whole send.
+    pub overall: indicatif::ProgressBar,
+    /// Each segment.
+    pub segments: Vec<Option<indicatif::ProgressBar>>,
+}
+
 /// Per-segment totals, from the ledgers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SegmentStatus {
@@ -241,7 +250,7 @@ struct Shared<'a> {
     stop: &'a AtomicBool,
     halt: Mutex<Option<String>>,
     counts: Mutex<SessionCounts>,
-    progress: Option<&'a indicatif::ProgressBar>,
+    progress: Option<&'a Progress>,
 }
 
 impl Shared<'_> {
@@ -283,12 +292,16 @@ impl Shared<'_> {
         }
     }
 
-    fn count(&self, f: impl FnOnce(&mut SessionCounts)) {
+    /// Counts one donor of segment `seg` as handled in this process.
+    fn count(&self, seg: usize, f: impl FnOnce(&mut SessionCounts)) {
         if let Ok(mut c) = self.counts.lock() {
             f(&mut c);
         }
-        if let Some(pb) = self.progress {
-            pb.inc(1);
+        if let Some(p) = self.progress {
+            p.overall.inc(1);
+            if let Some(Some(pb)) = p.segments.get(seg) {
+                pb.inc(1);
+            }
         }
     }
 }
@@ -349,7 +362,7 @@ fn work_chunk(
             Some((key, _)) => match ledger.states().state(key) {
                 State::Sent | State::Failed => {}
                 State::Unknown if sh.opts.on_unknown == OnUnknown::Skip => {
-                    sh.count(|c| c.skipped_unknown += 1);
+                    sh.count(seg, |c| c.skipped_unknown += 1);
                 }
                 State::Deferred { attempts } => todo.push(Todo {
                     row,
@@ -415,7 +428,7 @@ fn work_chunk(
                             due: Instant::now() + Duration::from_secs_f64(backoff),
                         });
                     } else {
-                        sh.count(|c| c.deferred += 1);
+                        sh.count(seg, |c| c.deferred += 1);
                     }
                 }
             }
@@ -424,7 +437,7 @@ fn work_chunk(
     // Anyone left waiting for a retry stays deferred for the next run.
     if !todo.is_empty() {
         for _ in &todo {
-            sh.count(|c| c.deferred += 1);
+            sh.count(seg, |c| c.deferred += 1);
         }
     }
     ledger.sync()?;
@@ -460,7 +473,7 @@ fn send_one(
                 &format!("not rendered: {}", e.reason),
                 false,
             )?;
-            sh.count(|c| c.failed += 1);
+            sh.count(seg, |c| c.failed += 1);
             return Ok(None);
         }
     };
@@ -485,7 +498,7 @@ fn send_one(
     match outcome {
         Outcome::Accepted { reply } => {
             ledger.sent(t.key, now, 250, &reply)?;
-            sh.count(|c| c.sent += 1);
+            sh.count(seg, |c| c.sent += 1);
             Ok(None)
         }
         Outcome::Bounced {
@@ -494,7 +507,7 @@ fn send_one(
             suppress,
         } => {
             ledger.failed(t.key, now, code, &text, suppress)?;
-            sh.count(|c| c.failed += 1);
+            sh.count(seg, |c| c.failed += 1);
             Ok(None)
         }
         Outcome::Deferred {
@@ -510,7 +523,7 @@ fn send_one(
         }
         Outcome::Unknown { text } => {
             ledger.unknown(t.key, now, &text)?;
-            sh.count(|c| c.unknown += 1);
+            sh.count(seg, |c| c.unknown += 1);
             Ok(None)
         }
         Outcome::Halt { code, text } => {
@@ -533,7 +546,7 @@ pub fn send(
     preparer: &Preparer,
     new_transport: &(dyn Fn() -> Box<dyn Transport> + Sync),
     stop: &AtomicBool,
-    progress: Option<&indicatif::ProgressBar>,
+    progress: Option<&Progress>,
 ) -> Result<SendReport> {
     let started = Instant::now();
     let selected = crate::dryrun::select_segments(manifest, &opts.segments)?;

@@ -14,7 +14,7 @@ use crate::exit::{Code, Error, escape_controls};
 use crate::ledger::{LedgerError, RunLock};
 use crate::prepare::{self, Preparer, TEMPLATES_FINGERPRINT};
 use crate::rundir::LEDGER_DIR;
-use crate::send::{self, SendOptions, SendReport, Stop};
+use crate::send::{self, Progress, SendOptions, SendReport, Stop};
 use crate::smtp::{self, SmtpSettings};
 use crate::unsubscribe::UnsubscribeSecret;
 
@@ -127,18 +127,11 @@ pub fn run(args: Args) -> Result<Code, Error> {
             );
         });
     }
-    let total: u64 = loaded.manifest.segments.iter().map(|s| s.rows).sum();
-    let progress = (!args.quiet && !args.json && std::io::stderr().is_terminal()).then(|| {
-        let pb = indicatif::ProgressBar::new(args.limit.map_or(total, |l| l.min(total)));
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "sending [{bar:30}] {pos}/{len} donors, {per_sec}, eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        pb
-    });
+    let progress = if !args.quiet && !args.json && std::io::stderr().is_terminal() {
+        Some(progress_bars(&args.run, &loaded.manifest, &opts.segments)?)
+    } else {
+        None
+    };
     let settings = Arc::new(settings);
     // Check the relay and the login once before any worker starts: a typo in the host or a
     // wrong password should stop the run with one clear message, not defer every donor.
@@ -179,8 +172,11 @@ pub fn run(args: Args) -> Result<Code, Error> {
         &stop,
         progress.as_ref(),
     );
-    if let Some(pb) = progress {
-        pb.finish_and_clear();
+    if let Some(p) = progress {
+        p.overall.finish_and_clear();
+        for pb in p.segments.into_iter().flatten() {
+            pb.finish_and_clear();
+        }
     }
     let report = report?;
     let text = if args.json {
@@ -196,6 +192,43 @@ pub fn run(args: Args) -> Result<Code, Error> {
         Stop::Halted(_) => Code::Halted,
         _ if report.remaining() > 0 => Code::Remaining,
         _ => Code::Success,
+    })
+}
+
+/// An overall bar and one per selected segment, starting from what earlier runs did.
+fn progress_bars(
+    run: &std::path::Path,
+    manifest: &crate::manifest::Manifest,
+    segments: &[String],
+) -> Result<Progress, Error> {
+    let selected = dryrun::select_segments(manifest, segments)?;
+    let status = send::status(run, manifest, &selected)?;
+    let multi = indicatif::MultiProgress::new();
+    let style = |template: &str| {
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ")
+    };
+    let done = |s: &send::SegmentStatus| s.sent + s.failed + s.unknown;
+    let overall = multi.add(indicatif::ProgressBar::new(
+        status.iter().map(|s| s.donors).sum(),
+    ));
+    overall.set_style(style(
+        "{prefix:>12} [{bar:30}] {pos}/{len} donors, {per_sec}, eta {eta}",
+    ));
+    overall.set_prefix("all");
+    overall.set_position(status.iter().map(done).sum());
+    let mut bars = vec![None; manifest.segments.len()];
+    for (&i, s) in selected.iter().zip(&status) {
+        let pb = multi.add(indicatif::ProgressBar::new(s.donors));
+        pb.set_style(style("{prefix:>12} [{bar:30}] {pos}/{len}"));
+        pb.set_prefix(s.segment.clone());
+        pb.set_position(done(s));
+        bars[i] = Some(pb);
+    }
+    Ok(Progress {
+        overall,
+        segments: bars,
     })
 }
 
