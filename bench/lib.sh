@@ -1,0 +1,200 @@
+# Shared helpers for bench/send.sh, bench/peer.sh, bench/render.sh and bench/scale.sh.
+# Sourced, not run. Expects `set -euo pipefail` and the working directory at the repository root.
+#
+# Provides: tool installers (GNU time, postfix's smtp-sink/smtp-source, a mailmerge venv), the
+# release build, generated inputs in bench-data/, a timing wrapper that records wall time and
+# peak RSS, medians, and loopback smtp-sink servers that are killed when the script exits.
+# Everything network-related listens on or connects to 127.0.0.1 only.
+
+ROOT=$PWD
+DATA=bench-data
+SEED=${SEED:-20261129}
+AS_OF=2026-11-29
+# Any 32 characters: the unsubscribe-token secret a real send requires.
+export CAMPAIGN_UNSUBSCRIBE_SECRET=bench-secret-0123456789abcdef012
+mkdir -p "$DATA"
+WORK=$(mktemp -d "$ROOT/$DATA/.runs.XXXXXX")
+SERVER_PIDS=()
+cleanup() {
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '%s\n' "$*" >&2; }
+
+# --- tools --------------------------------------------------------------------------------
+apt_install() { # PACKAGE...: apt-get install, with one `apt-get update` retry
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null; then
+        apt-get update >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y "$@" >/dev/null
+    fi
+}
+ensure_time() {
+    if ! /usr/bin/time --version 2>&1 | grep -q GNU; then
+        log "installing GNU time"
+        apt_install time
+    fi
+}
+SMTP_SINK=/usr/sbin/smtp-sink
+SMTP_SOURCE=/usr/sbin/smtp-source
+ensure_postfix() { # smtp-sink and smtp-source; no mail system configured, no daemon started
+    if [[ ! -x $SMTP_SINK || ! -x $SMTP_SOURCE ]]; then
+        log "installing postfix (for smtp-sink and smtp-source)"
+        echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+        echo "postfix postfix/mailname string localhost" | debconf-set-selections
+        apt_install postfix
+    fi
+}
+MAILMERGE_VENV=$DATA/venv-mailmerge
+ensure_mailmerge() {
+    if [[ ! -x $MAILMERGE_VENV/bin/mailmerge ]]; then
+        log "installing mailmerge into $MAILMERGE_VENV"
+        python3 -m venv "$MAILMERGE_VENV"
+        "$MAILMERGE_VENV/bin/pip" install --quiet mailmerge
+    fi
+}
+
+build() {
+    log "building (release)"
+    cargo build --release --quiet
+    cargo build --release --quiet --example gen_donors
+    # Others edit src/ while benchmarks run: record which sources the binary was built from.
+    SRC_FINGERPRINT=$(find src Cargo.toml Cargo.lock -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
+    CAMPAIGN=$ROOT/target/release/campaign
+    GEN=$ROOT/target/release/examples/gen_donors
+}
+
+machine_header() { # TITLE
+    echo "# $1, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
+    echo "# sources (src/, Cargo.toml, Cargo.lock) sha256 fingerprint: $SRC_FINGERPRINT"
+}
+
+# --- data ---------------------------------------------------------------------------------
+label() { # 1000000 -> 1m, 250000 -> 250k
+    local n=$1
+    if ((n % 1000000 == 0)); then echo "$((n / 1000000))m"
+    elif ((n % 1000 == 0)); then echo "$((n / 1000))k"
+    else echo "$n"; fi
+}
+data_file() { echo "$DATA/donors-$(label "$1").csv"; }
+ensure_data() { # N: generated export of N data rows (same files as bench/segment.sh)
+    local n=$1 f
+    f=$(data_file "$n")
+    if [[ ! -s $f ]]; then
+        log "generating $f ($n rows, seed $SEED)"
+        "$GEN" --rows "$n" --seed "$SEED" --out "$f.tmp"
+        mv "$f.tmp" "$f"
+    fi
+}
+# exact_donors N: prints the path of an export of exactly N rows that are all deliverable
+# donors: the generated export's rows that `campaign segment` keeps (valid, first occurrence),
+# in file order, with ASCII addresses only (smtp-source and mailmerge cannot send SMTPUTF8).
+# So every row becomes exactly one message.
+exact_donors() {
+    local n=$1 src out rows
+    out="$DATA/donors-exact-$(label "$n").csv"
+    if [[ ! -s $out ]]; then
+        rows=$((n + n / 10 + 100))
+        src="$WORK/exact-src.csv"
+        "$GEN" --rows "$rows" --seed "$SEED" --out "$src"
+        rm -rf "$WORK/exact-run"
+        "$CAMPAIGN" segment "$src" --campaign bench/send-campaign.toml --out "$WORK/exact-run" \
+            --as-of "$AS_OF" --quiet >/dev/null
+        python3 - "$src" "$WORK/exact-run" "$n" "$out.tmp" <<'PY'
+import csv, glob, sys
+src, run, n, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+kept = set()
+for chunk in glob.glob(f"{run}/segments/*/*.csv"):
+    with open(chunk, newline="", encoding="utf-8") as f:
+        r = csv.reader(f)
+        i = next(r).index("email")
+        kept.update(row[i] for row in r)
+with open(src, newline="", encoding="utf-8") as f, open(out, "w", newline="", encoding="utf-8") as o:
+    r, w = csv.reader(f), csv.writer(o, lineterminator="\n")
+    header = next(r)
+    i = header.index("email")
+    w.writerow(header)
+    count = 0
+    for row in r:
+        if count == n:
+            break
+        if row[i] in kept and row[i].isascii():
+            w.writerow(row)
+            count += 1
+if count != n:
+    sys.exit(f"only {count} deliverable rows, wanted {n}")
+PY
+        mv "$out.tmp" "$out"
+        rm -rf "$WORK/exact-run" "$src"
+    fi
+    echo "$out"
+}
+segment_run() { # CSV CAMPAIGN_TOML OUT [SEGMENT OPTIONS...]: segment into OUT (replacing it)
+    local csv=$1 toml=$2 out=$3
+    shift 3
+    rm -rf "$out"
+    "$CAMPAIGN" segment "$csv" --campaign "$toml" --out "$out" --as-of "$AS_OF" --quiet --force "$@" >/dev/null
+}
+
+# --- measuring ----------------------------------------------------------------------------
+# measure NAME CMD...: runs CMD under GNU time, appends "wall_s peak_rss_kb" to $WORK/NAME.
+# Wall time comes from the shell's microsecond clock (GNU time's %e has only 10 ms
+# resolution); peak RSS is GNU time's %M, in KB. CMD's stdout goes to $WORK/NAME.stdout
+# (kept for the last run). A non-zero exit aborts the script.
+measure() {
+    local name=$1 t0 t1
+    shift
+    t0=$EPOCHREALTIME
+    if ! /usr/bin/time -f '%e %M' -o "$WORK/time.out" "$@" >"$WORK/$name.stdout" 2>"$WORK/stderr"; then
+        log "FAILED: $*"
+        cat "$WORK/stderr" >&2
+        exit 1
+    fi
+    t1=$EPOCHREALTIME
+    awk -v a="$t0" -v b="$t1" -v l="$(tail -n 1 "$WORK/time.out")" \
+        'BEGIN { split(l, f, " "); printf "%.4f %d\n", b - a, f[2] }' >>"$WORK/$name"
+}
+median() { # median of column $2 of file $1
+    sort -g -k"$2","$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END {
+        if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+raw() { cut -d' ' -f"$2" "$1" | paste -sd' '; } # all values of column $2 of file $1
+# sent_count: messages sent according to the JSON summary of the last `campaign send --json`
+# measured as NAME ($WORK/NAME.stdout).
+sent_count() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["session"]["sent"])' "$WORK/$1.stdout"
+}
+
+# --- loopback SMTP server -----------------------------------------------------------------
+free_port() { # an unused TCP port on 127.0.0.1
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+# start_sink [SMTP-SINK OPTIONS...]: starts smtp-sink on 127.0.0.1 at a free port (discarding
+# every message), sets SINK_PORT, and registers it to be killed on exit.
+start_sink() {
+    local user=() i pid
+    [[ $(id -u) == 0 ]] && user=(-u nobody)
+    SINK_PORT=$(free_port)
+    "$SMTP_SINK" "${user[@]}" "$@" "127.0.0.1:$SINK_PORT" 256 >/dev/null 2>"$WORK/sink.err" &
+    pid=$!
+    SERVER_PIDS+=("$pid")
+    for ((i = 0; i < 100; i++)); do
+        if ss -Hltn "sport = :$SINK_PORT" | grep -q .; then
+            return 0
+        fi
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    log "smtp-sink did not start on 127.0.0.1:$SINK_PORT"
+    cat "$WORK/sink.err" >&2
+    exit 1
+}
