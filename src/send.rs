@@ -13,8 +13,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -243,7 +243,10 @@ struct Shared<'a> {
     session: Session,
     pacer: Pacer,
     next_job: AtomicUsize,
-    jobs: Vec<(usize, usize)>,
+    jobs: Vec<Job>,
+    /// Open chunk ledgers, shared by the workers on slices of the same chunk, with the number
+    /// of slices still to finish.
+    ledgers: Mutex<HashMap<(usize, usize), OpenLedger>>,
     /// Messages this process may still start (limit and daily cap), `u64::MAX` when unbounded.
     budget: AtomicU64,
     budget_reason: Stop,
@@ -293,6 +296,38 @@ impl Shared<'_> {
     }
 
     /// Counts one donor of segment `seg` as handled in this process.
+    /// The chunk's ledger, opened by the first worker on one of its slices.
+    fn ledger(&self, job: &Job) -> Result<Arc<Mutex<ChunkLedger>>> {
+        let mut map = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((l, _)) = map.get(&(job.seg, job.chunk)) {
+            return Ok(Arc::clone(l));
+        }
+        let file = &self.manifest.segments[job.seg].chunks[job.chunk].file;
+        let l = Arc::new(Mutex::new(ChunkLedger::open(
+            &self.opts.run,
+            file,
+            &self.session,
+        )?));
+        map.insert((job.seg, job.chunk), (Arc::clone(&l), job.slices));
+        Ok(l)
+    }
+
+    /// One slice of the chunk is done; the last one syncs and closes the chunk's ledger.
+    fn slice_done(&self, job: &Job) -> Result<()> {
+        let mut map = self.ledgers.lock().unwrap_or_else(|p| p.into_inner());
+        let last = match map.get_mut(&(job.seg, job.chunk)) {
+            Some((_, left)) => {
+                *left -= 1;
+                *left == 0
+            }
+            None => false,
+        };
+        if last && let Some((l, _)) = map.remove(&(job.seg, job.chunk)) {
+            lock(&l).sync()?;
+        }
+        Ok(())
+    }
+
     fn count(&self, seg: usize, f: impl FnOnce(&mut SessionCounts)) {
         if let Ok(mut c) = self.counts.lock() {
             f(&mut c);
@@ -304,6 +339,25 @@ impl Shared<'_> {
             }
         }
     }
+}
+
+/// A unit of work: one slice of a chunk's rows. Small runs split chunks so every connection
+/// has work; the slices of a chunk share its ledger.
+#[derive(Debug, Clone, Copy)]
+struct Job {
+    seg: usize,
+    chunk: usize,
+    slice: usize,
+    slices: usize,
+}
+
+/// A chunk's ledger shared by the workers on its slices, and how many slices are left.
+type OpenLedger = (Arc<Mutex<ChunkLedger>>, usize);
+
+/// Locks a ledger; a poisoned lock only means another worker panicked mid-write, and the
+/// ledger's own state is still consistent record by record.
+fn lock(l: &Mutex<ChunkLedger>) -> std::sync::MutexGuard<'_, ChunkLedger> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A chunk row's fields, kept between first attempt and retries.
@@ -329,23 +383,30 @@ fn jitter(key: RecipientKey, attempt: u32) -> f64 {
 }
 
 /// Processes one chunk: everyone in it who still needs a message, with retries.
-fn work_chunk(
+fn work_slice(
     sh: &Shared<'_>,
     transport: &mut dyn Transport,
     ws: &mut Workspace,
-    seg: usize,
-    chunk: usize,
+    job: &Job,
 ) -> Result<()> {
+    let seg = job.seg;
     let segment = &sh.manifest.segments[seg];
-    let chunk_ref = &segment.chunks[chunk];
+    let chunk_ref = &segment.chunks[job.chunk];
     let bytes = prepare::read_chunk(&sh.opts.run, chunk_ref)?;
-    let mut ledger = ChunkLedger::open(&sh.opts.run, &chunk_ref.file, &sh.session)?;
+    let ledger = sh.ledger(job)?;
+    let n = chunk_ref.rows as usize;
+    let mine = (job.slice * n / job.slices)..((job.slice + 1) * n / job.slices);
+    let mut index = 0;
 
     // Rows of the chunk, kept parsed so a retry can render them again.
     let mut rows: Vec<StoredRow> = Vec::new();
     let mut todo: Vec<Todo> = Vec::new();
     let now = Instant::now();
     prepare::for_each_row(&bytes, |rec| {
+        index += 1;
+        if !mine.contains(&(index - 1)) {
+            return Ok(());
+        }
         let row = rows.len();
         rows.push(StoredRow {
             line: rec.line,
@@ -359,7 +420,7 @@ fn work_chunk(
                 chunk_ref.file,
                 rec.line
             ),
-            Some((key, _)) => match ledger.states().state(key) {
+            Some((key, _)) => match lock(&ledger).states().state(key) {
                 State::Sent | State::Failed => {}
                 State::Unknown if sh.opts.on_unknown == OnUnknown::Skip => {
                     sh.count(seg, |c| c.skipped_unknown += 1);
@@ -402,18 +463,18 @@ fn work_chunk(
             }
             let allowed = sh.take_budget(batch.len() as u64) as usize;
             if allowed == 0 {
-                return Ok(());
+                return sh.slice_done(job);
             }
             let batch = &batch[..allowed];
             let keys: Vec<RecipientKey> = batch.iter().map(|t| t.key).collect();
-            ledger.reserve(&keys, Timestamp::now())?;
+            lock(&ledger).reserve(&keys, Timestamp::now())?;
             for (i, t) in batch.iter().enumerate() {
                 if sh.halted() {
-                    ledger.release(&keys[i..], Timestamp::now())?;
+                    lock(&ledger).release(&keys[i..], Timestamp::now())?;
                     sh.give_back((batch.len() - i) as u64);
                     break;
                 }
-                let retry = send_one(sh, transport, ws, &mut ledger, seg, &rows[t.row], t)?;
+                let retry = send_one(sh, transport, ws, &ledger, seg, &rows[t.row], t)?;
                 if let Some(attempts) = retry {
                     let n = attempts_here.entry(t.key).or_insert(0);
                     *n += 1;
@@ -435,13 +496,10 @@ fn work_chunk(
         }
     }
     // Anyone left waiting for a retry stays deferred for the next run.
-    if !todo.is_empty() {
-        for _ in &todo {
-            sh.count(seg, |c| c.deferred += 1);
-        }
+    for _ in &todo {
+        sh.count(seg, |c| c.deferred += 1);
     }
-    ledger.sync()?;
-    Ok(())
+    sh.slice_done(job)
 }
 
 /// Sends one donor's message and records the outcome; `Some(attempts)` when it should be
@@ -450,7 +508,7 @@ fn send_one(
     sh: &Shared<'_>,
     transport: &mut dyn Transport,
     ws: &mut Workspace,
-    ledger: &mut ChunkLedger,
+    ledger: &Mutex<ChunkLedger>,
     seg: usize,
     row: &StoredRow,
     t: &Todo,
@@ -466,7 +524,7 @@ fn send_one(
     let prepared = match sh.preparer.prepare(segment, &rec, ws) {
         Ok(p) => p,
         Err(e) => {
-            ledger.failed(
+            lock(ledger).failed(
                 t.key,
                 Timestamp::now(),
                 0,
@@ -484,7 +542,7 @@ fn send_one(
         &prepared.to,
         &prepared.bytes,
         &mut || {
-            ledger
+            lock(ledger)
                 .transmitting(t.key, Timestamp::now())
                 .inspect_err(|e| {
                     ledger_err = Some(e.to_string());
@@ -497,7 +555,7 @@ fn send_one(
     let now = Timestamp::now();
     match outcome {
         Outcome::Accepted { reply } => {
-            ledger.sent(t.key, now, 250, &reply)?;
+            lock(ledger).sent(t.key, now, 250, &reply)?;
             sh.count(seg, |c| c.sent += 1);
             Ok(None)
         }
@@ -506,7 +564,7 @@ fn send_one(
             text,
             suppress,
         } => {
-            ledger.failed(t.key, now, code, &text, suppress)?;
+            lock(ledger).failed(t.key, now, code, &text, suppress)?;
             sh.count(seg, |c| c.failed += 1);
             Ok(None)
         }
@@ -515,20 +573,20 @@ fn send_one(
             text,
             throttle,
         } => {
-            ledger.deferred(t.key, now, code, &text)?;
+            lock(ledger).deferred(t.key, now, code, &text)?;
             if throttle {
                 sh.pacer.slow_down();
             }
             Ok(Some(t.attempts + 1))
         }
         Outcome::Unknown { text } => {
-            ledger.unknown(t.key, now, &text)?;
+            lock(ledger).unknown(t.key, now, &text)?;
             sh.count(seg, |c| c.unknown += 1);
             Ok(None)
         }
         Outcome::Halt { code, text } => {
             // Not this donor's fault: leave them deferred for the run after the fix.
-            ledger.deferred(t.key, now, code, &text)?;
+            lock(ledger).deferred(t.key, now, code, &text)?;
             sh.halt(match code {
                 Some(c) => format!("{c} {text}"),
                 None => text,
@@ -550,10 +608,12 @@ pub fn send(
 ) -> Result<SendReport> {
     let started = Instant::now();
     let selected = crate::dryrun::select_segments(manifest, &opts.segments)?;
-    let jobs: Vec<(usize, usize)> = selected
-        .iter()
-        .flat_map(|&s| (0..manifest.segments[s].chunks.len()).map(move |c| (s, c)))
-        .collect();
+    let jobs = plan(
+        manifest,
+        &selected,
+        opts.concurrency.max(1),
+        opts.batch.max(1),
+    );
 
     let mut budget = opts.limit.unwrap_or(u64::MAX);
     let mut budget_reason = Stop::Limit;
@@ -577,6 +637,7 @@ pub fn send(
         pacer: Pacer::new(opts.rate),
         next_job: AtomicUsize::new(0),
         jobs,
+        ledgers: Mutex::new(HashMap::new()),
         budget: AtomicU64::new(budget),
         budget_reason,
         stop,
@@ -600,10 +661,10 @@ pub fn send(
                         break;
                     }
                     let j = shared.next_job.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(seg, chunk)) = shared.jobs.get(j) else {
+                    let Some(job) = shared.jobs.get(j) else {
                         break;
                     };
-                    if let Err(e) = work_chunk(&shared, transport.as_mut(), &mut ws, seg, chunk) {
+                    if let Err(e) = work_slice(&shared, transport.as_mut(), &mut ws, job) {
                         shared.halt(format!("{e:#}"));
                         if let Ok(mut errs) = errors.lock() {
                             errs.push(e);
@@ -639,6 +700,29 @@ pub fn send(
     };
     write_reports(&opts.run, manifest, preparer, &report)?;
     Ok(report)
+}
+
+/// The work, in run order: whole chunks, or for a run with fewer chunks than twice the
+/// connections, chunks cut into slices (of at least one batch) so every connection has work.
+fn plan(manifest: &Manifest, selected: &[usize], workers: usize, batch: usize) -> Vec<Job> {
+    let chunks: usize = selected
+        .iter()
+        .map(|&s| manifest.segments[s].chunks.len())
+        .sum();
+    let want = (2 * workers).div_ceil(chunks.max(1));
+    let mut jobs = Vec::new();
+    for &seg in selected {
+        for (chunk, c) in manifest.segments[seg].chunks.iter().enumerate() {
+            let slices = want.min((c.rows as usize / batch).max(1));
+            jobs.extend((0..slices).map(|slice| Job {
+                seg,
+                chunk,
+                slice,
+                slices,
+            }));
+        }
+    }
+    jobs
 }
 
 /// Messages accepted on `day` (UTC) across the run's ledgers.
