@@ -17,7 +17,7 @@ use std::sync::Arc;
 use lettre::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 
@@ -231,6 +231,11 @@ pub trait Transport: Send {
 enum Failure {
     /// A negative reply, or a connection error, at a stage.
     Smtp(Stage, lettre::transport::smtp::Error),
+    /// Like [`Failure::Smtp`] (the first failing reply of a pipelined MAIL, RCPT, DATA), but
+    /// the connection cannot be reused: a later reply in the group was a connection error, or
+    /// the server answered DATA with a go-ahead after refusing MAIL or RCPT and now waits for a
+    /// body that will not come (an RSET would only become body text).
+    Unusable(Stage, lettre::transport::smtp::Error),
     /// `before_body` refused.
     Aborted(std::io::Error),
 }
@@ -261,6 +266,26 @@ impl fmt::Display for BodyAndDot<'_> {
         f.write_str(rest)?;
         f.write_str("\r\n.\r\n")
     }
+}
+
+/// `MAIL FROM`, `RCPT TO` and `DATA` as one group (RFC 2920), so they leave in one write
+/// through lettre's `command()`, which then reads the first reply (MAIL's).
+struct Envelope<'a>(&'a Mail, &'a Rcpt);
+
+impl fmt::Display for Envelope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}{}", self.0, self.1, Data)
+    }
+}
+
+/// True when an EHLO reply offers PIPELINING (RFC 2920) on one of its extension lines (every
+/// line after the first, which is the server's name and greeting).
+fn offers_pipelining(ehlo: &Response) -> bool {
+    ehlo.message().skip(1).any(|line| {
+        line.split_whitespace()
+            .next()
+            .is_some_and(|keyword| keyword.eq_ignore_ascii_case("PIPELINING"))
+    })
 }
 
 /// The server's reply text, lines joined by spaces.
@@ -305,7 +330,9 @@ fn is_tls_failure(err: &lettre::transport::smtp::Error) -> bool {
 /// messages, and reconnects after `reconnect_after` messages, after any connection error, or
 /// when the server closed it (421). After a rejected MAIL, RCPT or DATA it sends RSET and keeps
 /// the connection (lettre's high-level `send` would QUIT, costing a reconnect per bad
-/// address). One message per transaction, one recipient per message.
+/// address). One message per transaction, one recipient per message. When the server offers
+/// PIPELINING (RFC 2920), MAIL, RCPT and DATA go out in one write and their replies are read
+/// together: two round trips per message instead of four.
 pub struct SmtpTransport {
     settings: Arc<SmtpSettings>,
     /// `settings.describe()`, computed once for messages.
@@ -314,6 +341,8 @@ pub struct SmtpTransport {
     /// Built on first use: building reads the root store, and a failure is the run's.
     tls: Option<TlsParameters>,
     conn: Option<SmtpConnection>,
+    /// `conn`'s server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go out as one group.
+    pipelining: bool,
     /// Transactions started on `conn`.
     used: usize,
     /// The last envelope sender, parsed: the same for a whole run, so parse it once.
@@ -325,6 +354,7 @@ impl fmt::Debug for SmtpTransport {
         f.debug_struct("SmtpTransport")
             .field("relay", &self.relay)
             .field("connected", &self.conn.is_some())
+            .field("pipelining", &self.pipelining)
             .field("used", &self.used)
             .finish_non_exhaustive()
     }
@@ -339,6 +369,7 @@ impl SmtpTransport {
             settings,
             tls: None,
             conn: None,
+            pipelining: false,
             used: 0,
             sender: None,
         }
@@ -358,6 +389,7 @@ impl SmtpTransport {
     /// goodbye to, and mid-DATA a QUIT would only become body text.
     fn drop_connection(&mut self) {
         self.conn = None;
+        self.pipelining = false;
         self.used = 0;
     }
 
@@ -449,6 +481,8 @@ impl SmtpTransport {
                 .map_err(|e| self.setup_failure("start TLS with", &e, true))?;
         }
 
+        let pipelining = self.detect_pipelining(&mut conn)?;
+
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
             let mechanisms = [Mechanism::Plain, Mechanism::Login];
             if conn.server_info().get_auth_mechanism(&mechanisms).is_none() {
@@ -466,8 +500,24 @@ impl SmtpTransport {
                 .map_err(|e| self.setup_failure(&format!("log in as {user:?} to"), &e, false))?;
         }
         self.conn = Some(conn);
+        self.pipelining = pipelining;
         self.used = 0;
         Ok(())
+    }
+
+    /// Whether the server offers PIPELINING. lettre's `ServerInfo` does not record it, so this
+    /// asks again with an EHLO of its own (RFC 5321 allows one at any time; it resets only the
+    /// transaction, and there is none yet). It comes after STARTTLS, whose EHLO is the one
+    /// that counts, and before AUTH, which a later EHLO might undo on some servers. A refused
+    /// EHLO (sendmail answers a second one with 503) only means lock-step; a 421 or a broken
+    /// connection fails the setup like any other.
+    fn detect_pipelining(&self, conn: &mut SmtpConnection) -> Result<bool, Outcome> {
+        match conn.command(Ehlo::new(self.client_id.clone())) {
+            Ok(reply) => Ok(offers_pipelining(&reply)),
+            Err(e) if e.status().is_some_and(|code| u16::from(code) != 421) => Ok(false),
+            // The connection is dropped with `conn`, without QUIT: nobody to say it to.
+            Err(e) => Err(self.setup_failure("connect to", &e, false)),
+        }
     }
 
     /// The envelope sender, parsed once per run.
@@ -485,21 +535,29 @@ impl SmtpTransport {
         Ok(addr)
     }
 
-    /// Runs MAIL, RCPT, DATA and the body on the open connection.
+    /// Runs MAIL, RCPT, DATA and the body on the open connection: the three commands in
+    /// lock-step, or as one pipelined group when the server offers PIPELINING.
     fn transaction(
         conn: &mut SmtpConnection,
+        pipelining: bool,
         from: Address,
         to: Address,
         params: Vec<MailParameter>,
         body: &[u8],
         before_body: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Result<Response, Failure> {
-        conn.command(Mail::new(Some(from), params))
-            .map_err(|e| Failure::Smtp(Stage::Mail, e))?;
-        conn.command(Rcpt::new(to, Vec::new()))
-            .map_err(|e| Failure::Smtp(Stage::Rcpt, e))?;
-        conn.command(Data)
-            .map_err(|e| Failure::Smtp(Stage::Data, e))?;
+        let mail = Mail::new(Some(from), params);
+        let rcpt = Rcpt::new(to, Vec::new());
+        if pipelining {
+            Self::pipelined_envelope(conn, &mail, &rcpt)?;
+        } else {
+            conn.command(mail)
+                .map_err(|e| Failure::Smtp(Stage::Mail, e))?;
+            conn.command(rcpt)
+                .map_err(|e| Failure::Smtp(Stage::Rcpt, e))?;
+            conn.command(Data)
+                .map_err(|e| Failure::Smtp(Stage::Data, e))?;
+        }
         before_body().map_err(Failure::Aborted)?;
         let sent = match std::str::from_utf8(body) {
             Ok(text) => conn.command(BodyAndDot(text)),
@@ -507,6 +565,50 @@ impl SmtpTransport {
             Err(_) => conn.message(body),
         };
         sent.map_err(|e| Failure::Smtp(Stage::Message, e))
+    }
+
+    /// Sends MAIL, RCPT and DATA in one write (RFC 2920) and reads their three replies in
+    /// order. The first negative reply decides, at its stage, as in lock-step: a refused MAIL
+    /// or RCPT makes the server refuse DATA too (503 or 554), and the replies after it are
+    /// read only to keep the connection in step. Reading stops at a connection error or a
+    /// 421 (the server is closing); if one comes after the first failure, or DATA was
+    /// accepted although MAIL or RCPT was not, the connection is not reused.
+    fn pipelined_envelope(
+        conn: &mut SmtpConnection,
+        mail: &Mail,
+        rcpt: &Rcpt,
+    ) -> Result<(), Failure> {
+        /// A connection error (no reply) or a 421: no more replies will come.
+        fn ends_session(e: &lettre::transport::smtp::Error) -> bool {
+            e.status().is_none_or(|code| u16::from(code) == 421)
+        }
+        let mut first_failure: Option<(Stage, lettre::transport::smtp::Error)> = None;
+        for stage in [Stage::Mail, Stage::Rcpt, Stage::Data] {
+            let reply = if stage == Stage::Mail {
+                conn.command(Envelope(mail, rcpt))
+            } else {
+                conn.read_response()
+            };
+            match (reply, first_failure.take()) {
+                (Ok(_), None) => {}
+                // A go-ahead for DATA after a refused MAIL or RCPT: the server now waits for
+                // a body. Only a new connection gets out of that.
+                (Ok(_), Some((first, e))) if stage == Stage::Data => {
+                    return Err(Failure::Unusable(first, e));
+                }
+                (Ok(_), Some(first)) => first_failure = Some(first),
+                (Err(e), None) if ends_session(&e) => return Err(Failure::Smtp(stage, e)),
+                (Err(e), None) => first_failure = Some((stage, e)),
+                (Err(e), Some((first, first_e))) if ends_session(&e) => {
+                    return Err(Failure::Unusable(first, first_e));
+                }
+                (Err(_), Some(first)) => first_failure = Some(first),
+            }
+        }
+        match first_failure {
+            Some((stage, e)) => Err(Failure::Smtp(stage, e)),
+            None => Ok(()),
+        }
     }
 
     /// Turns a failed transaction into an outcome, leaving the connection clean (RSET) or
@@ -647,6 +749,7 @@ impl Transport for SmtpTransport {
             self.used += 1;
             let result = Self::transaction(
                 conn,
+                self.pipelining,
                 from_addr.clone(),
                 to_addr.clone(),
                 params,
@@ -674,6 +777,11 @@ impl Transport for SmtpTransport {
                     continue;
                 }
                 Err(Failure::Smtp(stage, e)) => self.failed(stage, &e, to),
+                Err(Failure::Unusable(stage, e)) => {
+                    // No RSET: the outcome is the first failure's, the connection is gone.
+                    self.drop_connection();
+                    self.failed(stage, &e, to)
+                }
             };
         }
     }
@@ -717,6 +825,44 @@ mod tests {
         ] {
             assert_eq!(enhanced_code(text), None, "{text:?}");
         }
+    }
+
+    #[test]
+    fn pipelining_is_read_from_extension_lines() {
+        use lettre::transport::smtp::response::{Category, Code, Detail, Severity};
+        let ehlo = |lines: &[&str]| {
+            Response::new(
+                Code::new(
+                    Severity::PositiveCompletion,
+                    Category::MailSystem,
+                    Detail::Zero,
+                ),
+                lines.iter().map(|l| (*l).to_owned()).collect(),
+            )
+        };
+        assert!(offers_pipelining(&ehlo(&[
+            "sink.test",
+            "8BITMIME",
+            "PIPELINING",
+        ])));
+        assert!(offers_pipelining(&ehlo(&["sink.test", "pipelining"])));
+        for lines in [
+            &["sink.test"][..],
+            &["PIPELINING greets you"],
+            &["sink.test", "8BITMIME", "XPIPELINING", "AUTH PIPELINING"],
+        ] {
+            assert!(!offers_pipelining(&ehlo(lines)), "{lines:?}");
+        }
+    }
+
+    #[test]
+    fn envelope_is_one_group() {
+        let mail = Mail::new(Some("a@b.example".parse().unwrap()), Vec::new());
+        let rcpt = Rcpt::new("c@d.example".parse().unwrap(), Vec::new());
+        assert_eq!(
+            Envelope(&mail, &rcpt).to_string(),
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
+        );
     }
 
     #[test]

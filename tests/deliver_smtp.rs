@@ -18,7 +18,8 @@ const FROM: &str = "appeal@park.example";
 /// What the server saw.
 #[derive(Default)]
 struct Seen {
-    /// EHLO/HELO count: one per connection.
+    /// Connections that said EHLO/HELO. The transport says EHLO twice per connection (the
+    /// second to learn whether PIPELINING is offered); only the first is counted.
     helos: usize,
     /// Every RCPT, accepted or not.
     rcpts: Vec<String>,
@@ -35,15 +36,21 @@ struct Script {
     data_end: VecDeque<(u16, &'static str)>,
 }
 
+/// Cloned by mailin for every connection.
 #[derive(Clone)]
 struct Recorder {
     seen: Arc<Mutex<Seen>>,
     script: Arc<Mutex<Script>>,
+    /// This connection has said EHLO.
+    greeted: bool,
 }
 
 impl Handler for Recorder {
     fn helo(&mut self, _ip: IpAddr, _domain: &str) -> Response {
-        self.seen.lock().unwrap().helos += 1;
+        if !self.greeted {
+            self.greeted = true;
+            self.seen.lock().unwrap().helos += 1;
+        }
         OK
     }
 
@@ -101,6 +108,7 @@ impl Mailin {
         let handler = Recorder {
             seen: Arc::default(),
             script: Arc::default(),
+            greeted: false,
         };
         let (seen, script) = (handler.seen.clone(), handler.script.clone());
         let mut server = Server::new(handler);
@@ -581,6 +589,306 @@ fn implicit_tls_to_a_plaintext_server_halts() {
         Outcome::Halt { text, .. } => assert!(text.contains("TLS"), "{text}"),
         other => panic!("expected Halt, got {other:?}"),
     }
+}
+
+/// What a [`Scripted`] server saw.
+#[derive(Default)]
+struct Transcript {
+    connections: usize,
+    ehlos: usize,
+    /// Every `read` outside message data, as text: shows which commands came in one write.
+    reads: Vec<String>,
+    /// Every command line, without CRLF.
+    commands: Vec<String>,
+    /// Accepted messages: (recipient, bytes as sent, dot-stuffed, without the final dot).
+    messages: Vec<(String, String)>,
+}
+
+/// A raw SMTP server, one connection at a time, that can offer PIPELINING and refuse chosen
+/// recipients. It answers DATA without a valid recipient like postfix (554 5.5.1), or, when
+/// `data_despite_refusal`, with 354 as a broken server might.
+struct Scripted {
+    addr: SocketAddr,
+    log: Arc<Mutex<Transcript>>,
+}
+
+impl Scripted {
+    fn start(
+        pipelining: bool,
+        refuse: &[(&'static str, &'static str)],
+        data_despite_refusal: bool,
+    ) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Transcript::default()));
+        let refuse: HashMap<&str, &str> = refuse.iter().copied().collect();
+        let shared = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                shared.lock().unwrap().connections += 1;
+                Self::session(stream, pipelining, &refuse, data_despite_refusal, &shared);
+            }
+        });
+        Scripted { addr, log }
+    }
+
+    fn session(
+        mut stream: TcpStream,
+        pipelining: bool,
+        refuse: &HashMap<&str, &str>,
+        data_despite_refusal: bool,
+        log: &Mutex<Transcript>,
+    ) {
+        use std::io::Read;
+        let _ = stream.write_all(b"220 scripted.test ESMTP\r\n");
+        let mut pending = Vec::new();
+        let mut data: Option<String> = None;
+        let (mut mail, mut rcpt) = (false, None::<String>);
+        let mut buf = [0; 65536];
+        loop {
+            let n = match stream.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if data.is_none() {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                log.lock().unwrap().reads.push(text);
+            }
+            pending.extend_from_slice(&buf[..n]);
+            let mut out = String::new();
+            while let Some(end) = pending.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = pending.drain(..end + 2).collect();
+                let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                if let Some(body) = &mut data {
+                    if line == "." {
+                        let to = rcpt.take().unwrap_or_default();
+                        log.lock()
+                            .unwrap()
+                            .messages
+                            .push((to, std::mem::take(body)));
+                        data = None;
+                        mail = false;
+                        out.push_str("250 2.0.0 Ok: queued as SCRIPTED\r\n");
+                    } else {
+                        body.push_str(&line);
+                        body.push_str("\r\n");
+                    }
+                    continue;
+                }
+                log.lock().unwrap().commands.push(line.clone());
+                let upper = line.to_ascii_uppercase();
+                if upper.starts_with("EHLO") {
+                    log.lock().unwrap().ehlos += 1;
+                    out.push_str("250-scripted.test\r\n");
+                    if pipelining {
+                        out.push_str("250-PIPELINING\r\n");
+                    }
+                    out.push_str("250 8BITMIME\r\n");
+                } else if upper.starts_with("MAIL") {
+                    mail = true;
+                    out.push_str("250 2.1.0 Ok\r\n");
+                } else if upper.starts_with("RCPT") {
+                    let to = line.split(['<', '>']).nth(1).unwrap_or_default().to_owned();
+                    if let Some(reply) = refuse.get(to.as_str()) {
+                        out.push_str(reply);
+                        out.push_str("\r\n");
+                    } else if !mail {
+                        out.push_str("503 5.5.1 Error: need MAIL command\r\n");
+                    } else {
+                        rcpt = Some(to);
+                        out.push_str("250 2.1.5 Ok\r\n");
+                    }
+                } else if upper.starts_with("DATA") {
+                    if rcpt.is_some() || data_despite_refusal {
+                        data = Some(String::new());
+                        out.push_str("354 End data with <CR><LF>.<CR><LF>\r\n");
+                    } else {
+                        out.push_str("554 5.5.1 Error: no valid recipients\r\n");
+                    }
+                } else if upper.starts_with("RSET") {
+                    (mail, rcpt) = (false, None);
+                    out.push_str("250 2.0.0 Ok\r\n");
+                } else if upper.starts_with("QUIT") {
+                    let _ = stream.write_all(format!("{out}221 2.0.0 Bye\r\n").as_bytes());
+                    return;
+                } else {
+                    out.push_str("502 5.5.2 Error: command not recognized\r\n");
+                }
+            }
+            if !out.is_empty() && stream.write_all(out.as_bytes()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn transport(&self) -> SmtpTransport {
+        SmtpTransport::new(Arc::new(settings(self.addr.port())))
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, Transcript> {
+        self.log.lock().unwrap()
+    }
+}
+
+fn assert_scripted_accepted(outcome: &Outcome) {
+    match outcome {
+        Outcome::Accepted { reply } => assert!(reply.contains("SCRIPTED"), "{reply}"),
+        other => panic!("expected Accepted, got {other:?}"),
+    }
+}
+
+#[test]
+fn pipelining_sends_mail_rcpt_and_data_in_one_write() {
+    let server = Scripted::start(true, &[], false);
+    let mut t = server.transport();
+    let msg = message("ann@donor.example", "hi\r\n.dot\r\n");
+    assert_scripted_accepted(&send(&mut t, "ann@donor.example", &msg));
+    assert_scripted_accepted(&send(&mut t, "bob@donor.example", &msg));
+    t.close();
+    let log = server.log();
+    assert_eq!(log.connections, 1);
+    assert_eq!(log.ehlos, 2, "one EHLO by lettre, one to read PIPELINING");
+    for to in ["ann@donor.example", "bob@donor.example"] {
+        let group = format!("MAIL FROM:<{FROM}>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
+        assert!(
+            log.reads.contains(&group),
+            "expected {group:?} in one read: {:?}",
+            log.reads
+        );
+    }
+    let want = String::from_utf8(msg).unwrap().replace("\n.dot", "\n..dot");
+    assert_eq!(
+        log.messages,
+        [
+            ("ann@donor.example".to_owned(), want.clone()),
+            ("bob@donor.example".to_owned(), want)
+        ]
+    );
+}
+
+#[test]
+fn pipelined_rejected_recipient_bounces_and_keeps_the_connection() {
+    let server = Scripted::start(
+        true,
+        &[("gone@donor.example", "550 5.1.1 No such user")],
+        false,
+    );
+    let mut t = server.transport();
+    assert_eq!(
+        send(
+            &mut t,
+            "gone@donor.example",
+            &message("gone@donor.example", "hi\r\n")
+        ),
+        Outcome::Bounced {
+            code: 550,
+            text: "5.1.1 No such user".into(),
+            suppress: true
+        },
+        "decided by the RCPT reply, not by DATA's 554"
+    );
+    assert_scripted_accepted(&send(
+        &mut t,
+        "ann@donor.example",
+        &message("ann@donor.example", "hi\r\n"),
+    ));
+    t.close();
+    let log = server.log();
+    assert_eq!(log.connections, 1, "the bounce must not cost a reconnect");
+    let after_group: Vec<&str> = log
+        .commands
+        .iter()
+        .skip_while(|c| !c.starts_with("RCPT TO:<gone@"))
+        .map(String::as_str)
+        .take(3)
+        .collect();
+    assert_eq!(
+        after_group,
+        ["RCPT TO:<gone@donor.example>", "DATA", "RSET"]
+    );
+    assert_eq!(log.messages.len(), 1);
+    assert_eq!(log.messages[0].0, "ann@donor.example");
+}
+
+#[test]
+fn pipelined_data_accepted_after_a_refused_recipient_drops_the_connection() {
+    // RFC 2920 forbids it; a server doing it waits for a body that must not come.
+    let server = Scripted::start(
+        true,
+        &[("gone@donor.example", "550 5.1.1 No such user")],
+        true,
+    );
+    let mut t = server.transport();
+    assert_eq!(
+        send(
+            &mut t,
+            "gone@donor.example",
+            &message("gone@donor.example", "hi\r\n")
+        ),
+        Outcome::Bounced {
+            code: 550,
+            text: "5.1.1 No such user".into(),
+            suppress: true
+        }
+    );
+    assert_scripted_accepted(&send(
+        &mut t,
+        "ann@donor.example",
+        &message("ann@donor.example", "hi\r\n"),
+    ));
+    t.close();
+    let log = server.log();
+    assert_eq!(
+        log.connections, 2,
+        "no RSET into the data: a new connection"
+    );
+    assert!(
+        !log.commands.iter().any(|c| c == "RSET"),
+        "{:?}",
+        log.commands
+    );
+    assert_eq!(log.messages.len(), 1);
+    assert_eq!(log.messages[0].0, "ann@donor.example");
+}
+
+#[test]
+fn without_pipelining_commands_go_in_lock_step() {
+    let server = Scripted::start(
+        false,
+        &[("gone@donor.example", "550 5.1.1 No such user")],
+        false,
+    );
+    let mut t = server.transport();
+    assert!(matches!(
+        send(
+            &mut t,
+            "gone@donor.example",
+            &message("gone@donor.example", "hi\r\n")
+        ),
+        Outcome::Bounced { code: 550, .. }
+    ));
+    assert_scripted_accepted(&send(
+        &mut t,
+        "ann@donor.example",
+        &message("ann@donor.example", "hi\r\n"),
+    ));
+    t.close();
+    let log = server.log();
+    assert_eq!(log.connections, 1);
+    // Every command read on its own: each waited for the previous reply. After the refused
+    // RCPT no DATA was sent, only RSET.
+    let commands: Vec<String> = log.commands.iter().map(|c| format!("{c}\r\n")).collect();
+    let reads: Vec<&String> = log.reads.iter().collect();
+    assert_eq!(reads, commands.iter().collect::<Vec<_>>());
+    let after_refusal: Vec<&str> = log
+        .commands
+        .iter()
+        .skip_while(|c| !c.starts_with("RCPT TO:<gone@"))
+        .map(String::as_str)
+        .take(2)
+        .collect();
+    assert_eq!(after_refusal, ["RCPT TO:<gone@donor.example>", "RSET"]);
 }
 
 /// Throughput against an external sink, e.g.

@@ -31,6 +31,8 @@ pub type Policy = Arc<dyn Fn(Step, &str, usize) -> Option<(u16, String)> + Send 
 #[derive(Clone)]
 struct Conn {
     shared: Arc<Inner>,
+    /// A client may send EHLO twice on one connection (to read its extensions); count once.
+    greeted: bool,
     from: String,
     to: Vec<String>,
     data: Vec<u8>,
@@ -59,7 +61,10 @@ impl Inner {
 
 impl Handler for Conn {
     fn helo(&mut self, _ip: IpAddr, _domain: &str) -> Response {
-        self.shared.connections.fetch_add(1, Ordering::SeqCst);
+        if !self.greeted {
+            self.greeted = true;
+            self.shared.connections.fetch_add(1, Ordering::SeqCst);
+        }
         OK
     }
 
@@ -131,6 +136,7 @@ impl TestServer {
         });
         let handler = Conn {
             shared: Arc::clone(&inner),
+            greeted: false,
             from: String::new(),
             to: Vec::new(),
             data: Vec::new(),
