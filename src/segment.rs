@@ -498,11 +498,7 @@ impl Router {
                 }
                 Pre::Suppressed(s) => {
                     self.out.dropped.suppressed += 1;
-                    let reason = match s {
-                        Suppressed::Address => "suppressed: address is on a suppression list",
-                        Suppressed::Domain => "suppressed: domain is on a suppression list",
-                    };
-                    self.drop_row(2, line, reason, raw)?;
+                    self.drop_row(2, line, s.reason(), raw)?;
                 }
                 Pre::Rejected(r) => {
                     self.out.dropped.rejected += 1;
@@ -587,10 +583,9 @@ const DUPLICATE_REASON: &str = "duplicate: an earlier row has the same address";
 const UNMATCHED_REASON: &str = "unmatched: no segment rule matched";
 
 fn sha256_file(path: &Path) -> Result<InputFile> {
-    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(InputFile {
         path: absolute(path),
-        sha256: hex(&Sha256::digest(&bytes)),
+        sha256: crate::suppress::sha256_of(path)?,
     })
 }
 
@@ -935,12 +930,7 @@ pub fn explain(opts: &SegmentOptions, email: &str) -> Result<String, SegmentErro
                 "dropped as a duplicate of line {}",
                 first_line.unwrap_or_default()
             ),
-            Outcome::Suppressed(Suppressed::Address) => {
-                "dropped: the address is on a suppression list".into()
-            }
-            Outcome::Suppressed(Suppressed::Domain) => {
-                "dropped: its domain is on a suppression list".into()
-            }
+            Outcome::Suppressed(s) => format!("dropped: {}", s.reason()),
             Outcome::Rejected { reason, .. } => format!("rejected: {reason}"),
         };
         let _ = writeln!(out, "line {}: {verdict}", rec.line);

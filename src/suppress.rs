@@ -4,14 +4,19 @@
 //! is either a plain list (one address per line, `#` comments, blank lines, `@domain` lines that
 //! suppress a whole domain) or a CSV export whose header has an `email` column. Matching is
 //! case-insensitive on the whole address; a domain entry matches that exact domain, not its
-//! subdomains. It never modifies the files.
+//! subdomains. A run directory given as a list suppresses every donor that run sent, or may
+//! have sent (outcome unknown), according to its ledger, so a new run made from an edited
+//! export does not mail them again. It never modifies the files.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::csvio::RawReader;
+use crate::csvio::{RawReader, hex};
 use crate::email::{Address, KeySet, RecipientKey, domain_key};
+use crate::ledger::{ChunkStates, State, ledger_path};
+use crate::manifest::Manifest;
+use crate::rundir::MANIFEST;
 use crate::schema::Fields;
 
 /// An entry that could not be read as an address; it can match no valid donor address, so it
@@ -33,6 +38,21 @@ pub enum Suppressed {
     Address,
     /// Its domain is listed.
     Domain,
+    /// A run directory given to `--suppress` sent (or may have sent) to this address.
+    AlreadyMailed,
+}
+
+impl Suppressed {
+    /// The reason written to the dropped-rows file.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Suppressed::Address => "suppressed: address is on a suppression list",
+            Suppressed::Domain => "suppressed: domain is on a suppression list",
+            Suppressed::AlreadyMailed => {
+                "suppressed: already sent, or possibly sent, by a run given to --suppress"
+            }
+        }
+    }
 }
 
 /// All suppression entries of a run.
@@ -40,6 +60,7 @@ pub enum Suppressed {
 pub struct Suppressions {
     addresses: KeySet,
     domains: KeySet,
+    mailed: KeySet,
     /// Entries that were not valid addresses.
     pub ignored: Vec<IgnoredEntry>,
 }
@@ -49,15 +70,20 @@ impl Suppressions {
     pub fn load(paths: &[PathBuf]) -> Result<Suppressions> {
         let mut s = Suppressions::default();
         for p in paths {
-            s.add_file(p)
-                .with_context(|| format!("reading suppression list {}", p.display()))?;
+            if p.join(MANIFEST).is_file() {
+                s.add_run(p)
+                    .with_context(|| format!("reading the ledger of run {}", p.display()))?;
+            } else {
+                s.add_file(p)
+                    .with_context(|| format!("reading suppression list {}", p.display()))?;
+            }
         }
         Ok(s)
     }
 
     /// Addresses plus domains listed.
     pub fn len(&self) -> usize {
-        self.addresses.len() + self.domains.len()
+        self.addresses.len() + self.domains.len() + self.mailed.len()
     }
 
     /// True when nothing is suppressed.
@@ -71,9 +97,26 @@ impl Suppressions {
             Some(Suppressed::Address)
         } else if !self.domains.is_empty() && self.domains.contains(domain_key(addr.domain())) {
             Some(Suppressed::Domain)
+        } else if !self.mailed.is_empty() && self.mailed.contains(key) {
+            Some(Suppressed::AlreadyMailed)
         } else {
             None
         }
+    }
+
+    /// Every donor a run sent or may have sent, from its ledger.
+    fn add_run(&mut self, run: &Path) -> Result<()> {
+        let manifest = Manifest::load(run)?;
+        for seg in &manifest.segments {
+            for chunk in &seg.chunks {
+                for (key, entry) in ChunkStates::read(run, &chunk.file)?.iter() {
+                    if matches!(entry.state, State::Sent | State::Unknown) {
+                        self.mailed.insert(key);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
@@ -170,4 +213,25 @@ impl Suppressions {
         }
         Ok(())
     }
+}
+
+/// SHA-256 of a suppression source for the manifest: a list file's content, or for a run
+/// directory its manifest and every ledger file, in order (the state that was read).
+pub fn sha256_of(path: &Path) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    if !path.join(MANIFEST).is_file() {
+        return Ok(hex(&Sha256::digest(read(path)?)));
+    }
+    let mut h = Sha256::new();
+    h.update(read(&path.join(MANIFEST))?);
+    for seg in &Manifest::load(path)?.segments {
+        for chunk in &seg.chunks {
+            let ledger = ledger_path(path, &chunk.file);
+            if ledger.is_file() {
+                h.update(read(&ledger)?);
+            }
+        }
+    }
+    Ok(hex(&h.finalize()))
 }

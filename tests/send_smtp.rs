@@ -388,3 +388,45 @@ fn sigterm_stops_cleanly_and_the_rerun_finishes() {
     assert_eq!(counts.len(), n);
     assert!(counts.values().all(|&c| c == 1));
 }
+
+/// An edited export segmented into a new run, with the old run given to --suppress, mails
+/// only the donors the old run did not reach.
+#[test]
+fn a_new_run_can_suppress_everyone_an_earlier_run_mailed() {
+    let server = TestServer::start();
+    let w = setup(&donors(10));
+    segment(&w);
+    assert_code(&send(&w, &server, &["--limit", "4"]), 5);
+    assert_eq!(server.received().len(), 4);
+    let mut edited = donors(10);
+    edited.push_str("new@example.org,Newcomer,5\n");
+    w.write("donors.csv", edited);
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run2",
+        "--suppress",
+        "run",
+    ]);
+    assert_code(&o, 0);
+    let m = manifest(&w.path("run2"));
+    assert_eq!(m["dropped"]["suppressed"], 4);
+    assert!(
+        w.read("run2/dropped/suppressed.csv")
+            .contains("already sent, or possibly sent, by a run given to --suppress")
+    );
+    let o = w
+        .command()
+        .args(["send", "run2"])
+        .env("CAMPAIGN_SMTP_URL", server.url())
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let counts = server.counts();
+    assert_eq!(counts.len(), 11);
+    assert!(counts.values().all(|&c| c == 1), "{counts:?}");
+}

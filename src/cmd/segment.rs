@@ -27,7 +27,8 @@ pub struct Args {
     pub out: Option<PathBuf>,
 
     /// A suppression list: one address per line (`@domain` lines suppress a domain, `#`
-    /// starts a comment) or a CSV with an `email` column. Repeat for several lists.
+    /// starts a comment), a CSV with an `email` column, or an earlier run directory (every
+    /// donor it sent or may have sent). Repeat for several.
     #[arg(long, value_name = "FILE")]
     pub suppress: Vec<PathBuf>,
 
