@@ -29,6 +29,19 @@ fn send(w: &Workdir, server: &TestServer, extra: &[&str]) -> std::process::Outpu
         .unwrap()
 }
 
+/// Starts `send` in the background, its output captured, so a test can stop it mid-run.
+fn spawn_send(w: &Workdir, server: &TestServer, extra: &[&str]) -> std::process::Child {
+    w.command()
+        .args(["send", "run"])
+        .args(extra)
+        .env("CAMPAIGN_SMTP_URL", server.url())
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 fn status(w: &Workdir) -> serde_json::Value {
     let o = w.run(&["status", "run", "--json"]);
     assert_code(&o, 0);
@@ -265,15 +278,7 @@ fn resume_after_a_crash_never_mails_anyone_twice() {
     let n = 1500;
     let w = setup(&donors(n));
     segment(&w);
-    let mut child = w
-        .command()
-        .args(["send", "run", "--rate", "400/s", "--concurrency", "3"])
-        .env("CAMPAIGN_SMTP_URL", server.url())
-        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_send(&w, &server, &["--rate", "400/s", "--concurrency", "3"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.received().len() < 200 {
         assert!(Instant::now() < deadline, "no progress");
@@ -350,15 +355,7 @@ fn sigterm_stops_cleanly_and_the_rerun_finishes() {
     let n = 400;
     let w = setup(&donors(n));
     segment(&w);
-    let child = w
-        .command()
-        .args(["send", "run", "--rate", "200/s", "--concurrency", "2"])
-        .env("CAMPAIGN_SMTP_URL", server.url())
-        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_send(&w, &server, &["--rate", "200/s", "--concurrency", "2"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.received().len() < 40 {
         assert!(Instant::now() < deadline, "no progress");
