@@ -392,6 +392,8 @@ struct Batch {
     raw: Vec<u8>,
     rows: Vec<(usize, u64, Pre)>,
     reasons: Vec<String>,
+    /// The input's bytes read since the previous batch, for its SHA-256.
+    input: Vec<u8>,
 }
 
 impl Batch {
@@ -405,6 +407,7 @@ impl Batch {
         self.raw.clear();
         self.rows.clear();
         self.reasons.clear();
+        self.input.clear();
     }
 }
 
@@ -413,10 +416,11 @@ struct Routed {
     chunks: Vec<Vec<Chunk>>,
     seg_rows: Vec<u64>,
     dropped: Dropped,
+    input_sha256: String,
 }
 
 /// The router thread: dedupes valid rows in input order, copies each row to its chunk or
-/// dropped file, and writes and hashes chunk files.
+/// dropped file, writes and hashes chunk files, and hashes the input.
 ///
 /// Dedupe lives here rather than with parsing because its random reads into a table of
 /// hundreds of megabytes are the slowest single step at 10M rows; on its own thread it
@@ -437,6 +441,7 @@ struct Router {
     out: Routed,
     dropped_files: Vec<(PathBuf, File)>,
     dropped_bufs: Vec<Vec<u8>>,
+    input: Sha256,
 }
 
 impl Router {
@@ -472,14 +477,17 @@ impl Router {
                 chunks: vec![Vec::new(); n],
                 seg_rows: vec![0; n],
                 dropped: Dropped::default(),
+                input_sha256: String::new(),
             },
             dropped_files,
             dropped_bufs: vec![Vec::new(); DROPPED_KINDS.len()],
             segment_dirs,
+            input: Sha256::new(),
         })
     }
 
     fn route(&mut self, batch: &Batch) -> Result<()> {
+        self.input.update(&batch.input);
         let mut start = 0;
         for &(end, line, pre) in &batch.rows {
             let raw = &batch.raw[start..end];
@@ -575,6 +583,7 @@ impl Router {
             rundir::sync_dir(&self.root.join(SEGMENTS_DIR).join(d))?;
         }
         rundir::sync_dir(&self.root.join(DROPPED_DIR))?;
+        self.out.input_sha256 = hex(&self.input.finalize());
         Ok(self.out)
     }
 }
@@ -596,12 +605,16 @@ fn absolute(path: &Path) -> String {
         .to_string()
 }
 
-/// Opens the export and reads its header.
-pub fn open_donors(path: &Path) -> Result<(RawReader<File>, Vec<String>, u64)> {
+/// Opens the export and reads its header. With `tap`, the reader keeps a copy of every byte
+/// for [`RawReader::take_tapped`] (so the input's hash can be computed off the parsing thread).
+pub fn open_donors(path: &Path, tap: bool) -> Result<(RawReader<File>, Vec<String>, u64)> {
     let file =
         File::open(path).with_context(|| format!("cannot open donor file {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut rdr = RawReader::new(file).with_sha256();
+    let mut rdr = RawReader::new(file);
+    if tap {
+        rdr = rdr.with_tap();
+    }
     let header = {
         let rec = rdr
             .next_record()
@@ -661,7 +674,7 @@ fn open_input(opts: &SegmentOptions) -> Result<Input, SegmentError> {
             )
         })
         .collect();
-    let (rdr, header, size) = open_donors(&opts.donors)?;
+    let (rdr, header, size) = open_donors(&opts.donors, true)?;
     let classifier = Classifier::new(
         &opts.campaign,
         &opts.donors,
@@ -793,6 +806,7 @@ pub fn run(
         };
         batch.push(rec.raw, rec.line, pre);
         if batch.rows.len() == BATCH_ROWS {
+            batch.input = rdr.take_tapped(std::mem::take(&mut batch.input));
             let next = free_rx.try_recv().unwrap_or_default();
             if tx.send(std::mem::replace(&mut batch, next)).is_err() {
                 // The router stopped on an error; joining it below reports that error.
@@ -800,9 +814,9 @@ pub fn run(
             }
         }
     };
-    if !batch.rows.is_empty() {
-        let _ = tx.send(batch);
-    }
+    // The last batch carries the rest of the input's bytes even when it has no rows.
+    batch.input = rdr.take_tapped(std::mem::take(&mut batch.input));
+    let _ = tx.send(batch);
     drop(tx);
     let routed = router_handle
         .join()
@@ -815,6 +829,7 @@ pub fn run(
         chunks,
         seg_rows,
         dropped,
+        input_sha256,
     } = routed;
     debug_assert_eq!(dropped.rejected, rejected);
 
@@ -837,7 +852,6 @@ pub fn run(
         })));
     }
 
-    let input_sha = rdr.sha256_hex().unwrap_or_default();
     let segments = opts
         .campaign
         .segments
@@ -864,7 +878,7 @@ pub fn run(
             .to_string(),
         input: DonorInput {
             path: absolute(&opts.donors),
-            sha256: input_sha,
+            sha256: input_sha256,
             bytes: rdr.bytes_read(),
             data_rows: rows,
         },

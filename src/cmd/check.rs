@@ -35,7 +35,7 @@ pub fn run(args: Args) -> Result<Code, Error> {
     let today = jiff::ZonedDateTime::now().date();
 
     let header = match &args.donors {
-        Some(path) => match segment::open_donors(path) {
+        Some(path) => match segment::open_donors(path, false) {
             Ok((_, header, _)) => Some(header),
             Err(e) => {
                 problems.push(format!("{e:#}"));
