@@ -442,6 +442,9 @@ struct Router {
     dropped_files: Vec<(PathBuf, File)>,
     dropped_bufs: Vec<Vec<u8>>,
     input: Sha256,
+    /// Reused per batch: the valid rows' keys and whether each was new.
+    keys: Vec<RecipientKey>,
+    fresh: Vec<bool>,
 }
 
 impl Router {
@@ -483,18 +486,31 @@ impl Router {
             dropped_bufs: vec![Vec::new(); DROPPED_KINDS.len()],
             segment_dirs,
             input: Sha256::new(),
+            keys: Vec::with_capacity(BATCH_ROWS),
+            fresh: Vec::with_capacity(BATCH_ROWS),
         })
     }
 
     fn route(&mut self, batch: &Batch) -> Result<()> {
         self.input.update(&batch.input);
+        // Dedupe the whole batch at once, in input order, so the table's cache misses overlap.
+        self.keys.clear();
+        self.keys
+            .extend(batch.rows.iter().filter_map(|r| match r.2 {
+                Pre::Valid { key, .. } => Some(key),
+                _ => None,
+            }));
+        self.fresh.clear();
+        self.seen.insert_batch(&self.keys, &mut self.fresh);
+        let mut fresh = std::mem::take(&mut self.fresh);
+        let mut is_new = fresh.iter().copied();
         let mut start = 0;
         for &(end, line, pre) in &batch.rows {
             let raw = &batch.raw[start..end];
             start = end;
             match pre {
-                Pre::Valid { key, segment } => {
-                    if !self.seen.insert(key) {
+                Pre::Valid { segment, .. } => {
+                    if !is_new.next().unwrap_or(false) {
                         self.out.dropped.duplicate += 1;
                         self.drop_row(1, line, DUPLICATE_REASON, raw)?;
                     } else if let Some(i) = segment {
@@ -514,6 +530,8 @@ impl Router {
                 }
             }
         }
+        fresh.clear();
+        self.fresh = fresh;
         Ok(())
     }
 
