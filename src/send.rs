@@ -360,6 +360,22 @@ fn lock(l: &Mutex<ChunkLedger>) -> std::sync::MutexGuard<'_, ChunkLedger> {
     l.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Where a slice reads its donors' states: a read-only look at a whole chunk's ledger (opened
+/// for writing only if there is work), or the ledger shared by a chunk's slices.
+enum LedgerView {
+    Preview(ChunkStates),
+    Open(Arc<Mutex<ChunkLedger>>),
+}
+
+impl LedgerView {
+    fn state(&self, key: RecipientKey) -> State {
+        match self {
+            LedgerView::Preview(states) => states.state(key),
+            LedgerView::Open(l) => lock(l).states().state(key),
+        }
+    }
+}
+
 /// A chunk row's fields, kept between first attempt and retries.
 struct StoredRow {
     line: u64,
@@ -393,7 +409,13 @@ fn work_slice(
     let segment = &sh.manifest.segments[seg];
     let chunk_ref = &segment.chunks[job.chunk];
     let bytes = prepare::read_chunk(&sh.opts.run, chunk_ref)?;
-    let ledger = sh.ledger(job)?;
+    // A whole chunk is first judged from a read-only view of its ledger, so a re-run over a
+    // finished run (cron) neither writes nor syncs anything for chunks with no work left.
+    // Slices of a shared chunk go straight to the shared ledger.
+    let view = match job.slices {
+        1 => LedgerView::Preview(ChunkStates::read(&sh.opts.run, &chunk_ref.file)?),
+        _ => LedgerView::Open(sh.ledger(job)?),
+    };
     let n = chunk_ref.rows as usize;
     let mine = (job.slice * n / job.slices)..((job.slice + 1) * n / job.slices);
     let mut index = 0;
@@ -420,7 +442,7 @@ fn work_slice(
                 chunk_ref.file,
                 rec.line
             ),
-            Some((key, _)) => match lock(&ledger).states().state(key) {
+            Some((key, _)) => match view.state(key) {
                 State::Sent | State::Failed => {}
                 State::Unknown if sh.opts.on_unknown == OnUnknown::Skip => {
                     sh.count(seg, |c| c.skipped_unknown += 1);
@@ -441,6 +463,11 @@ fn work_slice(
         }
         Ok(())
     })?;
+    let ledger = match view {
+        LedgerView::Preview(_) if todo.is_empty() => return Ok(()),
+        LedgerView::Preview(_) => sh.ledger(job)?,
+        LedgerView::Open(l) => l,
+    };
     let mut attempts_here: HashMap<RecipientKey, u32> = HashMap::new();
     while !todo.is_empty() {
         if sh.halted() {

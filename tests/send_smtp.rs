@@ -427,3 +427,43 @@ fn a_new_run_can_suppress_everyone_an_earlier_run_mailed() {
     assert_eq!(counts.len(), 11);
     assert!(counts.values().all(|&c| c == 1), "{counts:?}");
 }
+
+/// Cron re-runs over a finished run must not grow or sync its ledgers.
+#[test]
+fn a_rerun_over_a_finished_run_leaves_the_ledgers_untouched() {
+    let server = TestServer::start();
+    let w = setup(&donors(60));
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run",
+        "--chunk-size",
+        "10",
+    ]);
+    assert_code(&o, 0);
+    assert_code(&send(&w, &server, &["--concurrency", "1"]), 0);
+    let snapshot = |w: &Workdir| {
+        // Every segment's ledger directory (only `rest` has donors here).
+        let mut files = Vec::new();
+        for dir in std::fs::read_dir(w.path("run/ledger")).unwrap() {
+            let dir = dir.unwrap().path();
+            if !dir.is_dir() {
+                continue;
+            }
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                files.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+        files.sort();
+        files
+    };
+    let before = snapshot(&w);
+    assert!(before.len() >= 6, "one ledger per chunk");
+    assert_code(&send(&w, &server, &["--concurrency", "1"]), 0);
+    assert_eq!(snapshot(&w), before);
+    assert_eq!(server.received().len(), 60);
+}
