@@ -153,13 +153,24 @@ impl Preparer {
     /// The recipient key of a chunk row, without rendering anything (to consult the ledger
     /// first); `None` when the row's address does not parse (`prepare` then says why).
     pub fn key_of(&self, rec: &RawRecord<'_>) -> Option<(RecipientKey, String)> {
-        let data = std::str::from_utf8(rec.data).ok()?;
-        if rec.ends.len() != self.schema.len() {
-            return None;
-        }
-        let fields = Fields::new(data, rec.ends);
+        let fields = self.fields(rec).ok()?;
         let addr = Address::parse(fields.get(self.email_idx)).ok()?;
         Some((addr.key(), normalise(&addr)))
+    }
+
+    /// A chunk row's fields, or why the row cannot be read (chunks hold rows `segment`
+    /// validated, so this only fails for a damaged run).
+    fn fields<'r>(&self, rec: &RawRecord<'r>) -> Result<Fields<'r>, String> {
+        let data =
+            std::str::from_utf8(rec.data).map_err(|_| "the row is not valid UTF-8".to_owned())?;
+        if rec.ends.len() != self.schema.len() {
+            return Err(format!(
+                "has {} fields but the header has {}",
+                rec.ends.len(),
+                self.schema.len()
+            ));
+        }
+        Ok(Fields::new(data, rec.ends))
     }
 
     /// The message for one chunk row of `segment`.
@@ -173,19 +184,7 @@ impl Preparer {
             email: email.to_owned(),
             reason,
         };
-        let data = std::str::from_utf8(rec.data)
-            .map_err(|_| fail("", "the row is not valid UTF-8".into()))?;
-        if rec.ends.len() != self.schema.len() {
-            return Err(fail(
-                "",
-                format!(
-                    "has {} fields but the header has {}",
-                    rec.ends.len(),
-                    self.schema.len()
-                ),
-            ));
-        }
-        let fields = Fields::new(data, rec.ends);
+        let fields = self.fields(rec).map_err(|reason| fail("", reason))?;
         let raw_email = fields.get(self.email_idx);
         let addr = Address::parse(raw_email).map_err(|e| fail(raw_email, e.to_string()))?;
         let email = normalise(&addr);

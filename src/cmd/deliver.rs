@@ -204,16 +204,11 @@ fn progress_bars(
     let selected = dryrun::select_segments(manifest, segments)?;
     let status = send::status(run, manifest, &selected)?;
     let multi = indicatif::MultiProgress::new();
-    let style = |template: &str| {
-        indicatif::ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> ")
-    };
     let done = |s: &send::SegmentStatus| s.sent + s.failed + s.unknown;
     let overall = multi.add(indicatif::ProgressBar::new(
         status.iter().map(|s| s.donors).sum(),
     ));
-    overall.set_style(style(
+    overall.set_style(super::bar_style(
         "{prefix:>12} [{bar:30}] {pos}/{len} donors, {per_sec}, eta {eta}",
     ));
     overall.set_prefix("all");
@@ -221,7 +216,7 @@ fn progress_bars(
     let mut bars = vec![None; manifest.segments.len()];
     for (&i, s) in selected.iter().zip(&status) {
         let pb = multi.add(indicatif::ProgressBar::new(s.donors));
-        pb.set_style(style("{prefix:>12} [{bar:30}] {pos}/{len}"));
+        pb.set_style(super::bar_style("{prefix:>12} [{bar:30}] {pos}/{len}"));
         pb.set_prefix(s.segment.clone());
         pb.set_position(done(s));
         bars[i] = Some(pb);

@@ -21,3 +21,15 @@ fn print_bytes(bytes: &[u8]) -> Result<(), Error> {
         r => r.context("writing to stdout").map_err(Error::from),
     }
 }
+
+/// The look of every progress bar (`template` in indicatif's syntax).
+fn bar_style(template: &str) -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// Width of the first column of a per-segment table: the longest name, at least "segment".
+fn segment_column<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(0).max("segment".len())
+}

@@ -117,13 +117,9 @@ pub fn run(args: Args) -> Result<Code, Error> {
             .map(|m| m.len())
             .unwrap_or(0);
         let pb = indicatif::ProgressBar::new(size);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} segmenting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        pb.set_style(super::bar_style(
+            "{spinner} segmenting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        ));
         pb
     });
     let result = segment::run(&opts, progress.as_ref());
@@ -165,13 +161,7 @@ fn summary_table(m: &Manifest, out: &std::path::Path) -> String {
         m.as_of,
         m.input.data_rows
     );
-    let w = m
-        .segments
-        .iter()
-        .map(|g| g.name.len())
-        .chain([7])
-        .max()
-        .unwrap_or(7);
+    let w = super::segment_column(m.segments.iter().map(|g| g.name.as_str()));
     let _ = writeln!(s);
     let _ = writeln!(
         s,

@@ -134,13 +134,9 @@ pub fn run(args: Args) -> Result<Code, Error> {
             &selected,
             opts.limit,
         ));
-        pb.set_style(
-            indicatif::ProgressStyle::with_template(
-                "rendering [{bar:30}] {pos}/{len} messages, {per_sec}, eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        pb.set_style(super::bar_style(
+            "rendering [{bar:30}] {pos}/{len} messages, {per_sec}, eta {eta}",
+        ));
         pb
     });
     let started = std::time::Instant::now();
@@ -168,13 +164,7 @@ pub fn run(args: Args) -> Result<Code, Error> {
 fn table(r: &DryRunReport, secs: f64) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let w = r
-        .segments
-        .iter()
-        .map(|t| t.segment.len())
-        .chain([7])
-        .max()
-        .unwrap_or(7);
+    let w = super::segment_column(r.segments.iter().map(|t| t.segment.as_str()));
     let _ = writeln!(s, "dry run: nothing was sent\n");
     let _ = writeln!(
         s,

@@ -40,12 +40,7 @@ pub fn run(args: Args) -> Result<Code, Error> {
 /// The per-segment table shared with `send`'s summary.
 pub fn table(segments: &[SegmentStatus]) -> String {
     use std::fmt::Write as _;
-    let w = segments
-        .iter()
-        .map(|t| t.segment.len())
-        .chain([7])
-        .max()
-        .unwrap_or(7);
+    let w = super::segment_column(segments.iter().map(|t| t.segment.as_str()));
     let mut s = String::new();
     let _ = writeln!(
         s,
