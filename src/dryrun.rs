@@ -46,14 +46,14 @@ pub fn load_run(run: &Path, campaign_override: Option<&Path>) -> Result<LoadedRu
         }
     })?;
     let mut warnings = Vec::new();
-    if let Ok(bytes) = fs::read(&path) {
-        use sha2::{Digest, Sha256};
-        if crate::csvio::hex(&Sha256::digest(&bytes)) != manifest.campaign_file.sha256 {
-            warnings.push(format!(
-                "{} changed since this run was segmented; changed rules or segments do not apply until you segment again (templates and [message] changes do apply)",
-                path.display()
-            ));
-        }
+    // Hashed the way `segment` recorded it, so the comparison means what it says.
+    if let Ok(sha) = crate::suppress::sha256_of(&path)
+        && sha != manifest.campaign_file.sha256
+    {
+        warnings.push(format!(
+            "{} changed since this run was segmented; changed rules or segments do not apply until you segment again (templates and [message] changes do apply)",
+            path.display()
+        ));
     }
     if campaign.id.as_str() != manifest.campaign_id {
         bail!(
