@@ -161,16 +161,17 @@ impl Preparer {
     /// A chunk row's fields, or why the row cannot be read (chunks hold rows `segment`
     /// validated, so this only fails for a damaged run).
     fn fields<'r>(&self, rec: &RawRecord<'r>) -> Result<Fields<'r>, String> {
-        let data =
-            std::str::from_utf8(rec.data).map_err(|_| "the row is not valid UTF-8".to_owned())?;
-        if rec.ends.len() != self.schema.len() {
+        let fields = rec
+            .fields()
+            .map_err(|_| "the row is not valid UTF-8".to_owned())?;
+        if fields.len() != self.schema.len() {
             return Err(format!(
                 "has {} fields but the header has {}",
-                rec.ends.len(),
+                fields.len(),
                 self.schema.len()
             ));
         }
-        Ok(Fields::new(data, rec.ends))
+        Ok(fields)
     }
 
     /// The message for one chunk row of `segment`.

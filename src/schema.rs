@@ -52,18 +52,27 @@ impl fmt::Display for ColumnType {
     }
 }
 
-/// One CSV row's fields after CSV unescaping, borrowed from the parser's buffers
-/// (layout exactly like csv_core output: all field bytes concatenated, `ends[i]` = end offset of field i).
+/// One CSV row's fields after CSV unescaping, borrowed from the parser's buffers: the field
+/// text, either concatenated (as csv_core writes it) or a plain line with its commas, and each
+/// field's end offset in it.
 #[derive(Clone, Copy, Debug)]
 pub struct Fields<'a> {
     data: &'a str,
     ends: &'a [usize],
+    /// Bytes between a field's end and the next field's start.
+    gap: usize,
 }
 
 impl<'a> Fields<'a> {
     /// Wraps the concatenated field text and the end offset of each field.
     pub fn new(data: &'a str, ends: &'a [usize]) -> Self {
-        Fields { data, ends }
+        Fields { data, ends, gap: 0 }
+    }
+
+    /// Wraps text whose fields are separated by one byte (a plain CSV line, which needs no
+    /// copy) and the end offset of each field.
+    pub fn separated(data: &'a str, ends: &'a [usize]) -> Self {
+        Fields { data, ends, gap: 1 }
     }
 
     /// Number of fields in the row.
@@ -83,7 +92,11 @@ impl<'a> Fields<'a> {
     /// Panics if `i >= len()` or if the offsets do not fall on character boundaries; both are
     /// programmer errors, never caused by file contents.
     pub fn get(&self, i: usize) -> &'a str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] + self.gap
+        };
         &self.data[start..self.ends[i]]
     }
 

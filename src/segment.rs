@@ -271,14 +271,19 @@ impl Classifier {
     }
 
     fn fields<'r>(&self, rec: &RawRecord<'r>) -> Result<Fields<'r>, Outcome> {
-        let data = std::str::from_utf8(rec.data).map_err(|e| Outcome::Rejected {
-            kind: "not UTF-8".into(),
-            reason: format!(
-                "not valid UTF-8 (byte {} of the row's values); re-export the file as UTF-8",
-                e.valid_up_to() + 1
-            ),
+        let fields = rec.fields().map_err(|_| {
+            // Counted in the line as written, which is what an editor shows.
+            let at = std::str::from_utf8(rec.raw)
+                .err()
+                .map_or(0, |e| e.valid_up_to() + 1);
+            Outcome::Rejected {
+                kind: "not UTF-8".into(),
+                reason: format!(
+                    "not valid UTF-8 (byte {at} of the line); re-export the file as UTF-8"
+                ),
+            }
         })?;
-        if rec.ends.len() != self.schema.len() {
+        if rec.field_count() != self.schema.len() {
             let spans = if rec.lines > 1 {
                 format!(
                     "; it spans lines {}-{}, so a quote is probably not closed",
@@ -292,12 +297,12 @@ impl Classifier {
                 kind: "wrong number of fields".into(),
                 reason: format!(
                     "has {} fields but the header has {}{spans}",
-                    rec.ends.len(),
+                    rec.field_count(),
                     self.schema.len()
                 ),
             });
         }
-        Ok(Fields::new(data, rec.ends))
+        Ok(fields)
     }
 }
 
@@ -643,13 +648,12 @@ pub fn open_donors(path: &Path, tap: bool) -> Result<(RawReader<File>, Vec<Strin
                     path.display()
                 )
             })?;
-        let data = std::str::from_utf8(rec.data).map_err(|_| {
+        let fields = rec.fields().map_err(|_| {
             anyhow!(
                 "{}: line 1 (the header) is not valid UTF-8; re-export the file as UTF-8",
                 path.display()
             )
         })?;
-        let fields = Fields::new(data, rec.ends);
         (0..fields.len())
             .map(|i| fields.get(i).to_owned())
             .collect()

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use jiff::Timestamp;
 
-use crate::csvio::RawRecord;
+use crate::csvio::OwnedRecord;
 use crate::deliver::{Outcome, Transport};
 use crate::email::RecipientKey;
 use crate::ledger::{ChunkLedger, ChunkStates, Session, State};
@@ -376,13 +376,6 @@ impl LedgerView {
     }
 }
 
-/// A chunk row's fields, kept between first attempt and retries.
-struct StoredRow {
-    line: u64,
-    data: Vec<u8>,
-    ends: Vec<usize>,
-}
-
 /// A donor still to be sent in this process.
 struct Todo {
     row: usize,
@@ -421,7 +414,7 @@ fn work_slice(
     let mut index = 0;
 
     // Rows of the chunk, kept parsed so a retry can render them again.
-    let mut rows: Vec<StoredRow> = Vec::new();
+    let mut rows: Vec<OwnedRecord> = Vec::new();
     let mut todo: Vec<Todo> = Vec::new();
     let now = Instant::now();
     prepare::for_each_row(&bytes, |rec| {
@@ -430,11 +423,7 @@ fn work_slice(
             return Ok(());
         }
         let row = rows.len();
-        rows.push(StoredRow {
-            line: rec.line,
-            data: rec.data.to_vec(),
-            ends: rec.ends.to_vec(),
-        });
+        rows.push(rec.to_owned_record());
         match sh.preparer.key_of(rec) {
             // Segment validated every address, so this is a damaged run, not a bad donor.
             None => bail!(
@@ -537,17 +526,11 @@ fn send_one(
     ws: &mut Workspace,
     ledger: &Mutex<ChunkLedger>,
     seg: usize,
-    row: &StoredRow,
+    row: &OwnedRecord,
     t: &Todo,
 ) -> Result<Option<u32>> {
     let segment = &sh.manifest.segments[seg];
-    let rec = RawRecord {
-        raw: &[],
-        data: &row.data,
-        ends: &row.ends,
-        line: row.line,
-        lines: 1,
-    };
+    let rec = row.record();
     let prepared = match sh.preparer.prepare(segment, &rec, ws) {
         Ok(p) => p,
         Err(e) => {

@@ -17,7 +17,6 @@ use crate::email::{Address, KeySet, RecipientKey, domain_key};
 use crate::ledger::{ChunkStates, State, ledger_path};
 use crate::manifest::Manifest;
 use crate::rundir::MANIFEST;
-use crate::schema::Fields;
 
 /// An entry that could not be read as an address; it can match no valid donor address, so it
 /// is reported and skipped rather than stopping the run.
@@ -185,7 +184,7 @@ impl Suppressions {
         let mut rdr = RawReader::new(text.as_bytes());
         let header: Vec<String> = match rdr.next_record()? {
             Some(rec) => {
-                let fields = Fields::new(std::str::from_utf8(rec.data)?, rec.ends);
+                let fields = rec.fields()?;
                 (0..fields.len())
                     .map(|i| fields.get(i).trim().to_owned())
                     .collect()
@@ -201,7 +200,7 @@ impl Suppressions {
         };
         while let Some(rec) = rdr.next_record()? {
             let line = rec.line + skipped;
-            let fields = Fields::new(std::str::from_utf8(rec.data)?, rec.ends);
+            let fields = rec.fields()?;
             match (col < fields.len()).then(|| fields.get(col).trim()) {
                 Some(v) if !v.is_empty() => self.add_entry(path, line, v),
                 _ => self.ignored.push(IgnoredEntry {

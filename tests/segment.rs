@@ -111,6 +111,30 @@ fn rows_land_byte_for_byte_in_chunks_and_dropped_files() {
     );
 }
 
+/// Latin-1 bytes in a UTF-8 export: the row is rejected with the byte to look at, counted in
+/// the line as an editor shows it, whether or not csv_core had to unquote the line.
+#[test]
+fn rows_that_are_not_utf8_are_rejected_with_the_byte() {
+    let csv = b"email,name,total,last\n\
+        a@example.org,Zo\xeb,1500,2026-01-01\n\
+        b@example.org,\"Zo\xeb, B\",1500,2026-01-01\n\
+        c@example.org,Zo\xc3\xab,1500,2026-01-01\n";
+    let w = setup(csv);
+    let o = segment(&w, &["--max-reject-rate", "1"]);
+    assert_code(&o, 0);
+    let rejected = std::fs::read(w.path("run/dropped/rejected.csv")).unwrap();
+    let lines: Vec<&[u8]> = rejected.split(|&b| b == b'\n').collect();
+    assert_eq!(
+        lines[1],
+        &b"2,not valid UTF-8 (byte 17 of the line); re-export the file as UTF-8,a@example.org,Zo\xeb,1500,2026-01-01"[..]
+    );
+    assert_eq!(
+        lines[2],
+        &b"3,not valid UTF-8 (byte 18 of the line); re-export the file as UTF-8,b@example.org,\"Zo\xeb, B\",1500,2026-01-01"[..]
+    );
+    assert_eq!(manifest(&w.path("run"))["segments"][0]["rows"], 1);
+}
+
 #[test]
 fn manifest_counts_add_up_and_hashes_match() {
     use sha2::{Digest, Sha256};
