@@ -146,7 +146,8 @@ segment_run() { # CSV CAMPAIGN_TOML OUT [SEGMENT OPTIONS...]: segment into OUT (
 }
 
 # --- measuring ----------------------------------------------------------------------------
-# measure NAME CMD...: runs CMD under GNU time, appends "wall_s peak_rss_kb" to $WORK/NAME.
+# measure NAME CMD...: runs CMD under GNU time, appends "wall_s peak_rss_kb user_s sys_s" to
+# $WORK/NAME.
 # Wall time comes from the shell's microsecond clock (GNU time's %e has only 10 ms
 # resolution); peak RSS is GNU time's %M, in KB. CMD's stdout goes to $WORK/NAME.stdout
 # (kept for the last run). A non-zero exit aborts the script.
@@ -154,14 +155,14 @@ measure() {
     local name=$1 t0 t1
     shift
     t0=$EPOCHREALTIME
-    if ! /usr/bin/time -f '%e %M' -o "$WORK/time.out" "$@" >"$WORK/$name.stdout" 2>"$WORK/stderr"; then
+    if ! /usr/bin/time -f '%e %M %U %S' -o "$WORK/time.out" "$@" >"$WORK/$name.stdout" 2>"$WORK/stderr"; then
         log "FAILED: $*"
         cat "$WORK/stderr" >&2
         exit 1
     fi
     t1=$EPOCHREALTIME
     awk -v a="$t0" -v b="$t1" -v l="$(tail -n 1 "$WORK/time.out")" \
-        'BEGIN { split(l, f, " "); printf "%.4f %d\n", b - a, f[2] }' >>"$WORK/$name"
+        'BEGIN { split(l, f, " "); printf "%.4f %d %.2f %.2f\n", b - a, f[2], f[3], f[4] }' >>"$WORK/$name"
 }
 median() { # median of column $2 of file $1
     sort -g -k"$2","$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END {

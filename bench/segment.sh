@@ -33,33 +33,42 @@ if ! command -v xsv >/dev/null; then
 fi
 build
 
-run_campaign() { # FILE OUT
-    rm -rf "$2"
-    measure "$3" "$CAMPAIGN" segment "$1" --campaign "$CAMPAIGN_TOML" --out "$2" \
-        --as-of "$AS_OF" --quiet --force
-    rm -rf "$2"
+# Every timed run writes to a directory of its own, and a size's outputs are removed only
+# after all its runs. Removing them between runs put thousands of just-freed inodes in front
+# of the next run: ext4 without a journal (this machine's root) will not reuse an inode freed
+# in the last 60 s (6 min while its table block is unwritten), and looks past every such
+# inode, from the start of the block group, for each file it creates. That cost campaign,
+# which creates one file per 1000 rows, up to 3 s of kernel time at 10M rows (perf:
+# recently_deleted / find_inode_bit), a cost of deleting 10,000 files just before, not of
+# segmenting; xsv writes a handful of files and never met it.
+RUN_SEQ=0
+mkdir -p "$WORK/out"
+run_campaign() { # FILE NAME
+    RUN_SEQ=$((RUN_SEQ + 1))
+    measure "$2" "$CAMPAIGN" segment "$1" --campaign "$CAMPAIGN_TOML" \
+        --out "$WORK/out/campaign-$RUN_SEQ" --as-of "$AS_OF" --quiet --force
 }
-run_xsv() { # FILE OUTDIR NAME
-    rm -rf "$2"
-    mkdir -p "$2"
-    measure "$3" xsv partition country "$2" "$1"
-    rm -rf "$2"
+run_xsv() { # FILE NAME
+    RUN_SEQ=$((RUN_SEQ + 1))
+    mkdir -p "$WORK/out/xsv-$RUN_SEQ"
+    measure "$2" xsv partition country "$WORK/out/xsv-$RUN_SEQ" "$1"
 }
 
 # Fixed memory of campaign: peak RSS on a tiny input.
 ensure_data "$TINY_ROWS"
 tiny=$(data_file "$TINY_ROWS")
 for ((i = 1; i <= RUNS; i++)); do
-    run_campaign "$tiny" "$WORK/run" tiny
+    run_campaign "$tiny" tiny
 done
+rm -rf "$WORK/out" && mkdir -p "$WORK/out"
 tiny_rss_kb=$(median "$WORK/tiny" 2)
 
 machine_header "campaign segment benchmark"
 echo "# xsv $(xsv --version)"
 echo "# runs per cell: $RUNS (medians); campaign peak RSS at $TINY_ROWS rows: $tiny_rss_kb KB"
 echo
-echo "| rows | tool | median wall s | rows/s | MB/s | median peak RSS MB |"
-echo "|---:|---|---:|---:|---:|---:|"
+echo "| rows | tool | median wall s | rows/s | MB/s | median peak RSS MB | median user s | median sys s |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|"
 summary=()
 for n in $ROWS; do
     ensure_data "$n"
@@ -70,15 +79,18 @@ for n in $ROWS; do
     for ((i = 1; i <= RUNS; i++)); do
         log "$(label "$n") run $i/$RUNS"
         measure cat sh -c 'exec cat "$1" >/dev/null' sh "$f"
-        run_xsv "$f" "$WORK/xsv-out" xsv
-        run_campaign "$f" "$WORK/run" campaign
+        run_xsv "$f" xsv
+        run_campaign "$f" campaign
     done
+    rm -rf "$WORK/out" && mkdir -p "$WORK/out"
     for tool in cat xsv campaign; do
         wall=$(median "$WORK/$tool" 1)
         rss=$(median "$WORK/$tool" 2)
-        awk -v n="$n" -v t="$tool" -v w="$wall" -v r="$rss" -v b="$bytes" 'BEGIN {
+        usr=$(median "$WORK/$tool" 3)
+        sys=$(median "$WORK/$tool" 4)
+        awk -v n="$n" -v t="$tool" -v w="$wall" -v r="$rss" -v b="$bytes" -v u="$usr" -v s="$sys" 'BEGIN {
             w1 = (w > 0) ? w : 0.005
-            printf "| %d | %s | %.3f | %.0f | %.0f | %.1f |\n", n, t, w, n / w1, b / 1e6 / w1, r / 1024 }'
+            printf "| %d | %s | %.3f | %.0f | %.0f | %.1f | %.2f | %.2f |\n", n, t, w, n / w1, b / 1e6 / w1, r / 1024, u, s }'
     done
     ratio=$(awk -v c="$(median "$WORK/campaign" 1)" -v x="$(median "$WORK/xsv" 1)" 'BEGIN { printf "%.2f", c / x }')
     per_row=$(awk -v r="$(median "$WORK/campaign" 2)" -v t="$tiny_rss_kb" -v n="$n" 'BEGIN { printf "%.1f", (r - t) * 1024 / n }')
