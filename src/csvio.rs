@@ -91,6 +91,106 @@ impl OwnedRecord {
     }
 }
 
+/// Records copied out of the reader in input order, so they can be classified on other
+/// threads and then routed by their raw bytes. Buffers are kept across [`RecordBatch::clear`],
+/// so a reused batch allocates nothing.
+#[derive(Debug, Default)]
+pub struct RecordBatch {
+    /// Each record's raw bytes followed by `\n`.
+    raw: Vec<u8>,
+    /// Unescaped fields of the records csv_core read; plain lines are read from `raw`.
+    unescaped: Vec<u8>,
+    ends: Vec<usize>,
+    recs: Vec<BatchedRecord>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BatchedRecord {
+    /// End of the record's raw bytes (its `\n` excluded) in `raw`.
+    raw_end: usize,
+    /// Start and end of its field text in `unescaped`, or `None` when that is its raw bytes.
+    unescaped_at: Option<(usize, usize)>,
+    /// End of its field ends in `ends`.
+    ends_end: usize,
+    line: u64,
+    lines: u64,
+}
+
+impl RecordBatch {
+    /// Appends a copy of `rec`.
+    pub fn push(&mut self, rec: &RawRecord<'_>) {
+        let raw_start = self.raw.len();
+        self.raw.extend_from_slice(rec.raw);
+        let raw_end = self.raw.len();
+        self.raw.push(b'\n');
+        let unescaped_at = if rec.gap == 1 {
+            None
+        } else {
+            let at = self.unescaped.len();
+            self.unescaped.extend_from_slice(rec.data);
+            Some((at, self.unescaped.len()))
+        };
+        debug_assert!(rec.gap == 0 || rec.data.len() == raw_end - raw_start);
+        self.ends.extend_from_slice(rec.ends);
+        self.recs.push(BatchedRecord {
+            raw_end,
+            unescaped_at,
+            ends_end: self.ends.len(),
+            line: rec.line,
+            lines: rec.lines,
+        });
+    }
+
+    /// Records in the batch.
+    pub fn len(&self) -> usize {
+        self.recs.len()
+    }
+
+    /// Whether the batch holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.recs.is_empty()
+    }
+
+    /// Record `i`, as the reader returned it.
+    pub fn get(&self, i: usize) -> RawRecord<'_> {
+        let r = self.recs[i];
+        let (raw_start, ends_start) = match i {
+            0 => (0, 0),
+            _ => (self.recs[i - 1].raw_end + 1, self.recs[i - 1].ends_end),
+        };
+        let raw = &self.raw[raw_start..r.raw_end];
+        let (data, gap) = match r.unescaped_at {
+            None => (raw, 1),
+            Some((start, end)) => (&self.unescaped[start..end], 0),
+        };
+        RawRecord {
+            raw,
+            data,
+            ends: &self.ends[ends_start..r.ends_end],
+            gap,
+            line: r.line,
+            lines: r.lines,
+        }
+    }
+
+    /// Record `i`'s raw bytes followed by `\n`, ready to be written out as a line.
+    pub fn terminated(&self, i: usize) -> &[u8] {
+        let start = match i {
+            0 => 0,
+            _ => self.recs[i - 1].raw_end + 1,
+        };
+        &self.raw[start..=self.recs[i].raw_end]
+    }
+
+    /// Clears the batch, keeping its buffers.
+    pub fn clear(&mut self) {
+        self.raw.clear();
+        self.unescaped.clear();
+        self.ends.clear();
+        self.recs.clear();
+    }
+}
+
 /// Errors reading CSV input.
 #[derive(Debug, thiserror::Error)]
 pub enum CsvError {
@@ -591,6 +691,37 @@ mod tests {
                 step: case,
             };
             assert_eq!(collect_with(ragged, true), slow, "ragged input {data:?}");
+        }
+    }
+
+    /// A batch hands back exactly the records pushed into it, plain and csv_core-read alike.
+    #[test]
+    fn a_batch_returns_the_records_it_was_given() {
+        let mut batch = RecordBatch::default();
+        // The second round checks a cleared batch is as good as a new one.
+        for round in 0..2 {
+            batch.clear();
+            let mut expected = Vec::new();
+            let mut rdr = RawReader::new(TRICKY);
+            while let Some(rec) = rdr.next_record().unwrap() {
+                batch.push(&rec);
+                let f = rec.fields().unwrap();
+                expected.push((
+                    rec.line,
+                    rec.lines,
+                    rec.raw.to_vec(),
+                    (0..f.len())
+                        .map(|i| f.get(i).to_owned())
+                        .collect::<Vec<_>>(),
+                ));
+            }
+            assert_eq!(batch.len(), expected.len(), "round {round}");
+            for (i, e) in expected.iter().enumerate() {
+                let rec = batch.get(i);
+                let f = rec.fields().unwrap();
+                let fields: Vec<String> = (0..f.len()).map(|i| f.get(i).to_owned()).collect();
+                assert_eq!(&(rec.line, rec.lines, rec.raw.to_vec(), fields), e);
+            }
         }
     }
 

@@ -5,14 +5,17 @@
 //! place in the run. It never sends or renders anything, and never loads the export whole:
 //! memory is the dedupe set (16 bytes of hash per distinct donor) plus one chunk per segment.
 //!
-//! The main thread parses and classifies; a writer thread writes and hashes chunk files, so the
-//! two cores of a small machine both work.
+//! Three stages run at once, joined by bounded queues of row batches: the main thread reads
+//! and splits lines, a classifying stage validates and applies rules (two rayon workers per
+//! batch, the biggest share of the work), and a router thread dedupes in input order, writes
+//! and hashes chunk files and hashes the input. The operating system spreads them over
+//! whatever cores there are.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -20,7 +23,7 @@ use jiff::civil::Date;
 use sha2::{Digest, Sha256};
 
 use crate::campaign::Campaign;
-use crate::csvio::{CsvError, RawReader, RawRecord, hex, push_field};
+use crate::csvio::{CsvError, RawReader, RawRecord, RecordBatch, hex, push_field};
 use crate::email::{Address, KeySet, RecipientKey};
 use crate::manifest::{self, Chunk, DonorInput, Dropped, DroppedFiles, InputFile, Manifest};
 use crate::rules::{Rule, RuleError, Scratch};
@@ -139,7 +142,8 @@ pub struct Classifier {
     email_idx: usize,
     email_column: String,
     rules: Vec<Option<Rule>>,
-    suppressions: Suppressions,
+    /// Shared between the classifiers of one run; lists can hold millions of addresses.
+    suppressions: Arc<Suppressions>,
     seen: KeySet,
     typed: TypedRow,
     scratch: Scratch,
@@ -188,12 +192,28 @@ impl Classifier {
             email_idx,
             email_column: campaign.email_column.clone(),
             rules,
-            suppressions,
+            suppressions: Arc::new(suppressions),
             seen: KeySet::default(),
             typed: TypedRow::default(),
             scratch: Scratch::default(),
             last_key: None,
         })
+    }
+
+    /// A second classifier for the same run, to classify rows on another thread; it shares
+    /// the suppression lists and starts with no addresses seen.
+    pub fn twin(&self) -> Classifier {
+        Classifier {
+            schema: self.schema.clone(),
+            email_idx: self.email_idx,
+            email_column: self.email_column.clone(),
+            rules: self.rules.clone(),
+            suppressions: Arc::clone(&self.suppressions),
+            seen: KeySet::default(),
+            typed: TypedRow::default(),
+            scratch: Scratch::default(),
+            last_key: None,
+        }
     }
 
     /// Decides where a data row goes, remembering its address for later duplicates.
@@ -376,7 +396,7 @@ const DROPPED_FLUSH: usize = 1 << 20;
 /// Rows handed from the parser thread to the router thread at a time.
 const BATCH_ROWS: usize = 4096;
 
-/// What the parser thread decided about a row; duplicates are the router's call.
+/// What classification decided about a row; duplicates are the router's call.
 #[derive(Debug, Clone, Copy)]
 enum Pre {
     /// Failed validation; the reason is `Batch::reasons[i]`.
@@ -391,29 +411,102 @@ enum Pre {
     },
 }
 
-/// A run of consecutive input rows: their raw bytes (each ending in `\n`) and decisions.
+/// A run of consecutive input rows and what classification decided about each.
 #[derive(Default)]
 struct Batch {
-    raw: Vec<u8>,
-    rows: Vec<(usize, u64, Pre)>,
-    reasons: Vec<String>,
+    records: RecordBatch,
+    pres: Vec<Pre>,
+    /// Each rejected row's kind (for the summary) and reason (for the dropped file).
+    reasons: Vec<(String, String)>,
     /// The input's bytes read since the previous batch, for its SHA-256.
     input: Vec<u8>,
 }
 
 impl Batch {
-    fn push(&mut self, raw: &[u8], line: u64, pre: Pre) {
-        self.raw.extend_from_slice(raw);
-        self.raw.push(b'\n');
-        self.rows.push((self.raw.len(), line, pre));
-    }
-
     fn clear(&mut self) {
-        self.raw.clear();
-        self.rows.clear();
+        self.records.clear();
+        self.pres.clear();
         self.reasons.clear();
         self.input.clear();
     }
+
+    /// Classifies every row, the first half with `classifiers.0` and the second with
+    /// `classifiers.1` at the same time: classification is most of the parsing side's work,
+    /// and rows are independent until dedupe, which the router does in input order.
+    fn classify(&mut self, classifiers: &mut (Classifier, Classifier)) {
+        let n = self.records.len();
+        let half = n / 2;
+        self.pres.clear();
+        self.pres.resize(n, Pre::Rejected(0));
+        let (first, second) = self.pres.split_at_mut(half);
+        let records = &self.records;
+        let (c0, c1) = (&mut classifiers.0, &mut classifiers.1);
+        let (mut r0, r1) = rayon::join(
+            || classify_rows(c0, records, 0, first),
+            || classify_rows(c1, records, half, second),
+        );
+        let offset = r0.len() as u32;
+        for p in second.iter_mut() {
+            if let Pre::Rejected(r) = p {
+                *r += offset;
+            }
+        }
+        r0.extend(r1);
+        self.reasons = r0;
+    }
+}
+
+/// Rejected rows counted by kind, for the summary when there are too many.
+#[derive(Default)]
+struct Rejections {
+    rejected: u64,
+    /// Kind -> (rows, first line, first reason).
+    kinds: HashMap<String, (u64, u64, String)>,
+}
+
+impl Rejections {
+    fn count(&mut self, batch: &Batch) {
+        for (i, pre) in batch.pres.iter().enumerate() {
+            if let Pre::Rejected(r) = pre {
+                let (kind, reason) = &batch.reasons[*r as usize];
+                self.rejected += 1;
+                let e = self
+                    .kinds
+                    .entry(kind.clone())
+                    .or_insert_with(|| (0, batch.records.get(i).line, reason.clone()));
+                e.0 += 1;
+            }
+        }
+    }
+}
+
+/// Classifies records `from..from + out.len()` into `out`; returns the rejected rows' kinds
+/// and reasons, which `Pre::Rejected` indexes.
+fn classify_rows(
+    c: &mut Classifier,
+    records: &RecordBatch,
+    from: usize,
+    out: &mut [Pre],
+) -> Vec<(String, String)> {
+    let mut reasons = Vec::new();
+    for (i, slot) in out.iter_mut().enumerate() {
+        let outcome = c.assess(&records.get(from + i));
+        *slot = match (outcome, c.last_key()) {
+            (Outcome::Segment(i), Some(key)) => Pre::Valid {
+                key,
+                segment: Some(i as u32),
+            },
+            (Outcome::Unmatched, Some(key)) => Pre::Valid { key, segment: None },
+            (Outcome::Suppressed(s), _) => Pre::Suppressed(s),
+            (Outcome::Rejected { kind, reason }, _) => {
+                reasons.push((kind, reason));
+                Pre::Rejected(reasons.len() as u32 - 1)
+            }
+            // A valid row always has a key, and `assess` leaves duplicates to the router.
+            (o, _) => unreachable!("assess returned {o:?} without a key"),
+        };
+    }
+    reasons
 }
 
 /// What the router thread produced.
@@ -500,19 +593,17 @@ impl Router {
         self.input.update(&batch.input);
         // Dedupe the whole batch at once, in input order, so the table's cache misses overlap.
         self.keys.clear();
-        self.keys
-            .extend(batch.rows.iter().filter_map(|r| match r.2 {
-                Pre::Valid { key, .. } => Some(key),
-                _ => None,
-            }));
+        self.keys.extend(batch.pres.iter().filter_map(|p| match p {
+            Pre::Valid { key, .. } => Some(*key),
+            _ => None,
+        }));
         self.fresh.clear();
         self.seen.insert_batch(&self.keys, &mut self.fresh);
         let mut fresh = std::mem::take(&mut self.fresh);
         let mut is_new = fresh.iter().copied();
-        let mut start = 0;
-        for &(end, line, pre) in &batch.rows {
-            let raw = &batch.raw[start..end];
-            start = end;
+        for (i, &pre) in batch.pres.iter().enumerate() {
+            let raw = batch.records.terminated(i);
+            let line = batch.records.get(i).line;
             match pre {
                 Pre::Valid { segment, .. } => {
                     if !is_new.next().unwrap_or(false) {
@@ -531,7 +622,7 @@ impl Router {
                 }
                 Pre::Rejected(r) => {
                     self.out.dropped.rejected += 1;
-                    self.drop_row(0, line, &batch.reasons[r as usize], raw)?;
+                    self.drop_row(0, line, &batch.reasons[r as usize].1, raw)?;
                 }
             }
         }
@@ -733,7 +824,7 @@ pub fn run(
         mut rdr,
         header,
         size,
-        mut classifier,
+        classifier,
         warnings,
     } = open_input(opts)?;
     let suppression_files = opts
@@ -774,14 +865,16 @@ pub fn run(
         opts.chunk_size as u64,
         estimate_rows(size, &header),
     )?;
-    // Bounded queues keep memory flat whichever thread is slower; emptied batches come back
-    // to be refilled, so steady state allocates nothing.
+    // Three stages, each on its own thread: reading and splitting lines (here), classifying
+    // (two rayon workers per batch), routing. Bounded queues keep memory flat whichever is
+    // slower; emptied batches come back to be refilled, so steady state allocates nothing.
     let (tx, rx) = mpsc::sync_channel::<Batch>(4);
+    let (routed_tx, routed_rx) = mpsc::sync_channel::<Batch>(4);
     let (free_tx, free_rx) = mpsc::channel::<Batch>();
     let router_handle = thread::Builder::new()
         .name("router".into())
         .spawn(move || -> Result<Routed> {
-            for mut batch in rx {
+            for mut batch in routed_rx {
                 router.route(&batch)?;
                 batch.clear();
                 let _ = free_tx.send(batch);
@@ -789,57 +882,64 @@ pub fn run(
             router.finish()
         })
         .context("starting the router thread")?;
+    let classify_handle = thread::Builder::new()
+        .name("classify".into())
+        .spawn(move || -> Rejections {
+            let mut classifiers = (classifier.twin(), classifier);
+            let mut rejections = Rejections::default();
+            for mut batch in rx {
+                batch.classify(&mut classifiers);
+                rejections.count(&batch);
+                if routed_tx.send(batch).is_err() {
+                    // The router stopped on an error; joining it reports that error.
+                    break;
+                }
+            }
+            rejections
+        })
+        .context("starting the classifying thread")?;
 
     let mut rows: u64 = 0;
-    let mut rejected: u64 = 0;
-    let mut reject_kinds: HashMap<String, (u64, u64, String)> = HashMap::new();
     let mut batch = Batch::default();
     let read_result: Result<(), SegmentError> = loop {
-        if let Some(pb) = progress
-            && rows.is_multiple_of(65536)
-        {
+        if let Some(pb) = progress {
             pb.set_position(rdr.bytes_read());
         }
-        let rec = match rdr.next_record() {
-            Ok(Some(rec)) => rec,
-            Ok(None) => break Ok(()),
-            Err(e) => break Err(csv_error(&opts.donors, e).into()),
-        };
-        rows += 1;
-        let outcome = classifier.assess(&rec);
-        let pre = match (outcome, classifier.last_key()) {
-            (Outcome::Segment(i), Some(key)) => Pre::Valid {
-                key,
-                segment: Some(i as u32),
-            },
-            (Outcome::Unmatched, Some(key)) => Pre::Valid { key, segment: None },
-            (Outcome::Suppressed(s), _) => Pre::Suppressed(s),
-            (Outcome::Rejected { kind, reason }, _) => {
-                rejected += 1;
-                let e = reject_kinds
-                    .entry(kind)
-                    .or_insert_with(|| (0, rec.line, reason.clone()));
-                e.0 += 1;
-                batch.reasons.push(reason);
-                Pre::Rejected(batch.reasons.len() as u32 - 1)
+        let mut end = Ok(false);
+        while batch.records.len() < BATCH_ROWS {
+            match rdr.next_record() {
+                Ok(Some(rec)) => batch.records.push(&rec),
+                Ok(None) => {
+                    end = Ok(true);
+                    break;
+                }
+                Err(e) => {
+                    end = Err(csv_error(&opts.donors, e).into());
+                    break;
+                }
             }
-            // A valid row always has a key, and `assess` leaves duplicates to the router.
-            (o, _) => unreachable!("assess returned {o:?} without a key"),
-        };
-        batch.push(rec.raw, rec.line, pre);
-        if batch.rows.len() == BATCH_ROWS {
-            batch.input = rdr.take_tapped(std::mem::take(&mut batch.input));
-            let next = free_rx.try_recv().unwrap_or_default();
-            if tx.send(std::mem::replace(&mut batch, next)).is_err() {
-                // The router stopped on an error; joining it below reports that error.
-                break Ok(());
-            }
+        }
+        rows += batch.records.len() as u64;
+        if !matches!(end, Ok(false)) {
+            break end.map(|_| ());
+        }
+        batch.input = rdr.take_tapped(std::mem::take(&mut batch.input));
+        let next = free_rx.try_recv().unwrap_or_default();
+        if tx.send(std::mem::replace(&mut batch, next)).is_err() {
+            // A later stage stopped on an error; joining it below reports that error.
+            break Ok(());
         }
     };
     // The last batch carries the rest of the input's bytes even when it has no rows.
     batch.input = rdr.take_tapped(std::mem::take(&mut batch.input));
     let _ = tx.send(batch);
     drop(tx);
+    let Rejections {
+        rejected,
+        kinds: reject_kinds,
+    } = classify_handle
+        .join()
+        .map_err(|_| anyhow!("the classifying thread panicked"))?;
     let routed = router_handle
         .join()
         .map_err(|_| anyhow!("the router thread panicked"))??;
