@@ -858,13 +858,8 @@ pub fn run(
     }
     chunk_header.push(b'\n');
 
-    let mut router = Router::new(
-        root.clone(),
-        segment_dirs,
-        &chunk_header,
-        opts.chunk_size as u64,
-        estimate_rows(size, &header),
-    )?;
+    let (chunk_size, expected_donors) = (opts.chunk_size as u64, estimate_rows(size, &header));
+    let router_root = root.clone();
     // Three stages, each on its own thread: reading and splitting lines (here), classifying
     // (two rayon workers per batch), routing. Bounded queues keep memory flat whichever is
     // slower; emptied batches come back to be refilled, so steady state allocates nothing.
@@ -874,6 +869,15 @@ pub fn run(
     let router_handle = thread::Builder::new()
         .name("router".into())
         .spawn(move || -> Result<Routed> {
+            // Built here, not before the thread starts: it allocates and touches the dedupe
+            // table, which overlaps with reading the first batches this way.
+            let mut router = Router::new(
+                router_root,
+                segment_dirs,
+                &chunk_header,
+                chunk_size,
+                expected_donors,
+            )?;
             for mut batch in routed_rx {
                 router.route(&batch)?;
                 batch.clear();
