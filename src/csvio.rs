@@ -11,6 +11,8 @@
 
 use std::io::{self, Read};
 
+use sha2::{Digest, Sha256};
+
 use crate::schema::Fields;
 
 /// How much input is read per system call. Big enough that syscalls vanish from profiles.
@@ -225,7 +227,8 @@ pub struct RawReader<R> {
     /// Physical line at `start`.
     line: u64,
     bytes_read: u64,
-    tap: Option<Vec<u8>>,
+    /// SHA-256 of every byte read, when asked for.
+    sha256: Option<Sha256>,
     first: bool,
     /// Whether lines without quotes or stray carriage returns skip csv_core (always, except
     /// in tests that compare both paths).
@@ -247,26 +250,24 @@ impl<R: Read> RawReader<R> {
             ends: vec![0; 64],
             line: 1,
             bytes_read: 0,
-            tap: None,
+            sha256: None,
             first: true,
             plain: true,
         }
     }
 
-    /// Keeps a copy of every byte read, to be collected with [`RawReader::take_tapped`], so
-    /// another thread can hash the input instead of the parsing one.
-    pub fn with_tap(mut self) -> Self {
-        self.tap = Some(Vec::new());
+    /// Hashes every byte read (BOM and blank lines included) with SHA-256, for
+    /// [`RawReader::sha256`]: hashing each buffer as it is read spares a second pass or a copy.
+    pub fn with_sha256(mut self) -> Self {
+        self.sha256 = Some(Sha256::new());
         self
     }
 
-    /// The bytes read since the last call (in order), swapped for `empty`'s allocation.
-    pub fn take_tapped(&mut self, mut empty: Vec<u8>) -> Vec<u8> {
-        empty.clear();
-        match self.tap.as_mut() {
-            Some(t) => std::mem::replace(t, empty),
-            None => empty,
-        }
+    /// The lowercase hex SHA-256 of the bytes read so far (the whole input once
+    /// [`RawReader::next_record`] has returned `None`), if asked for with
+    /// [`RawReader::with_sha256`].
+    pub fn sha256(&self) -> Option<String> {
+        self.sha256.as_ref().map(|h| hex(&h.clone().finalize()))
     }
 
     /// Bytes consumed from the source so far (for progress).
@@ -295,8 +296,8 @@ impl<R: Read> RawReader<R> {
                 Err(e) => return Err(e.into()),
             }
         };
-        if let Some(t) = self.tap.as_mut() {
-            t.extend_from_slice(&self.buf[self.len..self.len + n]);
+        if let Some(h) = self.sha256.as_mut() {
+            h.update(&self.buf[self.len..self.len + n]);
         }
         self.len += n;
         self.bytes_read += n as u64;
@@ -726,14 +727,11 @@ mod tests {
     }
 
     #[test]
-    fn the_tap_sees_every_byte_in_order() {
-        let mut rdr = RawReader::new(Trickle(TRICKY)).with_tap();
-        let mut seen = Vec::new();
-        while rdr.next_record().unwrap().is_some() {
-            seen.extend(rdr.take_tapped(Vec::new()));
-        }
-        seen.extend(rdr.take_tapped(Vec::new()));
-        assert_eq!(seen, TRICKY);
+    fn the_hash_covers_every_byte_in_order() {
+        let mut rdr = RawReader::new(Trickle(TRICKY)).with_sha256();
+        while rdr.next_record().unwrap().is_some() {}
+        assert_eq!(rdr.sha256(), Some(hex(&Sha256::digest(TRICKY))));
+        assert_eq!(RawReader::new(TRICKY).sha256(), None);
     }
 
     #[test]

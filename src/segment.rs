@@ -5,11 +5,11 @@
 //! place in the run. It never sends or renders anything, and never loads the export whole:
 //! memory is the dedupe set (16 bytes of hash per distinct donor) plus one chunk per segment.
 //!
-//! Three stages run at once, joined by bounded queues of row batches: the main thread reads
-//! and splits lines, a classifying stage validates and applies rules (two rayon workers per
-//! batch, the biggest share of the work), and a router thread dedupes in input order, writes
-//! and hashes chunk files and hashes the input. The operating system spreads them over
-//! whatever cores there are.
+//! Three stages run at once, joined by bounded queues of row batches: the main thread reads,
+//! hashes and splits lines, a classifying stage validates and applies rules (two rayon
+//! workers per batch, the biggest share of the work), and a router thread dedupes in input
+//! order and writes and hashes chunk files. The operating system spreads them over whatever
+//! cores there are.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -418,8 +418,6 @@ struct Batch {
     pres: Vec<Pre>,
     /// Each rejected row's kind (for the summary) and reason (for the dropped file).
     reasons: Vec<(String, String)>,
-    /// The input's bytes read since the previous batch, for its SHA-256.
-    input: Vec<u8>,
 }
 
 impl Batch {
@@ -427,7 +425,6 @@ impl Batch {
         self.records.clear();
         self.pres.clear();
         self.reasons.clear();
-        self.input.clear();
     }
 
     /// Classifies every row, the first half with `classifiers.0` and the second with
@@ -514,11 +511,10 @@ struct Routed {
     chunks: Vec<Vec<Chunk>>,
     seg_rows: Vec<u64>,
     dropped: Dropped,
-    input_sha256: String,
 }
 
 /// The router thread: dedupes valid rows in input order, copies each row to its chunk or
-/// dropped file, writes and hashes chunk files, and hashes the input.
+/// dropped file, and writes and hashes chunk files.
 ///
 /// Dedupe lives here rather than with parsing because its random reads into a table of
 /// hundreds of megabytes are the slowest single step at 10M rows; on its own thread it
@@ -539,7 +535,6 @@ struct Router {
     out: Routed,
     dropped_files: Vec<(PathBuf, File)>,
     dropped_bufs: Vec<Vec<u8>>,
-    input: Sha256,
     /// Reused per batch: the valid rows' keys and whether each was new.
     keys: Vec<RecipientKey>,
     fresh: Vec<bool>,
@@ -578,19 +573,16 @@ impl Router {
                 chunks: vec![Vec::new(); n],
                 seg_rows: vec![0; n],
                 dropped: Dropped::default(),
-                input_sha256: String::new(),
             },
             dropped_files,
             dropped_bufs: vec![Vec::new(); DROPPED_KINDS.len()],
             segment_dirs,
-            input: Sha256::new(),
             keys: Vec::with_capacity(BATCH_ROWS),
             fresh: Vec::with_capacity(BATCH_ROWS),
         })
     }
 
     fn route(&mut self, batch: &Batch) -> Result<()> {
-        self.input.update(&batch.input);
         // Dedupe the whole batch at once, in input order, so the table's cache misses overlap.
         self.keys.clear();
         self.keys.extend(batch.pres.iter().filter_map(|p| match p {
@@ -697,7 +689,6 @@ impl Router {
             rundir::sync_dir(&self.root.join(SEGMENTS_DIR).join(d))?;
         }
         rundir::sync_dir(&self.root.join(DROPPED_DIR))?;
-        self.out.input_sha256 = hex(&self.input.finalize());
         Ok(self.out)
     }
 }
@@ -719,15 +710,15 @@ fn absolute(path: &Path) -> String {
         .to_string()
 }
 
-/// Opens the export and reads its header. With `tap`, the reader keeps a copy of every byte
-/// for [`RawReader::take_tapped`] (so the input's hash can be computed off the parsing thread).
-pub fn open_donors(path: &Path, tap: bool) -> Result<(RawReader<File>, Vec<String>, u64)> {
+/// Opens the export and reads its header. With `hash`, the reader computes the input's
+/// SHA-256 as it reads ([`RawReader::sha256`]).
+pub fn open_donors(path: &Path, hash: bool) -> Result<(RawReader<File>, Vec<String>, u64)> {
     let file =
         File::open(path).with_context(|| format!("cannot open donor file {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut rdr = RawReader::new(file);
-    if tap {
-        rdr = rdr.with_tap();
+    if hash {
+        rdr = rdr.with_sha256();
     }
     let header = {
         let rec = rdr
@@ -927,15 +918,12 @@ pub fn run(
         if !matches!(end, Ok(false)) {
             break end.map(|_| ());
         }
-        batch.input = rdr.take_tapped(std::mem::take(&mut batch.input));
         let next = free_rx.try_recv().unwrap_or_default();
         if tx.send(std::mem::replace(&mut batch, next)).is_err() {
             // A later stage stopped on an error; joining it below reports that error.
             break Ok(());
         }
     };
-    // The last batch carries the rest of the input's bytes even when it has no rows.
-    batch.input = rdr.take_tapped(std::mem::take(&mut batch.input));
     let _ = tx.send(batch);
     drop(tx);
     let Rejections {
@@ -955,8 +943,10 @@ pub fn run(
         chunks,
         seg_rows,
         dropped,
-        input_sha256,
     } = routed;
+    let input_sha256 = rdr
+        .sha256()
+        .context("internal error: the export was read without hashing it")?;
     debug_assert_eq!(dropped.rejected, rejected);
 
     if rows == 0 {
