@@ -393,7 +393,7 @@ const DROPPED_KINDS: [&str; 4] = ["rejected", "duplicate", "suppressed", "unmatc
 /// Write a dropped-rows buffer out past this size.
 const DROPPED_FLUSH: usize = 1 << 20;
 
-/// Rows handed from the parser thread to the router thread at a time.
+/// Rows in each batch passed from reading to classifying to routing.
 const BATCH_ROWS: usize = 4096;
 
 /// What classification decided about a row; duplicates are the router's call.
