@@ -354,7 +354,10 @@ pub(crate) fn parse_number(s: &str) -> Option<f64> {
     }
     let frac = dot.map_or(0, |d| body.len() - d - 1);
     if digits <= 15 && frac < POW10.len() {
-        let n = mantissa as f64 / POW10[frac];
+        let n = match frac {
+            0 => mantissa as f64,
+            _ => mantissa as f64 / POW10[frac],
+        };
         return Some(if negative { -n } else { n });
     }
     s.parse::<f64>().ok().filter(|n| n.is_finite())
