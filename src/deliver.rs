@@ -258,7 +258,9 @@ impl fmt::Display for BodyAndDot<'_> {
         if rest.starts_with('.') {
             f.write_str(".")?;
         }
-        while let Some(i) = rest.find("\n.") {
+        // memmem's vectorised search; str::find's general-purpose one for "\n." over every
+        // body was 2.7% of a send's CPU.
+        while let Some(i) = memchr::memmem::find(rest.as_bytes(), b"\n.") {
             f.write_str(&rest[..i + 2])?;
             f.write_str(".")?;
             rest = &rest[i + 2..];
