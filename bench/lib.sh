@@ -14,6 +14,14 @@ AS_OF=2026-11-29
 export CAMPAIGN_UNSUBSCRIBE_SECRET=bench-secret-0123456789abcdef012
 mkdir -p "$DATA"
 WORK=$(mktemp -d "$ROOT/$DATA/.runs.XXXXXX")
+# Where benchmarked tools write their output (run directories, partitions): OUT_DIR if set
+# (e.g. OUT_DIR=/dev/shm to leave the disk and its page cache out), else inside $WORK.
+if [[ -n ${OUT_DIR:-} ]]; then
+    OUT=$(mktemp -d "$OUT_DIR/campaign-bench.XXXXXX")
+else
+    OUT=$WORK/out
+    mkdir -p "$OUT"
+fi
 SERVER_PIDS=()
 cleanup() {
     local pid
@@ -23,7 +31,7 @@ cleanup() {
     for pid in "${SERVER_PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$WORK"
+    rm -rf "$OUT" "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

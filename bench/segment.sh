@@ -10,6 +10,8 @@
 #   ROWS   space-separated data-row counts (default "1000000 10000000"; arguments win)
 #   RUNS   timed runs per tool and size (default 5); tools are interleaved run by run
 #   SEED   generator seed (default 20261129); the file for N rows is always made with it
+#   OUT_DIR where both tools write (default: bench-data/); OUT_DIR=/dev/shm takes the disk,
+#          the file system's history and this VM's page-cache cost out of the comparison
 #
 # Input files are generated once into bench-data/ (git-ignored) by examples/gen_donors.rs and
 # reused. Installs xsv (cargo install) and GNU time (apt-get) if missing. Touches only local
@@ -42,16 +44,15 @@ build
 # recently_deleted / find_inode_bit), a cost of deleting 10,000 files just before, not of
 # segmenting; xsv writes a handful of files and never met it.
 RUN_SEQ=0
-mkdir -p "$WORK/out"
 run_campaign() { # FILE NAME
     RUN_SEQ=$((RUN_SEQ + 1))
     measure "$2" "$CAMPAIGN" segment "$1" --campaign "$CAMPAIGN_TOML" \
-        --out "$WORK/out/campaign-$RUN_SEQ" --as-of "$AS_OF" --quiet --force
+        --out "$OUT/campaign-$RUN_SEQ" --as-of "$AS_OF" --quiet --force
 }
 run_xsv() { # FILE NAME
     RUN_SEQ=$((RUN_SEQ + 1))
-    mkdir -p "$WORK/out/xsv-$RUN_SEQ"
-    measure "$2" xsv partition country "$WORK/out/xsv-$RUN_SEQ" "$1"
+    mkdir -p "$OUT/xsv-$RUN_SEQ"
+    measure "$2" xsv partition country "$OUT/xsv-$RUN_SEQ" "$1"
 }
 
 # Fixed memory of campaign: peak RSS on a tiny input.
@@ -60,7 +61,7 @@ tiny=$(data_file "$TINY_ROWS")
 for ((i = 1; i <= RUNS; i++)); do
     run_campaign "$tiny" tiny
 done
-rm -rf "$WORK/out" && mkdir -p "$WORK/out"
+rm -rf "${OUT:?}"/*
 tiny_rss_kb=$(median "$WORK/tiny" 2)
 
 machine_header "campaign segment benchmark"
@@ -79,10 +80,17 @@ for n in $ROWS; do
     for ((i = 1; i <= RUNS; i++)); do
         log "$(label "$n") run $i/$RUNS"
         measure cat sh -c 'exec cat "$1" >/dev/null' sh "$f"
-        run_xsv "$f" xsv
-        run_campaign "$f" campaign
+        # Alternate which tool goes first: system time grows run by run as the page cache
+        # fills with the outputs kept until the end, so a fixed order favours the first tool.
+        if ((i % 2)); then
+            run_xsv "$f" xsv
+            run_campaign "$f" campaign
+        else
+            run_campaign "$f" campaign
+            run_xsv "$f" xsv
+        fi
     done
-    rm -rf "$WORK/out" && mkdir -p "$WORK/out"
+    rm -rf "${OUT:?}"/*
     for tool in cat xsv campaign; do
         wall=$(median "$WORK/$tool" 1)
         rss=$(median "$WORK/$tool" 2)
