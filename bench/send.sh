@@ -77,8 +77,15 @@ summary=()
 for c in $CONNECTIONS; do
     for ((i = 1; i <= RUNS; i++)); do
         log "$c connections, run $i/$RUNS"
-        run_source "$c" "source-$c"
-        run_campaign "$c" "campaign-$c"
+        # Alternate which client goes first, so neither always meets the sink just after
+        # the other's load.
+        if ((i % 2)); then
+            run_source "$c" "source-$c"
+            run_campaign "$c" "campaign-$c"
+        else
+            run_campaign "$c" "campaign-$c"
+            run_source "$c" "source-$c"
+        fi
     done
     for tool in source campaign; do
         wall=$(median "$WORK/$tool-$c" 1)
