@@ -854,8 +854,10 @@ pub fn run(
     // Three stages, each on its own thread: reading and splitting lines (here), classifying
     // (two rayon workers per batch), routing. Bounded queues keep memory flat whichever is
     // slower; emptied batches come back to be refilled, so steady state allocates nothing.
-    let (tx, rx) = mpsc::sync_channel::<Batch>(4);
-    let (routed_tx, routed_rx) = mpsc::sync_channel::<Batch>(4);
+    // A batch holds ~1.2 MB; two waiting per queue keep every stage fed (four measured no
+    // faster) for ~5 MB less peak memory.
+    let (tx, rx) = mpsc::sync_channel::<Batch>(2);
+    let (routed_tx, routed_rx) = mpsc::sync_channel::<Batch>(2);
     let (free_tx, free_rx) = mpsc::channel::<Batch>();
     let router_handle = thread::Builder::new()
         .name("router".into())
