@@ -156,11 +156,12 @@ impl RecordBatch {
     /// Record `i`, as the reader returned it.
     pub fn get(&self, i: usize) -> RawRecord<'_> {
         let r = self.recs[i];
-        let (raw_start, ends_start) = match i {
-            0 => (0, 0),
-            _ => (self.recs[i - 1].raw_end + 1, self.recs[i - 1].ends_end),
+        let ends_start = match i {
+            0 => 0,
+            _ => self.recs[i - 1].ends_end,
         };
-        let raw = &self.raw[raw_start..r.raw_end];
+        let line = self.terminated(i);
+        let raw = &line[..line.len() - 1];
         let (data, gap) = match r.unescaped_at {
             None => (raw, 1),
             Some((start, end)) => (&self.unescaped[start..end], 0),
@@ -173,6 +174,11 @@ impl RecordBatch {
             line: r.line,
             lines: r.lines,
         }
+    }
+
+    /// The physical line record `i` starts on.
+    pub fn line(&self, i: usize) -> u64 {
+        self.recs[i].line
     }
 
     /// Record `i`'s raw bytes followed by `\n`, ready to be written out as a line.

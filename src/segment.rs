@@ -470,7 +470,7 @@ impl Rejections {
                 let e = self
                     .kinds
                     .entry(kind.clone())
-                    .or_insert_with(|| (0, batch.records.get(i).line, reason.clone()));
+                    .or_insert_with(|| (0, batch.records.line(i), reason.clone()));
                 e.0 += 1;
             }
         }
@@ -595,7 +595,7 @@ impl Router {
         let mut is_new = fresh.iter().copied();
         for (i, &pre) in batch.pres.iter().enumerate() {
             let raw = batch.records.terminated(i);
-            let line = batch.records.get(i).line;
+            let line = batch.records.line(i);
             match pre {
                 Pre::Valid { segment, .. } => {
                     if !is_new.next().unwrap_or(false) {
