@@ -1,0 +1,70 @@
+//! What the message tests share: the run's settings and composer, one donor's message, and the
+//! wire-format checks every test applies to the bytes.
+
+use super::{Composer, MAX_LINE, Outgoing};
+use crate::campaign::MessageSettings;
+use crate::email::{Address, RecipientKey};
+
+pub(super) const NAME: &str = "Zoë Łukasz 田中";
+pub(super) const SUBJECT: &str = "Thank you, Zoë — £1,250 raised ✓";
+pub(super) const URL: &str = "https://park.example/u?e=zo%C3%AB%40example.org&c=gala-2026&t=PMY8Tyxt05wDG49hie95-nBDx8T0ag55W7WkVczFQVM";
+
+pub(super) fn settings() -> MessageSettings {
+    MessageSettings {
+        from: "Friends of the Park — Łódź <appeal@Park.Example>".into(),
+        reply_to: Some("\"Supporters, Park\" <supporters@park.example>".into()),
+        to_name: None,
+        unsubscribe_url: None,
+        unsubscribe_mailto: Some("unsubscribe@park.example".into()),
+        currency: None,
+    }
+}
+
+pub(super) fn composer() -> Composer {
+    Composer::new("gala-2026", &settings()).unwrap()
+}
+
+pub(super) fn key(s: &str) -> RecipientKey {
+    Address::parse(s).unwrap().key()
+}
+
+fn date() -> jiff::Timestamp {
+    "2026-11-29T14:05:09Z".parse().unwrap()
+}
+
+pub(super) fn outgoing<'a>(text: &'a str, html: Option<&'a str>) -> Outgoing<'a> {
+    Outgoing {
+        to: "zoe@example.org",
+        to_name: Some(NAME),
+        subject: SUBJECT,
+        text,
+        html,
+        unsubscribe_url: Some(URL),
+        key: key("zoe@example.org"),
+        date: date(),
+    }
+}
+
+/// Every line ends in CRLF and is at most 998 octets.
+pub(super) fn assert_wire_format(bytes: &[u8]) {
+    assert!(bytes.ends_with(b"\r\n") || !bytes.contains(&b'\n'));
+    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+        let is_last = i == bytes.split(|&b| b == b'\n').count() - 1;
+        if !is_last {
+            assert_eq!(line.last(), Some(&b'\r'), "line {} lacks CR", i + 1);
+        }
+        assert!(
+            line.len() <= MAX_LINE + 1,
+            "line {} is {} octets",
+            i + 1,
+            line.len()
+        );
+        assert!(!line[..line.len().saturating_sub(1)].contains(&b'\r'));
+    }
+    assert!(!bytes.contains(&0));
+}
+
+pub(super) fn header_block(bytes: &[u8]) -> &str {
+    let s = std::str::from_utf8(bytes).unwrap();
+    &s[..s.find("\r\n\r\n").unwrap() + 2]
+}
