@@ -36,6 +36,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -146,7 +147,7 @@ pub struct MessageSettings {
 }
 
 /// The `[smtp]` table: where and how to deliver. `CAMPAIGN_SMTP_URL` overrides it; the
-/// password never lives here (see `crate::smtp`).
+/// password never lives here (see `crate::transport::settings`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpTable {
@@ -170,20 +171,95 @@ pub struct SmtpTable {
     pub reconnect_after: Option<usize>,
 }
 
-/// The `[send]` table: pacing defaults, overridden by `campaign send` flags.
+/// The `[send]` table as written; [`SendSettings`] is its checked form.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct SendTable {
-    /// Global rate limit, e.g. `"50/s"` or `"3000/min"`.
-    pub rate: Option<String>,
+struct SendToml {
+    rate: Option<String>,
+    daily_cap: Option<u64>,
+    concurrency: Option<usize>,
+    max_attempts: Option<u32>,
+    retry_delay_seconds: Option<f64>,
+}
+
+/// The `[send]` table, checked: pacing defaults, overridden by `campaign send` flags.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SendSettings {
+    /// Global rate limit.
+    pub rate: Option<Rate>,
     /// At most this many messages per calendar day (UTC) across runs of the same run directory.
     pub daily_cap: Option<u64>,
     /// SMTP connections (worker threads).
     pub concurrency: Option<usize>,
     /// Delivery attempts per donor within one `send` before leaving them deferred.
     pub max_attempts: Option<u32>,
-    /// First retry delay in seconds; doubles each attempt, with jitter.
-    pub retry_delay_seconds: Option<f64>,
+    /// First retry delay; doubles each attempt, with jitter.
+    pub retry_delay: Option<Duration>,
+}
+
+impl SendToml {
+    fn check(self) -> Result<SendSettings, String> {
+        let rate = match &self.rate {
+            Some(text) => Some(
+                text.parse::<Rate>()
+                    .map_err(|e| format!("[send] rate: {e}"))?,
+            ),
+            None => None,
+        };
+        let retry_delay = match self.retry_delay_seconds {
+            // A negative delay means "no delay", as it always has.
+            Some(secs) if secs.is_finite() => Some(Duration::from_secs_f64(secs.max(0.0))),
+            Some(secs) => {
+                return Err(format!(
+                    "[send] retry_delay_seconds = {secs} is not a number of seconds; write e.g. 30"
+                ));
+            }
+            None => None,
+        };
+        Ok(SendSettings {
+            rate,
+            daily_cap: self.daily_cap,
+            concurrency: self.concurrency,
+            max_attempts: self.max_attempts,
+            retry_delay,
+        })
+    }
+}
+
+/// A global message rate, parsed from `50/s`, `3000/min` or `100000/h`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    per_second: f64,
+}
+
+impl Rate {
+    /// Messages per second.
+    pub fn per_second(self) -> f64 {
+        self.per_second
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Rate, String> {
+        let bad = || {
+            format!("{s:?} is not a rate; write messages per unit, like 50/s, 3000/min or 100000/h")
+        };
+        let (n, unit) = s.trim().split_once('/').ok_or_else(bad)?;
+        let n: f64 = n.trim().parse().map_err(|_| bad())?;
+        let secs = match unit.trim() {
+            "s" | "sec" | "second" => 1.0,
+            "m" | "min" | "minute" => 60.0,
+            "h" | "hour" => 3600.0,
+            _ => return Err(bad()),
+        };
+        if !(n.is_finite() && n > 0.0) {
+            return Err(bad());
+        }
+        Ok(Rate {
+            per_second: n / secs,
+        })
+    }
 }
 
 /// A checked campaign file.
@@ -208,7 +284,7 @@ pub struct Campaign {
     /// The `[smtp]` table.
     pub smtp: SmtpTable,
     /// The `[send]` table.
-    pub send: SendTable,
+    pub send: SendSettings,
 }
 
 /// Why a campaign file was refused.
@@ -253,7 +329,7 @@ struct FileToml {
     #[serde(default)]
     smtp: SmtpTable,
     #[serde(default)]
-    send: SendTable,
+    send: SendToml,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +437,7 @@ impl Campaign {
                 template,
             });
         }
+        let send = file.send.check().map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new(""));
         let templates_dir = base.join(
             file.templates
@@ -377,7 +454,7 @@ impl Campaign {
             message: file.message,
             templates_dir,
             smtp: file.smtp,
-            send: file.send,
+            send,
         })
     }
 }
@@ -403,6 +480,33 @@ when = "total_given >= 1000"
 name = "rest"
 template = "general"
 "#;
+
+    #[test]
+    fn rates_parse_with_units_and_refuse_nonsense() {
+        assert_eq!("50/s".parse::<Rate>().unwrap().per_second(), 50.0);
+        assert_eq!("3000/min".parse::<Rate>().unwrap().per_second(), 50.0);
+        assert_eq!("7200/h".parse::<Rate>().unwrap().per_second(), 2.0);
+        for bad in ["50", "0/s", "-1/s", "x/s", "5/day", "inf/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn send_table_is_checked_when_read() {
+        let c = parse(&format!(
+            "{GOOD}[send]\nrate = \"3000/min\"\nretry_delay_seconds = 5\n"
+        ))
+        .unwrap();
+        assert_eq!(c.send.rate.unwrap().per_second(), 50.0);
+        assert_eq!(c.send.retry_delay, Some(Duration::from_secs(5)));
+        let e = parse(&format!("{GOOD}[send]\nrate = \"fast\"\n")).unwrap_err();
+        assert!(
+            e.contains("c.toml") && e.contains("[send] rate") && e.contains("50/s"),
+            "{e}"
+        );
+        let e = parse(&format!("{GOOD}[send]\nretry_delay_seconds = inf\n")).unwrap_err();
+        assert!(e.contains("retry_delay_seconds"), "{e}");
+    }
 
     #[test]
     fn reads_a_good_file() {

@@ -7,22 +7,25 @@
 
 pub mod campaign;
 pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod csvio;
-pub mod deliver;
 pub mod dryrun;
 pub mod email;
 pub mod exit;
 pub mod ledger;
 pub mod manifest;
 pub mod message;
+pub mod preflight;
 pub mod prepare;
+pub mod progress;
 pub mod render;
 pub mod rules;
+pub mod run;
 pub mod rundir;
 pub mod schema;
 pub mod segment;
 pub mod send;
-pub mod smtp;
 pub mod suppress;
+pub mod transport;
 pub mod unsubscribe;

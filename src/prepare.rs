@@ -5,20 +5,16 @@
 //! [`Preparer::prepare`], so what a preview shows is what is sent. It never sends, and never
 //! writes files.
 
-use std::path::Path;
-
-use anyhow::{Context, Result, anyhow};
 use jiff::Timestamp;
-use sha2::{Digest, Sha256};
+use jiff::civil::Date;
 
-use crate::campaign::{Campaign, SegmentDef, SegmentName};
-use crate::csvio::{RawReader, RawRecord, hex};
+use crate::campaign::{Campaign, SegmentDef};
+use crate::csvio::RawRecord;
 use crate::email::{Address, RecipientKey, normalise};
-use crate::manifest::{self, Manifest};
 use crate::message::{Composer, Outgoing};
 use crate::render::{Donor, Problem, RunInfo, TemplateSet};
-use crate::rundir::LEDGER_DIR;
 use crate::schema::{Fields, Schema, TypedRow};
+use crate::transport::Envelope;
 use crate::unsubscribe::{PLACEHOLDER_TOKEN, UnsubscribeSecret};
 
 /// One donor's message, ready for SMTP.
@@ -26,8 +22,8 @@ use crate::unsubscribe::{PLACEHOLDER_TOKEN, UnsubscribeSecret};
 pub struct Prepared {
     /// The donor's identity in the ledger.
     pub key: RecipientKey,
-    /// The envelope recipient: the address as the donor gave it, trimmed.
-    pub to: String,
+    /// The envelope: `[message] from` to the address as the donor gave it, trimmed.
+    pub envelope: Envelope,
     /// The full message (CRLF line endings).
     pub bytes: Vec<u8>,
 }
@@ -58,40 +54,42 @@ pub struct Preparer {
     now: Timestamp,
 }
 
-/// The segments of a run as the manifest records them (names and templates are fixed when a
-/// run is segmented; the campaign file may have changed since).
-pub fn run_segments(manifest: &Manifest) -> Result<Vec<SegmentDef>> {
-    manifest
-        .segments
-        .iter()
-        .map(|s| {
-            Ok(SegmentDef {
-                name: SegmentName::new(&s.name).map_err(|e| anyhow!("manifest: {e}"))?,
-                when: s.rule.clone(),
-                template: s.template.clone(),
-            })
-        })
-        .collect()
+/// What a [`Preparer`] is built from: the donor file's header and the segments, from a run's
+/// manifest (send) or from the campaign file and an export (check).
+pub struct Inputs<'a> {
+    /// The campaign file.
+    pub campaign: &'a Campaign,
+    /// The donor file's header.
+    pub header: &'a [String],
+    /// The column holding addresses.
+    pub email_column: &'a str,
+    /// The segments whose templates are used.
+    pub segments: &'a [SegmentDef],
+    /// The run's date (`today` in templates).
+    pub as_of: Date,
+    /// Check template variables against `header` (off when the header is made up from the
+    /// declared columns only).
+    pub check_variables: bool,
 }
 
 impl Preparer {
-    /// Compiles the campaign's templates and message settings for a run, returning every
-    /// problem found (as `file:line: message` lines) when they cannot be used.
+    /// Compiles the campaign's templates and message settings, returning every problem found
+    /// (as `file:line: message` lines) when they cannot be used.
     pub fn new(
-        manifest: &Manifest,
-        campaign: &Campaign,
+        inputs: &Inputs<'_>,
         secret: Option<UnsubscribeSecret>,
         now: Timestamp,
     ) -> Result<Preparer, Vec<String>> {
+        let campaign = inputs.campaign;
         let mut problems = Vec::new();
-        let schema = Schema::new(&manifest.header, &campaign.columns)
+        let schema = Schema::new(inputs.header, &campaign.columns)
             .map_err(|e| vec![format!("{}: {e}", campaign.path.display())])?;
-        let email_idx = match schema.column(&manifest.email_column) {
+        let email_idx = match schema.column(inputs.email_column) {
             Some(c) => c.index,
             None => {
                 return Err(vec![format!(
                     "the run's header has no column {:?}",
-                    manifest.email_column
+                    inputs.email_column
                 )]);
             }
         };
@@ -103,7 +101,7 @@ impl Preparer {
                 ));
                 None
             }
-            Some(settings) => match Composer::new(&manifest.campaign_id, settings) {
+            Some(settings) => match Composer::new(campaign.id.as_str(), settings) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     problems.push(format!("{}: {e}", campaign.path.display()));
@@ -111,34 +109,25 @@ impl Preparer {
                 }
             },
         };
-        let as_of = manifest
-            .as_of
-            .parse()
-            .map_err(|e| vec![format!("manifest: as_of {:?}: {e}", manifest.as_of)])?;
-        let run = RunInfo::new(campaign, as_of);
-        let templates = match TemplateSet::load(campaign, run) {
-            Ok(t) => {
-                let segments = run_segments(manifest).map_err(|e| vec![e.to_string()])?;
-                problems.extend(
-                    t.check(&segments, &manifest.header)
-                        .iter()
-                        .map(Problem::to_string),
-                );
-                Some(t)
-            }
-            Err(ps) => {
-                problems.extend(ps.iter().map(Problem::to_string));
-                None
-            }
-        };
-        match (templates, composer) {
-            (Some(templates), Some(composer)) if problems.is_empty() => Ok(Preparer {
+        let run = RunInfo::new(campaign, inputs.as_of);
+        let (templates, load_problems) = TemplateSet::load_with_problems(campaign, run);
+        problems.extend(load_problems.iter().map(Problem::to_string));
+        if inputs.check_variables {
+            problems.extend(
+                templates
+                    .check(inputs.segments, inputs.header)
+                    .iter()
+                    .map(Problem::to_string),
+            );
+        }
+        match composer {
+            Some(composer) if problems.is_empty() => Ok(Preparer {
                 schema,
                 email_idx,
                 templates,
                 composer,
                 secret,
-                campaign_id: manifest.campaign_id.clone(),
+                campaign_id: campaign.id.as_str().to_owned(),
                 now,
             }),
             _ => Err(problems),
@@ -152,6 +141,21 @@ impl Preparer {
 
     /// The recipient key of a chunk row, without rendering anything (to consult the ledger
     /// first); `None` when the row's address does not parse (`prepare` then says why).
+    pub fn key(&self, rec: &RawRecord<'_>) -> Option<RecipientKey> {
+        let fields = self.fields(rec).ok()?;
+        Some(Address::parse(fields.get(self.email_idx)).ok()?.key())
+    }
+
+    /// Whether a row is a donor this preparer can take: its fields, address and declared
+    /// values read.
+    pub fn reads(&self, rec: &RawRecord<'_>, ws: &mut Workspace) -> bool {
+        self.fields(rec).is_ok_and(|fields| {
+            Address::parse(fields.get(self.email_idx)).is_ok()
+                && self.schema.parse_row(&fields, &mut ws.typed).is_ok()
+        })
+    }
+
+    /// [`Preparer::key`] with the normalised address, for reports.
     pub fn key_of(&self, rec: &RawRecord<'_>) -> Option<(RecipientKey, String)> {
         let fields = self.fields(rec).ok()?;
         let addr = Address::parse(fields.get(self.email_idx)).ok()?;
@@ -174,10 +178,11 @@ impl Preparer {
         Ok(fields)
     }
 
-    /// The message for one chunk row of `segment`.
+    /// The message for one chunk row of the segment `segment`, from its `template`.
     pub fn prepare(
         &self,
-        segment: &manifest::Segment,
+        segment: &str,
+        template: &str,
         rec: &RawRecord<'_>,
         ws: &mut Workspace,
     ) -> Result<Prepared, PrepareError> {
@@ -200,13 +205,13 @@ impl Preparer {
         let rendered = self
             .templates
             .render(
-                &segment.template,
+                template,
                 &Donor {
                     schema: &self.schema,
                     fields: &fields,
                     typed: &ws.typed,
                     email: &email,
-                    segment: &segment.name,
+                    segment,
                     unsubscribe_token: &token,
                 },
             )
@@ -224,63 +229,11 @@ impl Preparer {
                 date: self.now,
             })
             .map_err(|e| fail(&email, e.to_string()))?;
+        let to = Envelope::recipient(addr.as_str()).map_err(|o| fail(&email, format!("{o:?}")))?;
         Ok(Prepared {
             key,
-            to: addr.as_str().to_owned(),
+            envelope: Envelope::new(self.composer.sender().clone(), to),
             bytes,
         })
-    }
-}
-
-/// Reads a chunk file and checks it is the one `segment` wrote.
-pub fn read_chunk(run: &Path, chunk: &manifest::Chunk) -> Result<Vec<u8>> {
-    let path = run.join(&chunk.file);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let sha = hex(&Sha256::digest(&bytes));
-    if sha != chunk.sha256 {
-        anyhow::bail!(
-            "{} has changed since `campaign segment` wrote it (SHA-256 differs from the manifest): it was edited, or lost data in a crash. Chunks must not be edited; segment again (with --force if nothing was sent yet)",
-            path.display()
-        );
-    }
-    Ok(bytes)
-}
-
-/// Calls `each` for every data row of a chunk (the header is skipped), with the row's line in
-/// the chunk file.
-pub fn for_each_row(
-    bytes: &[u8],
-    mut each: impl FnMut(&RawRecord<'_>) -> Result<()>,
-) -> Result<()> {
-    let mut rdr = RawReader::new(bytes);
-    if rdr.next_record()?.is_none() {
-        return Ok(());
-    }
-    while let Some(rec) = rdr.next_record()? {
-        each(&rec)?;
-    }
-    Ok(())
-}
-
-/// Where a run records the fingerprint of the templates it started sending with.
-pub const TEMPLATES_FINGERPRINT: &str = "templates.sha256";
-
-/// Checks the templates are the ones sending started with, if it has started (a run that
-/// has not started sending records no fingerprint).
-pub fn check_templates_unchanged(run: &Path, fingerprint: &str) -> Result<()> {
-    let path = run.join(LEDGER_DIR).join(TEMPLATES_FINGERPRINT);
-    match std::fs::read_to_string(&path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        Ok(recorded) => {
-            if recorded.trim() == fingerprint {
-                Ok(())
-            } else {
-                anyhow::bail!(
-                    "the templates or [message] settings changed after this run started sending ({} records the old fingerprint); part of the run already got the old message. Restore the old templates to finish this run, or segment a new run for the new message (it will re-mail donors already sent to unless you pass their addresses to --suppress)",
-                    path.display()
-                )
-            }
-        }
     }
 }

@@ -11,7 +11,16 @@
 //! RUN/segments/<segment>/00001.csv
 //! RUN/dropped/{rejected,duplicate,suppressed,unmatched}.csv
 //! RUN/ledger/                    created by `send`; its presence means sending has started
+//! RUN/ledger/templates.sha256     the templates' fingerprint when sending started
+//! RUN/previews/<segment>/NNN.eml  written by `send --dry-run`
+//! RUN/previews/failures.csv       donors a dry run could not render
+//! RUN/report.json                 the last send's summary
+//! RUN/failed.csv                  donors who failed for good, from the ledgers
+//! RUN/unknown.csv                 donors whose outcome is unknown, from the ledgers
+//! RUN/suppress-bounced.txt        addresses that bounced for good, for `--suppress`
 //! ```
+//!
+//! Every name inside a run is a constant here; other modules join them, never spell them.
 
 use std::fs;
 use std::io;
@@ -27,6 +36,20 @@ pub const SEGMENTS_DIR: &str = "segments";
 pub const DROPPED_DIR: &str = "dropped";
 /// The delivery ledger's directory; once it exists the run must never be replaced.
 pub const LEDGER_DIR: &str = "ledger";
+/// Inside [`LEDGER_DIR`]: the fingerprint of the templates sending started with.
+pub const TEMPLATES_FINGERPRINT: &str = "templates.sha256";
+/// The dry run's preview directory, one subdirectory per segment.
+pub const PREVIEWS_DIR: &str = "previews";
+/// Inside [`PREVIEWS_DIR`]: donors whose message a dry run could not render.
+pub const RENDER_FAILURES: &str = "failures.csv";
+/// The summary of the last `send`.
+pub const REPORT_JSON: &str = "report.json";
+/// Donors who failed for good, rewritten from the ledgers after every send.
+pub const FAILED_CSV: &str = "failed.csv";
+/// Donors whose outcome is unknown, rewritten from the ledgers after every send.
+pub const UNKNOWN_CSV: &str = "unknown.csv";
+/// Addresses that bounced for good, in the format `--suppress` reads.
+pub const SUPPRESS_BOUNCED: &str = "suppress-bounced.txt";
 
 /// Why an existing run directory may not be replaced.
 #[derive(Debug, thiserror::Error)]

@@ -86,18 +86,13 @@ impl UnsubscribeSecret {
     /// The environment variable holding the secret.
     pub const ENV: &'static str = "CAMPAIGN_UNSUBSCRIBE_SECRET";
 
-    /// Reads the secret from [`Self::ENV`].
+    /// The secret from the value of [`Self::ENV`], which the caller read (see
+    /// [`crate::preflight::Environment`]).
     ///
     /// # Errors
     /// `Ok(None)` when the variable is unset; `Err` (saying how to generate a secret) when it is
     /// set but unusable: shorter than 16 bytes, or with surrounding whitespace.
-    pub fn from_env() -> Result<Option<Self>, String> {
-        Self::from_var(std::env::var_os(Self::ENV))
-    }
-
-    /// [`Self::from_env`] on a given value; tests cannot set variables (that is `unsafe` in
-    /// edition 2024).
-    fn from_var(value: Option<std::ffi::OsString>) -> Result<Option<Self>, String> {
+    pub fn from_var(value: Option<std::ffi::OsString>) -> Result<Option<Self>, String> {
         match value {
             None => Ok(None),
             Some(v) => Self::new(v.into_encoded_bytes())

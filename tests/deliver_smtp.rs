@@ -1,4 +1,4 @@
-//! `deliver::SmtpTransport` against real SMTP servers on 127.0.0.1: mailin-embedded with a
+//! `transport::SmtpTransport` against real SMTP servers on 127.0.0.1: mailin-embedded with a
 //! scripted handler (per-RCPT and end-of-data replies), and a tiny raw server for what
 //! mailin cannot do (closing without a reply after the dot, going silent, closing while idle).
 
@@ -8,8 +8,9 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use campaign::deliver::{CLIENT_REFUSED, Outcome, SmtpTransport, Transport};
-use campaign::smtp::{SmtpSettings, TlsMode};
+use campaign::transport::{
+    CLIENT_REFUSED, Outcome, SmtpSettings, SmtpTransport, TlsMode, Transport, send_one,
+};
 use mailin_embedded::response::OK;
 use mailin_embedded::{Handler, Response, Server};
 
@@ -174,7 +175,7 @@ fn ok() -> impl FnMut() -> std::io::Result<()> {
 }
 
 fn send(t: &mut SmtpTransport, to: &str, msg: &[u8]) -> Outcome {
-    t.send(FROM, to, msg, &mut ok())
+    send_one(t, FROM, to, msg, &mut ok())
 }
 
 fn assert_accepted(outcome: &Outcome) {
@@ -191,7 +192,7 @@ fn accepted_message_arrives_byte_exact() {
     let body = "Dear friend,\r\n.leading dot\r\n.\r\n..two dots\r\n\r\nline\r\n.";
     let msg = message("ann@donor.example", &format!("{body}\r\n"));
     let mut called = 0;
-    let outcome = t.send(FROM, "ann@donor.example", &msg, &mut || {
+    let outcome = send_one(&mut t, FROM, "ann@donor.example", &msg, &mut || {
         called += 1;
         Ok(())
     });
@@ -338,7 +339,7 @@ fn before_body_error_halts_and_nothing_is_delivered() {
     let server = Mailin::start();
     let mut t = server.transport();
     let msg = message("ann@donor.example", "hi\r\n");
-    let outcome = t.send(FROM, "ann@donor.example", &msg, &mut || {
+    let outcome = send_one(&mut t, FROM, "ann@donor.example", &msg, &mut || {
         Err(std::io::Error::other("ledger disk full"))
     });
     match outcome {
@@ -433,7 +434,13 @@ fn addresses_the_client_cannot_send() {
         } => {}
         other => panic!("expected Bounced, got {other:?}"),
     }
-    match t.send("bad sender", "ann@donor.example", b"x\r\n", &mut ok()) {
+    match send_one(
+        &mut t,
+        "bad sender",
+        "ann@donor.example",
+        b"x\r\n",
+        &mut ok(),
+    ) {
         Outcome::Halt { code: None, text } => assert!(text.contains("bad sender"), "{text}"),
         other => panic!("expected Halt, got {other:?}"),
     }

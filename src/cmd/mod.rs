@@ -1,17 +1,24 @@
-//! One module per subcommand: each turns parsed flags into checked options, calls the library
-//! and prints the result. Nothing here is reused by another command.
+//! The binary's side of each subcommand: one module per subcommand turns parsed flags into
+//! checked options, calls the library, prints the result and picks the exit code; the
+//! modules beside them only print (tables, progress bars). Nothing here does library work:
+//! no file under `src/cmd/` opens a ledger, resolves a setting or renders a message itself.
 
 pub mod check;
-pub mod deliver;
+mod deliver;
+mod dryrun;
+mod progress;
 pub mod segment;
 pub mod send;
 pub mod status;
+mod summary;
 
 use std::io::Write;
 
 use anyhow::Context;
 
-use crate::exit::Error;
+use crate::exit::{Code, Error, escape_controls};
+use crate::preflight::Findings;
+use crate::run::OpenedRun;
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn print_bytes(bytes: &[u8]) -> Result<(), Error> {
@@ -22,14 +29,29 @@ fn print_bytes(bytes: &[u8]) -> Result<(), Error> {
     }
 }
 
-/// The look of every progress bar (`template` in indicatif's syntax).
-fn bar_style(template: &str) -> indicatif::ProgressStyle {
-    indicatif::ProgressStyle::with_template(template)
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> ")
-}
-
 /// Width of the first column of a per-segment table: the longest name, at least "segment".
 fn segment_column<'a>(names: impl Iterator<Item = &'a str>) -> usize {
     names.map(str::len).max().unwrap_or(0).max("segment".len())
+}
+
+/// A configuration problem: exit 2.
+fn usage(e: impl Into<anyhow::Error>) -> Error {
+    Error::new(Code::Usage, e)
+}
+
+/// The pre-flight's refusal of a run: every problem, then the notes, as one error (exit 2).
+fn refused(run: &OpenedRun, f: Findings) -> Error {
+    warn(&f.notes);
+    usage(anyhow::anyhow!(
+        "{} cannot be used for this run; `campaign check` lists the same problems:\n{}",
+        run.campaign.path.display(),
+        f.problems.join("\n")
+    ))
+}
+
+/// Prints warnings on stderr, with donor data's control characters escaped.
+fn warn(notes: &[String]) {
+    for n in notes {
+        eprintln!("campaign: warning: {}", escape_controls(n));
+    }
 }

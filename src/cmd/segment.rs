@@ -117,7 +117,7 @@ pub fn run(args: Args) -> Result<Code, Error> {
             .map(|m| m.len())
             .unwrap_or(0);
         let pb = indicatif::ProgressBar::new(size);
-        pb.set_style(super::bar_style(
+        pb.set_style(super::progress::bar_style(
             "{spinner} segmenting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
         ));
         pb

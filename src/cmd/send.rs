@@ -1,13 +1,14 @@
-//! `campaign send`: flags, output and exit codes around [`crate::dryrun`].
+//! `campaign send`: its flags, and the choice between [`super::deliver`] (a real send) and
+//! [`super::dryrun`] (`--dry-run`).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use crate::dryrun::{self, DryRunOptions, DryRunReport};
-use crate::exit::{Code, Error, escape_controls};
-use crate::prepare::{self, Preparer};
+use crate::campaign::{Rate, SendSettings};
+use crate::exit::{Code, Error};
+use crate::send::OnUnknown;
 
 /// Flags of `campaign send`.
 #[derive(Debug, ClapArgs)]
@@ -50,7 +51,7 @@ pub struct Args {
     /// Global rate limit across all connections, e.g. 50/s, 3000/min (default: [send] rate
     /// in the campaign file, else unlimited). Throttling replies lower it further.
     #[arg(long, value_name = "N/UNIT")]
-    pub rate: Option<crate::send::Rate>,
+    pub rate: Option<Rate>,
 
     /// At most N messages per UTC day for this run directory, counting earlier runs (default:
     /// [send] daily_cap).
@@ -60,8 +61,8 @@ pub struct Args {
     /// Donors whose last attempt has an unknown outcome (the connection or the process died
     /// after the message was sent): skip them and list them in RUN_DIR/unknown.csv, or send
     /// again (they may get two messages).
-    #[arg(long, value_enum, default_value_t = crate::send::OnUnknown::Skip)]
-    pub on_unknown: crate::send::OnUnknown,
+    #[arg(long, value_enum, default_value_t = UnknownFlag::Skip)]
+    pub on_unknown: UnknownFlag,
 
     /// Delivery attempts per donor within this run before leaving them deferred for the next
     /// (default: [send] max_attempts, else 3).
@@ -70,8 +71,8 @@ pub struct Args {
 
     /// Seconds before the first retry of a deferred donor; doubles each time, plus jitter
     /// (default: [send] retry_delay_seconds, else 30).
-    #[arg(long, value_name = "SECONDS")]
-    pub retry_delay: Option<f64>,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub retry_delay: Option<Duration>,
 
     /// Print the summary as JSON.
     #[arg(long)]
@@ -82,118 +83,50 @@ pub struct Args {
     pub quiet: bool,
 }
 
-/// Runs `campaign send`.
-pub fn run(args: Args) -> Result<Code, Error> {
-    if !args.dry_run {
-        return super::deliver::run(args);
-    }
-    let usage = |e: anyhow::Error| Error::new(Code::Usage, e);
-    let mut loaded = dryrun::load_run(&args.run, args.campaign.as_deref()).map_err(usage)?;
-    let secret = dryrun::secret_or_warning(&mut loaded.warnings).map_err(usage)?;
-    let preparer = Preparer::new(
-        &loaded.manifest,
-        &loaded.campaign,
-        secret,
-        jiff::Timestamp::now(),
-    )
-    .map_err(|problems| {
-        Error::new(
-            Code::Usage,
-            anyhow::anyhow!(
-                "the templates or [message] settings cannot be used; `campaign check` lists the same problems:\n{}",
-                problems.join("\n")
-            ),
-        )
-    })?;
-    if let Err(e) =
-        prepare::check_templates_unchanged(&args.run, &preparer.templates().fingerprint())
-    {
-        loaded.warnings.push(format!("{e:#}"));
-    }
-    for w in &loaded.warnings {
-        eprintln!("campaign: warning: {}", escape_controls(w));
-    }
-    if let Some(email) = &args.print {
-        let bytes = dryrun::find_message(&args.run, &loaded.manifest, &preparer, email)?;
-        super::print_bytes(&bytes)?;
-        return Ok(Code::Success);
-    }
-    let opts = DryRunOptions {
-        run: args.run.clone(),
-        previews: args.preview,
-        limit: args.limit,
-        segments: args.segments.clone(),
-        concurrency: args
-            .concurrency
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-    };
-    let selected = dryrun::select_segments(&loaded.manifest, &opts.segments).map_err(usage)?;
-    let progress = (!args.quiet && !args.json && std::io::stderr().is_terminal()).then(|| {
-        let pb = indicatif::ProgressBar::new(dryrun::planned_rows(
-            &loaded.manifest,
-            &selected,
-            opts.limit,
-        ));
-        pb.set_style(super::bar_style(
-            "rendering [{bar:30}] {pos}/{len} messages, {per_sec}, eta {eta}",
-        ));
-        pb
-    });
-    let started = std::time::Instant::now();
-    let report = dryrun::dry_run(&loaded.manifest, &preparer, &opts, progress.as_ref());
-    if let Some(pb) = progress {
-        pb.finish_and_clear();
-    }
-    let report = report?;
-    let secs = started.elapsed().as_secs_f64();
-    let text = if args.json {
-        let mut v = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
-        v["seconds"] = serde_json::json!(secs);
-        format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
-    } else {
-        table(&report, secs)
-    };
-    super::print_bytes(text.as_bytes())?;
-    Ok(if report.failed() > 0 {
-        Code::SomeFailed
-    } else {
-        Code::Success
-    })
+/// `--on-unknown`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownFlag {
+    /// Leave them out and list them in `unknown.csv` (nobody gets two messages).
+    Skip,
+    /// Send them again (a donor may get the message twice).
+    Resend,
 }
 
-fn table(r: &DryRunReport, secs: f64) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let w = super::segment_column(r.segments.iter().map(|t| t.segment.as_str()));
-    let _ = writeln!(s, "dry run: nothing was sent\n");
-    let _ = writeln!(
-        s,
-        "{:<w$}  {:>9}  {:>7}  {:>8}",
-        "segment", "rendered", "failed", "previews"
-    );
-    for t in &r.segments {
-        let _ = writeln!(
-            s,
-            "{:<w$}  {:>9}  {:>7}  {:>8}",
-            t.segment, t.rendered, t.failed, t.previews
-        );
+impl From<UnknownFlag> for OnUnknown {
+    fn from(f: UnknownFlag) -> OnUnknown {
+        match f {
+            UnknownFlag::Skip => OnUnknown::Skip,
+            UnknownFlag::Resend => OnUnknown::Resend,
+        }
     }
-    let _ = writeln!(s, "{:<w$}  {:>9}  {:>7}", "total", r.rendered(), r.failed());
-    let _ = writeln!(
-        s,
-        "\n{} messages in {:.2} s ({:.0}/s); previews in {}",
-        r.rendered(),
-        secs,
-        r.rendered() as f64 / secs.max(1e-9),
-        r.previews_dir.display()
-    );
-    if r.failed() > 0 {
-        let _ = writeln!(
-            s,
-            "{} donors cannot be rendered: see {} (line, donor, reason)",
-            r.failed(),
-            r.failures_file.display()
-        );
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        // A negative delay means "no delay", as in the campaign file.
+        Ok(secs) if secs.is_finite() => Ok(Duration::from_secs_f64(secs.max(0.0))),
+        _ => Err(format!("{s:?} is not a number of seconds (for example 30)")),
     }
-    s
+}
+
+impl Args {
+    /// The flags that override the campaign's `[send]` table.
+    pub(super) fn send_settings(&self) -> SendSettings {
+        SendSettings {
+            rate: self.rate,
+            daily_cap: self.daily_cap,
+            concurrency: self.concurrency,
+            max_attempts: self.max_attempts,
+            retry_delay: self.retry_delay,
+        }
+    }
+}
+
+/// Runs `campaign send`.
+pub fn run(args: Args) -> Result<Code, Error> {
+    if args.dry_run {
+        super::dryrun::run(&args)
+    } else {
+        super::deliver::run(&args)
+    }
 }

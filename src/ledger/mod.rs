@@ -30,6 +30,7 @@
 //!
 //! ```text
 //! RUN/ledger/lock                         RunLock: "pid <pid>, started <RFC 3339>\n"
+//! RUN/ledger/templates.sha256             the templates' fingerprint: "<hex>\n"
 //! RUN/ledger/<segment>/<nnnnn>.log        one file per chunk segments/<segment>/<nnnnn>.csv
 //! ```
 //!
@@ -111,6 +112,7 @@
 //!
 //! [`RecipientKey`]: crate::email::RecipientKey
 
+mod fingerprint;
 mod lock;
 mod record;
 mod states;
@@ -125,6 +127,7 @@ use std::sync::OnceLock;
 
 use jiff::Timestamp;
 
+pub use fingerprint::{check_templates, record_templates};
 pub use lock::RunLock;
 pub use states::ChunkStates;
 pub use writer::ChunkLedger;
@@ -279,6 +282,15 @@ pub enum LedgerError {
         path: PathBuf,
         /// Who holds it, as far as known (the lock file's content).
         holder: String,
+    },
+    /// The templates or `[message]` settings differ from the ones sending started with.
+    #[error(
+        "the templates or [message] settings changed after this run started sending ({} records the old fingerprint); part of the run already got the old message. Restore the old templates to finish this run, or segment a new run for the new message (it will re-mail donors already sent to unless you pass their addresses to --suppress)",
+        path.display()
+    )]
+    TemplatesChanged {
+        /// The fingerprint file.
+        path: PathBuf,
     },
     /// The caller passed something that cannot be written to a ledger (a bug, not an
     /// operator problem).

@@ -87,6 +87,11 @@ impl Composer {
         })
     }
 
+    /// The envelope sender (MAIL FROM): the address of `[message] from`, parsed once.
+    pub fn sender(&self) -> &lettre::Address {
+        &self.from.email
+    }
+
     /// The Message-ID for a donor: deterministic, unique per (campaign, recipient):
     /// `<{campaign_id}.{key hex}@{from domain}>`.
     ///

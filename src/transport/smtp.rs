@@ -1,231 +1,26 @@
-//! Handing one pre-built message to the SMTP relay, and saying what happened in terms the
-//! send loop can act on ([`Outcome`]).
+//! One SMTP session to the relay per worker ([`SmtpTransport`]), through lettre's low-level
+//! `SmtpConnection`: connect, STARTTLS or implicit TLS, AUTH, then MAIL, RCPT, DATA and the
+//! body for each message of a batch, pipelined when the server offers it.
 //!
-//! This module owns the SMTP conversation (through lettre's low-level `SmtpConnection`, one
-//! per worker: [`SmtpTransport`]), the reading of server replies ([`classify`],
-//! [`enhanced_code`]; RFC 5321 reply codes and RFC 3463 enhanced codes) and the line between
-//! "the server cannot have it" ([`Outcome::Deferred`]) and "the server may have it"
-//! ([`Outcome::Unknown`]), which is the moment the body starts to go out.
-//!
-//! It never decides what to do next (retry, suppress, stop: the send loop does, from the
-//! outcome), never builds or changes messages (bytes go out as given, only dot-stuffed), never
-//! records anything, and never puts the password in an outcome, error or `Debug`.
+//! Owns the line between "the server cannot have it" ([`Outcome::Deferred`]) and "the server
+//! may have it" ([`Outcome::Unknown`]), which is the moment the body starts to go out, and
+//! keeping a connection usable after a refusal (RSET) or dropping it. Replies are read by
+//! [`super::reply`]. It never decides what happens next, never changes a message (bytes go out
+//! as given, only dot-stuffed), and never puts the password in an outcome, error or `Debug`.
 
 use std::fmt;
 use std::sync::Arc;
 
-use lettre::Address;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 
-use crate::smtp::{SmtpSettings, TlsMode};
-
-/// The `code` of an [`Outcome::Bounced`] that this client decided without asking the server
-/// (an address lettre cannot write, a relay lacking SMTPUTF8 or 8BITMIME).
-pub const CLIENT_REFUSED: u16 = 0;
-
-/// What happened to one message, by what the server said (RFC 5321 / RFC 3463).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// 2xx after the final dot. `reply` is the server's text (carries its queue id).
-    Accepted {
-        /// The reply text without the code, e.g. `2.0.0 Ok: queued as 4Fq1`.
-        reply: String,
-    },
-    /// Try again later: a 4xx at any stage, or a connection failure or timeout before the
-    /// final dot was sent (the server cannot have the message).
-    Deferred {
-        /// The reply code; `None` for a connection failure.
-        code: Option<u16>,
-        /// The server's text, or what went wrong with the connection.
-        text: String,
-        /// It looks like rate limiting: slow down, not just retry.
-        throttle: bool,
-    },
-    /// A permanent failure that is this donor's: a 5xx on RCPT, DATA or after the dot that is
-    /// not the sender's problem.
-    Bounced {
-        /// The reply code; [`CLIENT_REFUSED`] when refused here without asking the server.
-        code: u16,
-        /// The server's text, or why it was refused here.
-        text: String,
-        /// The address itself is bad (enhanced 5.1.x or 5.2.1; or, without an enhanced
-        /// code, 550/551/553 on RCPT): never mail it again.
-        suppress: bool,
-    },
-    /// The sender's problem: stop the whole run. 5.7.x anywhere (policy, authentication,
-    /// DMARC, reputation), 5xx on MAIL FROM or at connection setup, 530/534/535/538, a TLS
-    /// failure, or `before_body` refusing. Not a refused or dropped connection to the relay:
-    /// that is [`Outcome::Deferred`].
-    Halt {
-        /// The reply code; `None` when no reply caused it.
-        code: Option<u16>,
-        /// What went wrong, with enough context to fix it.
-        text: String,
-    },
-    /// The connection broke or timed out after the body was sent and before a reply: the
-    /// server may have queued it.
-    Unknown {
-        /// What went wrong.
-        text: String,
-    },
-}
-
-/// Where in the SMTP conversation a reply came.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    /// Greeting, EHLO, STARTTLS or AUTH.
-    Connect,
-    /// `MAIL FROM`.
-    Mail,
-    /// `RCPT TO`.
-    Rcpt,
-    /// `DATA` (before the body).
-    Data,
-    /// After the body's final dot.
-    Message,
-}
-
-impl Stage {
-    fn command(self) -> &'static str {
-        match self {
-            Stage::Connect => "connection setup",
-            Stage::Mail => "MAIL FROM",
-            Stage::Rcpt => "RCPT TO",
-            Stage::Data => "DATA",
-            Stage::Message => "end of message",
-        }
-    }
-}
-
-/// Parses an RFC 3463 enhanced status code (`5.1.1`) from the start of reply text:
-/// `(class, subject, detail)`. Leading spaces are skipped; the code must be followed by a
-/// space or the end of the text.
-pub fn enhanced_code(text: &str) -> Option<(u8, u16, u16)> {
-    /// Up to `max` ASCII digits at the front, as a number, and the rest.
-    fn number(s: &str, max: usize) -> Option<(u16, &str)> {
-        let len = s.bytes().take_while(u8::is_ascii_digit).count();
-        if len == 0 || len > max {
-            return None;
-        }
-        Some((s[..len].parse().ok()?, &s[len..]))
-    }
-    let s = text.trim_start();
-    let class = match s.as_bytes().first()? {
-        b'2' => 2,
-        b'4' => 4,
-        b'5' => 5,
-        _ => return None,
-    };
-    let s = s[1..].strip_prefix('.')?;
-    let (subject, s) = number(s, 3)?;
-    let s = s.strip_prefix('.')?;
-    let (detail, s) = number(s, 3)?;
-    if !(s.is_empty() || s.starts_with(|c: char| c.is_ascii_whitespace())) {
-        return None;
-    }
-    Some((class, subject, detail))
-}
-
-/// True when a transient reply looks like rate limiting rather than a passing fault.
-fn looks_like_throttling(code: u16, subject: Option<u16>, text: &str) -> bool {
-    if code == 421 || (matches!(code, 450 | 451 | 452 | 454) && subject == Some(7)) {
-        return true;
-    }
-    let lower = text.to_ascii_lowercase();
-    const PHRASES: [&str; 6] = [
-        "too many connections",
-        "too many messages",
-        "too many concurrent",
-        "try again later",
-        "throttl",
-        "ratelimit",
-    ];
-    if PHRASES.iter().any(|p| lower.contains(p)) {
-        return true;
-    }
-    // "rate" as a word ("rate limit", "sending rate"), not inside "generated" or "separate".
-    lower
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|word| word == "rate")
-}
-
-/// Classifies a reply at `stage`: pure, so the policy is testable without a server.
-///
-/// * 2xx/3xx: [`Outcome::Accepted`] (callers pass negative replies; this keeps it total).
-/// * 5.7.x (when the enhanced class agrees with the code) or 530/534/535/538 anywhere:
-///   [`Outcome::Halt`]. Policy, authentication, DMARC and reputation are the sender's to fix;
-///   suppressing donors for them would lose good addresses.
-/// * Other 4xx: [`Outcome::Deferred`], `throttle` per [`Outcome::Deferred`]'s rules.
-/// * Other 5xx on connect or MAIL FROM: [`Outcome::Halt`] (every message would fail alike).
-/// * Other 5xx on RCPT, DATA or after the dot: [`Outcome::Bounced`].
-pub fn classify(stage: Stage, code: u16, text: &str) -> Outcome {
-    if code < 400 {
-        return Outcome::Accepted {
-            reply: text.to_owned(),
-        };
-    }
-    // RFC 3463 says the enhanced class must agree with the reply's; a server that says
-    // "550 4.7.1" is not trusted on the details.
-    let enhanced = enhanced_code(text).filter(|&(class, _, _)| u16::from(class) == code / 100);
-    let subject = enhanced.map(|(_, subject, _)| subject);
-    let permanent = code >= 500;
-    if matches!(code, 530 | 534 | 535 | 538) || (permanent && subject == Some(7)) {
-        return Outcome::Halt {
-            code: Some(code),
-            text: text.to_owned(),
-        };
-    }
-    if !permanent {
-        return Outcome::Deferred {
-            code: Some(code),
-            text: text.to_owned(),
-            throttle: looks_like_throttling(code, subject, text),
-        };
-    }
-    match stage {
-        Stage::Connect | Stage::Mail => Outcome::Halt {
-            code: Some(code),
-            text: text.to_owned(),
-        },
-        Stage::Rcpt | Stage::Data | Stage::Message => {
-            let suppress = match enhanced {
-                Some((_, subject, detail)) => subject == 1 || (subject == 2 && detail == 1),
-                None => stage == Stage::Rcpt && matches!(code, 550 | 551 | 553),
-            };
-            Outcome::Bounced {
-                code,
-                text: text.to_owned(),
-                suppress,
-            }
-        }
-    }
-}
-
-/// The seam between the send loop and the network (lettre's `Transport` idea), so the loop is
-/// testable with a fake.
-pub trait Transport: Send {
-    /// Delivers `message` (RFC 5322 bytes, CRLF line ends) from `from` to `to`.
-    ///
-    /// `before_body` is called after RCPT and DATA were accepted, right before the body is
-    /// sent: from then on the outcome may be [`Outcome::Unknown`], so this is where the caller
-    /// records "in flight". If it returns `Err`, the body is not sent: the transaction is
-    /// abandoned without the final dot (the server discards it) and the outcome is
-    /// [`Outcome::Halt`] with the error.
-    fn send(
-        &mut self,
-        from: &str,
-        to: &str,
-        message: &[u8],
-        before_body: &mut dyn FnMut() -> std::io::Result<()>,
-    ) -> Outcome;
-
-    /// Ends the session politely (QUIT). Sending again afterwards opens a new connection.
-    fn close(&mut self);
-}
+use super::reply::{Stage, classify};
+use super::{
+    CLIENT_REFUSED, Envelope, Journal, Outbound, Outcome, SmtpSettings, TlsMode, Transport,
+};
 
 /// Why a transaction stopped short of an accepted message.
 enum Failure {
@@ -272,9 +67,9 @@ impl fmt::Display for BodyAndDot<'_> {
 
 /// `MAIL FROM`, `RCPT TO` and `DATA` as one group (RFC 2920), so they leave in one write
 /// through lettre's `command()`, which then reads the first reply (MAIL's).
-struct Envelope<'a>(&'a Mail, &'a Rcpt);
+struct CommandGroup<'a>(&'a Mail, &'a Rcpt);
 
-impl fmt::Display for Envelope<'_> {
+impl fmt::Display for CommandGroup<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}{}{}", self.0, self.1, Data)
     }
@@ -347,8 +142,6 @@ pub struct SmtpTransport {
     pipelining: bool,
     /// Transactions started on `conn`.
     used: usize,
-    /// The last envelope sender, parsed: the same for a whole run, so parse it once.
-    sender: Option<(String, Address)>,
 }
 
 impl fmt::Debug for SmtpTransport {
@@ -373,7 +166,6 @@ impl SmtpTransport {
             conn: None,
             pipelining: false,
             used: 0,
-            sender: None,
         }
     }
 
@@ -522,34 +314,18 @@ impl SmtpTransport {
         }
     }
 
-    /// The envelope sender, parsed once per run.
-    fn sender(&mut self, from: &str) -> Result<Address, Outcome> {
-        if let Some((text, addr)) = &self.sender
-            && text == from
-        {
-            return Ok(addr.clone());
-        }
-        let addr: Address = from.parse().map_err(|e| Outcome::Halt {
-            code: None,
-            text: format!("the envelope sender {from:?} is not a usable address: {e}"),
-        })?;
-        self.sender = Some((from.to_owned(), addr.clone()));
-        Ok(addr)
-    }
-
     /// Runs MAIL, RCPT, DATA and the body on the open connection: the three commands in
     /// lock-step, or as one pipelined group when the server offers PIPELINING.
     fn transaction(
         conn: &mut SmtpConnection,
         pipelining: bool,
-        from: Address,
-        to: Address,
+        envelope: &Envelope,
         params: Vec<MailParameter>,
         body: &[u8],
         before_body: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Result<Response, Failure> {
-        let mail = Mail::new(Some(from), params);
-        let rcpt = Rcpt::new(to, Vec::new());
+        let mail = Mail::new(Some(envelope.from().clone()), params);
+        let rcpt = Rcpt::new(envelope.to().clone(), Vec::new());
         if pipelining {
             Self::pipelined_envelope(conn, &mail, &rcpt)?;
         } else {
@@ -587,7 +363,7 @@ impl SmtpTransport {
         let mut first_failure: Option<(Stage, lettre::transport::smtp::Error)> = None;
         for stage in [Stage::Mail, Stage::Rcpt, Stage::Data] {
             let reply = if stage == Stage::Mail {
-                conn.command(Envelope(mail, rcpt))
+                conn.command(CommandGroup(mail, rcpt))
             } else {
                 conn.read_response()
             };
@@ -662,28 +438,16 @@ impl SmtpTransport {
     }
 }
 
-impl Transport for SmtpTransport {
-    fn send(
+impl SmtpTransport {
+    /// Delivers one message of a batch; `before_body` is the journal's `transmitting`.
+    fn send_message(
         &mut self,
-        from: &str,
-        to: &str,
+        envelope: &Envelope,
         message: &[u8],
         before_body: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Outcome {
-        let from_addr = match self.sender(from) {
-            Ok(a) => a,
-            Err(o) => return o,
-        };
-        let to_addr: Address = match to.parse() {
-            Ok(a) => a,
-            Err(e) => {
-                return Outcome::Bounced {
-                    code: CLIENT_REFUSED,
-                    text: format!("the address {to:?} cannot be used in SMTP: {e}"),
-                    suppress: false,
-                };
-            }
-        };
+        let from: &str = envelope.from().as_ref();
+        let to: &str = envelope.to().as_ref();
         // lettre appends CRLF.CRLF itself; a message already ending in CRLF would otherwise
         // gain an empty last line.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
@@ -749,15 +513,8 @@ impl Transport for SmtpTransport {
             }
 
             self.used += 1;
-            let result = Self::transaction(
-                conn,
-                self.pipelining,
-                from_addr.clone(),
-                to_addr.clone(),
-                params,
-                body,
-                before_body,
-            );
+            let result =
+                Self::transaction(conn, self.pipelining, envelope, params, body, before_body);
             return match result {
                 Ok(response) => Outcome::Accepted {
                     reply: reply_text(&response),
@@ -787,6 +544,19 @@ impl Transport for SmtpTransport {
             };
         }
     }
+}
+
+impl Transport for SmtpTransport {
+    fn send_batch(&mut self, batch: &[Outbound<'_>], journal: &mut dyn Journal) -> usize {
+        for (i, m) in batch.iter().enumerate() {
+            if !journal.proceed(i) {
+                return i;
+            }
+            let outcome = self.send_message(m.envelope, m.message, &mut || journal.transmitting(i));
+            journal.outcome(i, outcome);
+        }
+        batch.len()
+    }
 
     fn close(&mut self) {
         if let Some(mut conn) = self.conn.take()
@@ -799,35 +569,45 @@ impl Transport for SmtpTransport {
     }
 }
 
+/// Why the relay cannot be used, found before anything was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The relay refused the sender or the login: fix the settings, then run again.
+    #[error("{0}")]
+    Refused(String),
+    /// The relay could not be reached: run again when it is up.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// Opens one session (connect, TLS, AUTH) and closes it, so that a typo in the host or a
+/// wrong password stops a run with one clear message instead of deferring every donor.
+pub fn probe(settings: &Arc<SmtpSettings>) -> Result<(), ProbeError> {
+    let mut t = SmtpTransport::new(Arc::clone(settings));
+    match t.connect_now() {
+        Ok(()) => {
+            t.close();
+            Ok(())
+        }
+        Err(Outcome::Halt { code, text }) => Err(ProbeError::Refused(format!(
+            "{} refused the sender before anything was sent: {}{text}",
+            settings.describe(),
+            code.map(|c| format!("{c} ")).unwrap_or_default()
+        ))),
+        Err(other) => Err(ProbeError::Unreachable(format!(
+            "cannot reach the relay {}: {}; nothing was sent, run again when it is up",
+            settings.describe(),
+            match other {
+                Outcome::Deferred { text, .. } | Outcome::Unknown { text } => text,
+                o => format!("{o:?}"),
+            }
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn enhanced_codes() {
-        assert_eq!(enhanced_code("5.1.1 No such user"), Some((5, 1, 1)));
-        assert_eq!(enhanced_code("  4.7.28 slow down"), Some((4, 7, 28)));
-        assert_eq!(enhanced_code("2.0.0"), Some((2, 0, 0)));
-        assert_eq!(
-            enhanced_code("5.7.26 Unauthenticated email"),
-            Some((5, 7, 26))
-        );
-        assert_eq!(enhanced_code("5.123.456 x"), Some((5, 123, 456)));
-        for text in [
-            "",
-            "No such user",
-            "3.1.1 x",
-            "5.1 x",
-            "5.1.1x",
-            "5..1 x",
-            "5.1234.1 x",
-            "5.1.1234 x",
-            "user 5.1.1",
-            "51.1.1 x",
-        ] {
-            assert_eq!(enhanced_code(text), None, "{text:?}");
-        }
-    }
 
     #[test]
     fn pipelining_is_read_from_extension_lines() {
@@ -862,7 +642,7 @@ mod tests {
         let mail = Mail::new(Some("a@b.example".parse().unwrap()), Vec::new());
         let rcpt = Rcpt::new("c@d.example".parse().unwrap(), Vec::new());
         assert_eq!(
-            Envelope(&mail, &rcpt).to_string(),
+            CommandGroup(&mail, &rcpt).to_string(),
             "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
         );
     }
@@ -878,255 +658,6 @@ mod tests {
             ("bare\n.lf", "bare\n..lf\r\n.\r\n"),
         ] {
             assert_eq!(BodyAndDot(body).to_string(), wire, "{body:?}");
-        }
-    }
-
-    fn deferred(code: u16, throttle: bool, text: &str) -> Outcome {
-        Outcome::Deferred {
-            code: Some(code),
-            text: text.into(),
-            throttle,
-        }
-    }
-
-    fn bounced(code: u16, suppress: bool, text: &str) -> Outcome {
-        Outcome::Bounced {
-            code,
-            text: text.into(),
-            suppress,
-        }
-    }
-
-    fn halt(code: u16, text: &str) -> Outcome {
-        Outcome::Halt {
-            code: Some(code),
-            text: text.into(),
-        }
-    }
-
-    #[test]
-    fn classify_table() {
-        use Stage::*;
-        let cases: &[(Stage, u16, &str, Outcome)] = &[
-            (
-                Message,
-                250,
-                "2.0.0 Ok: queued as 4Fq1",
-                Outcome::Accepted {
-                    reply: "2.0.0 Ok: queued as 4Fq1".into(),
-                },
-            ),
-            // Transient.
-            (
-                Rcpt,
-                421,
-                "4.7.0 Service shutting down",
-                deferred(421, true, "4.7.0 Service shutting down"),
-            ),
-            (
-                Message,
-                421,
-                "closing connection",
-                deferred(421, true, "closing connection"),
-            ),
-            (
-                Rcpt,
-                450,
-                "4.7.0 Greylisted",
-                deferred(450, true, "4.7.0 Greylisted"),
-            ),
-            (
-                Message,
-                451,
-                "4.3.0 Temporary lookup failure",
-                deferred(451, false, "4.3.0 Temporary lookup failure"),
-            ),
-            (
-                Mail,
-                451,
-                "4.3.0 Temporary lookup failure",
-                deferred(451, false, "4.3.0 Temporary lookup failure"),
-            ),
-            (
-                Rcpt,
-                452,
-                "4.2.2 Mailbox full",
-                deferred(452, false, "4.2.2 Mailbox full"),
-            ),
-            (
-                Mail,
-                454,
-                "4.7.0 TLS not available",
-                deferred(454, true, "4.7.0 TLS not available"),
-            ),
-            (
-                Rcpt,
-                450,
-                "Too many connections from your IP",
-                deferred(450, true, "Too many connections from your IP"),
-            ),
-            (
-                Data,
-                451,
-                "Sending rate exceeded",
-                deferred(451, true, "Sending rate exceeded"),
-            ),
-            (
-                Rcpt,
-                451,
-                "Please try again later",
-                deferred(451, true, "Please try again later"),
-            ),
-            (
-                Rcpt,
-                451,
-                "message generated a separate error",
-                deferred(451, false, "message generated a separate error"),
-            ),
-            (
-                Connect,
-                421,
-                "4.7.28 Our system has detected an unusual rate",
-                deferred(421, true, "4.7.28 Our system has detected an unusual rate"),
-            ),
-            // Bounces.
-            (
-                Rcpt,
-                550,
-                "5.1.1 No such user",
-                bounced(550, true, "5.1.1 No such user"),
-            ),
-            (
-                Message,
-                550,
-                "5.1.1 No such user",
-                bounced(550, true, "5.1.1 No such user"),
-            ),
-            (
-                Rcpt,
-                550,
-                "5.2.1 Mailbox disabled",
-                bounced(550, true, "5.2.1 Mailbox disabled"),
-            ),
-            (
-                Rcpt,
-                552,
-                "5.2.2 Mailbox full",
-                bounced(552, false, "5.2.2 Mailbox full"),
-            ),
-            (
-                Message,
-                552,
-                "5.3.4 Message too big",
-                bounced(552, false, "5.3.4 Message too big"),
-            ),
-            (
-                Rcpt,
-                550,
-                "Mailbox unavailable",
-                bounced(550, true, "Mailbox unavailable"),
-            ),
-            (
-                Rcpt,
-                551,
-                "User not local",
-                bounced(551, true, "User not local"),
-            ),
-            (
-                Rcpt,
-                553,
-                "Mailbox name not allowed",
-                bounced(553, true, "Mailbox name not allowed"),
-            ),
-            (
-                Rcpt,
-                554,
-                "Transaction failed",
-                bounced(554, false, "Transaction failed"),
-            ),
-            (
-                Message,
-                554,
-                "Transaction failed",
-                bounced(554, false, "Transaction failed"),
-            ),
-            (
-                Message,
-                550,
-                "Content rejected",
-                bounced(550, false, "Content rejected"),
-            ),
-            (
-                Data,
-                554,
-                "5.5.1 No valid recipients",
-                bounced(554, false, "5.5.1 No valid recipients"),
-            ),
-            // The sender's problem.
-            (
-                Rcpt,
-                550,
-                "5.7.1 Relaying denied",
-                halt(550, "5.7.1 Relaying denied"),
-            ),
-            (
-                Message,
-                554,
-                "5.7.26 Unauthenticated email is not accepted (DMARC)",
-                halt(554, "5.7.26 Unauthenticated email is not accepted (DMARC)"),
-            ),
-            (
-                Connect,
-                535,
-                "5.7.8 Authentication credentials invalid",
-                halt(535, "5.7.8 Authentication credentials invalid"),
-            ),
-            (
-                Connect,
-                535,
-                "Invalid credentials",
-                halt(535, "Invalid credentials"),
-            ),
-            (
-                Mail,
-                530,
-                "Authentication required",
-                halt(530, "Authentication required"),
-            ),
-            (
-                Rcpt,
-                534,
-                "Authentication mechanism is too weak",
-                halt(534, "Authentication mechanism is too weak"),
-            ),
-            (
-                Connect,
-                538,
-                "Encryption required",
-                halt(538, "Encryption required"),
-            ),
-            (Mail, 550, "Sender rejected", halt(550, "Sender rejected")),
-            (
-                Mail,
-                553,
-                "5.1.8 Bad sender address domain",
-                halt(553, "5.1.8 Bad sender address domain"),
-            ),
-            (
-                Connect,
-                554,
-                "No SMTP service here",
-                halt(554, "No SMTP service here"),
-            ),
-            // A class that disagrees with the code is not trusted.
-            (Rcpt, 550, "4.7.1 odd", bounced(550, true, "4.7.1 odd")),
-        ];
-        for (stage, code, text, want) in cases {
-            assert_eq!(
-                &classify(*stage, *code, text),
-                want,
-                "{stage:?} {code} {text}"
-            );
         }
     }
 }

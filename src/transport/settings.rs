@@ -6,7 +6,7 @@
 //! refusing combinations that would leak a secret: a password written into the URL, or
 //! plaintext AUTH to a relay that is not on this machine.
 //!
-//! It never opens a connection ([`crate::deliver`] does), and never reads the environment
+//! It never opens a connection ([`super::smtp`] does), and never reads the environment
 //! itself: [`SmtpSettings::resolve`] is handed the variables' values, so it is a pure function
 //! of its inputs and testable. The password lives only in [`Password`], whose `Debug` is
 //! redacted and which has no `Display`, so it cannot reach a log line or an error by accident.
@@ -66,8 +66,12 @@ impl TlsMode {
             "none" => Ok(TlsMode::None),
             "starttls" => Ok(TlsMode::StartTls),
             "tls" => Ok(TlsMode::Implicit),
-            _ => Err(SmtpConfigError::BadTls {
+            other => Err(SmtpConfigError::BadTls {
                 value: value.to_owned(),
+                hint: ["none", "starttls", "tls"]
+                    .into_iter()
+                    .find(|mode| strsim::levenshtein(other, mode) <= 2)
+                    .map(|mode| format!("did you mean \"{mode}\"? ")),
             }),
         }
     }
@@ -142,11 +146,14 @@ pub enum SmtpConfigError {
     PasswordInUrl,
     /// `[smtp] tls` is not a known mode.
     #[error(
-        "[smtp] tls = {value:?} is not a TLS mode; use \"none\", \"starttls\" or \"tls\" (implicit TLS, port 465)"
+        "[smtp] tls = {value:?} is not a TLS mode; {}use \"none\", \"starttls\" or \"tls\" (implicit TLS, port 465)",
+        hint.as_deref().unwrap_or("")
     )]
     BadTls {
         /// The value as written.
         value: String,
+        /// `did you mean "starttls"? ` for a near miss.
+        hint: Option<String>,
     },
     /// Another `[smtp]` value is unusable.
     #[error("[smtp] {field}: {reason}")]
@@ -186,6 +193,18 @@ pub enum SmtpConfigError {
         /// The relay host.
         host: String,
     },
+}
+
+impl SmtpConfigError {
+    /// True when only the environment of the moment decides it (no relay named in the
+    /// campaign file or the URL variable, no password variable for a configured user), so a
+    /// later `send` with the variables set may not meet it.
+    pub fn depends_on_environment(&self) -> bool {
+        matches!(
+            self,
+            SmtpConfigError::NoHost | SmtpConfigError::MissingPassword { .. }
+        )
+    }
 }
 
 /// The parts of an override URL.
@@ -578,6 +597,10 @@ mod tests {
         t.tls = Some("ssl".into());
         let e = resolve(&t, None, None).unwrap_err().to_string();
         assert!(e.contains("\"ssl\"") && e.contains("starttls"), "{e}");
+        assert!(!e.contains("did you mean"), "{e}");
+        t.tls = Some("startls".into());
+        let e = resolve(&t, None, None).unwrap_err().to_string();
+        assert!(e.contains("did you mean \"starttls\"?"), "{e}");
         t.tls = Some("none".into());
         t.port = Some(2525);
         assert_eq!(resolve(&t, None, None).unwrap().port, 2525);

@@ -1,0 +1,62 @@
+//! `campaign send --dry-run`: output and exit code around [`crate::dryrun`].
+
+use crate::clock::{Clock, SystemClock};
+use crate::dryrun::{self, DryRunOptions};
+use crate::exit::{Code, Error};
+use crate::preflight::{self, Environment, Purpose};
+use crate::run::OpenedRun;
+
+use super::send::Args;
+
+/// Runs a dry run.
+pub fn run(args: &Args) -> Result<Code, Error> {
+    let clock = SystemClock::new();
+    let run = OpenedRun::open(&args.run, args.campaign.as_deref()).map_err(super::usage)?;
+    let selection = run.select(&args.segments).map_err(super::usage)?;
+    let mut ready = preflight::run(
+        &run,
+        &Environment::from_process(),
+        Purpose::DryRun,
+        clock.now(),
+    )
+    .map_err(|f| super::refused(&run, f))?;
+    if let Err(e) = dryrun::templates_unchanged(&run, &ready.preparer) {
+        ready.notes.push(format!("{e:#}"));
+    }
+    super::warn(&ready.notes);
+    if let Some(email) = &args.print {
+        let bytes = dryrun::find_message(&run, &ready.preparer, email)?;
+        super::print_bytes(&bytes)?;
+        return Ok(Code::Success);
+    }
+    let opts = DryRunOptions {
+        previews: args.preview,
+        limit: args.limit,
+        concurrency: args
+            .concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+    };
+    let bars = super::progress::Bars::single(
+        !args.quiet && !args.json,
+        selection.planned_rows(&run.manifest, opts.limit),
+        "rendering [{bar:30}] {pos}/{len} messages, {per_sec}, eta {eta}",
+    );
+    let started = std::time::Instant::now();
+    let report = dryrun::dry_run(&run, &selection, &ready.preparer, &opts, &bars);
+    bars.finish();
+    let report = report?;
+    let secs = started.elapsed().as_secs_f64();
+    let text = if args.json {
+        let mut v = serde_json::to_value(&report).map_err(anyhow::Error::from)?;
+        v["seconds"] = serde_json::json!(secs);
+        format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
+    } else {
+        super::summary::dry_run(&report, secs)
+    };
+    super::print_bytes(text.as_bytes())?;
+    Ok(if report.failed() > 0 {
+        Code::SomeFailed
+    } else {
+        Code::Success
+    })
+}

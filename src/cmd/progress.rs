@@ -1,0 +1,97 @@
+//! Progress bars on a terminal: the binary's side of [`crate::progress`] events.
+
+use std::io::IsTerminal;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::exit::Error;
+use crate::progress::{Event, Progress};
+use crate::run::{OpenedRun, Selection};
+use crate::send::{self, SegmentStatus};
+
+/// The look of every progress bar (`template` in indicatif's syntax).
+pub(super) fn bar_style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
+/// An overall bar and, for a send, one per selected segment (indexed like the manifest's
+/// segments); nothing off a terminal or when `shown` is false.
+pub(super) struct Bars {
+    overall: Option<ProgressBar>,
+    segments: Vec<Option<ProgressBar>>,
+}
+
+impl Bars {
+    fn hidden() -> Bars {
+        Bars {
+            overall: None,
+            segments: Vec::new(),
+        }
+    }
+
+    /// One bar of `len` items.
+    pub(super) fn single(shown: bool, len: u64, template: &str) -> Bars {
+        if !(shown && std::io::stderr().is_terminal()) {
+            return Bars::hidden();
+        }
+        let pb = ProgressBar::new(len);
+        pb.set_style(bar_style(template));
+        Bars {
+            overall: Some(pb),
+            segments: Vec::new(),
+        }
+    }
+
+    /// An overall bar and one per selected segment, starting from what earlier runs did.
+    pub(super) fn per_segment(
+        shown: bool,
+        run: &OpenedRun,
+        selection: &Selection,
+    ) -> Result<Bars, Error> {
+        if !(shown && std::io::stderr().is_terminal()) {
+            return Ok(Bars::hidden());
+        }
+        let status = send::status(run.dir(), &run.manifest, selection)?;
+        let done = |s: &SegmentStatus| s.sent + s.failed + s.unknown;
+        let multi = MultiProgress::new();
+        let overall = multi.add(ProgressBar::new(status.iter().map(|s| s.donors).sum()));
+        overall.set_style(bar_style(
+            "{prefix:>12} [{bar:30}] {pos}/{len} donors, {per_sec}, eta {eta}",
+        ));
+        overall.set_prefix("all");
+        overall.set_position(status.iter().map(done).sum());
+        let mut segments = vec![None; run.manifest.segments.len()];
+        for (&i, s) in selection.indexes().iter().zip(&status) {
+            let pb = multi.add(ProgressBar::new(s.donors));
+            pb.set_style(bar_style("{prefix:>12} [{bar:30}] {pos}/{len}"));
+            pb.set_prefix(s.segment.clone());
+            pb.set_position(done(s));
+            segments[i] = Some(pb);
+        }
+        Ok(Bars {
+            overall: Some(overall),
+            segments,
+        })
+    }
+
+    /// Clears the bars from the terminal.
+    pub(super) fn finish(&self) {
+        for pb in self.overall.iter().chain(self.segments.iter().flatten()) {
+            pb.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn event(&self, event: Event) {
+        let Event::Handled { segment, donors } = event;
+        if let Some(pb) = &self.overall {
+            pb.inc(donors);
+        }
+        if let Some(Some(pb)) = self.segments.get(segment) {
+            pb.inc(donors);
+        }
+    }
+}

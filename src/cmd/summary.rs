@@ -1,0 +1,127 @@
+//! The tables and summaries `status`, `send` and its dry run print.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::dryrun::DryRunReport;
+use crate::exit::escape_controls;
+use crate::rundir::{FAILED_CSV, SUPPRESS_BOUNCED, UNKNOWN_CSV};
+use crate::send::{SegmentStatus, SendReport, Stop};
+
+/// The per-segment table of `status`, also the top of `send`'s summary.
+pub(super) fn status(segments: &[SegmentStatus]) -> String {
+    let w = super::segment_column(segments.iter().map(|t| t.segment.as_str()));
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>8}  {:>8}  {:>7}  {:>8}  {:>7}  {:>8}",
+        "segment", "donors", "sent", "failed", "deferred", "unknown", "pending"
+    );
+    let mut total = SegmentStatus {
+        segment: "total".into(),
+        ..SegmentStatus::default()
+    };
+    for t in segments {
+        total.donors += t.donors;
+        total.sent += t.sent;
+        total.failed += t.failed;
+        total.deferred += t.deferred;
+        total.unknown += t.unknown;
+        total.pending += t.pending;
+    }
+    for t in segments.iter().chain([&total]) {
+        let _ = writeln!(
+            s,
+            "{:<w$}  {:>8}  {:>8}  {:>7}  {:>8}  {:>7}  {:>8}",
+            t.segment, t.donors, t.sent, t.failed, t.deferred, t.unknown, t.pending
+        );
+    }
+    s
+}
+
+/// The end-of-send summary: the run's table, what this process did, and what to do next.
+pub(super) fn send(r: &SendReport, run: &Path) -> String {
+    let mut s = status(&r.segments);
+    let c = &r.session;
+    let _ = writeln!(
+        s,
+        "\nthis run: {} sent, {} failed, {} deferred, {} unknown, {} skipped as unknown, in {:.1} s ({:.0}/s)",
+        c.sent,
+        c.failed,
+        c.deferred,
+        c.unknown,
+        c.skipped_unknown,
+        r.seconds,
+        c.sent as f64 / r.seconds.max(1e-9)
+    );
+    let run = run.display();
+    let _ = match &r.stop {
+        Stop::Finished if r.remaining() == 0 => writeln!(s, "done: every donor is sent or failed"),
+        Stop::Finished => writeln!(
+            s,
+            "{} donors are deferred: run `campaign send {run}` again later to retry them",
+            r.remaining()
+        ),
+        Stop::Halted(why) => writeln!(
+            s,
+            "HALTED: the server refused the sender: {}\nThe rest of the run is untouched; fix the sender's DNS, credentials or content, then run `campaign send {run}` again",
+            escape_controls(why)
+        ),
+        Stop::Interrupted => writeln!(
+            s,
+            "interrupted: run `campaign send {run}` again to continue where it stopped"
+        ),
+        Stop::Limit => writeln!(s, "--limit reached: run again to continue"),
+        Stop::DailyCap => writeln!(s, "daily cap reached: run again tomorrow (UTC) to continue"),
+    };
+    if c.failed > 0 {
+        let _ = writeln!(
+            s,
+            "failures: {run}/{FAILED_CSV}; bounced addresses for --suppress: {run}/{SUPPRESS_BOUNCED}"
+        );
+    }
+    if r.segments.iter().any(|g| g.unknown > 0) {
+        let _ = writeln!(
+            s,
+            "unknown outcomes (may or may not have been delivered): {run}/{UNKNOWN_CSV}; --on-unknown resend sends them again"
+        );
+    }
+    s
+}
+
+/// The dry run's table.
+pub(super) fn dry_run(r: &DryRunReport, secs: f64) -> String {
+    let mut s = String::new();
+    let w = super::segment_column(r.segments.iter().map(|t| t.segment.as_str()));
+    let _ = writeln!(s, "dry run: nothing was sent\n");
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>9}  {:>7}  {:>8}",
+        "segment", "rendered", "failed", "previews"
+    );
+    for t in &r.segments {
+        let _ = writeln!(
+            s,
+            "{:<w$}  {:>9}  {:>7}  {:>8}",
+            t.segment, t.rendered, t.failed, t.previews
+        );
+    }
+    let _ = writeln!(s, "{:<w$}  {:>9}  {:>7}", "total", r.rendered(), r.failed());
+    let _ = writeln!(
+        s,
+        "\n{} messages in {:.2} s ({:.0}/s); previews in {}",
+        r.rendered(),
+        secs,
+        r.rendered() as f64 / secs.max(1e-9),
+        r.previews_dir.display()
+    );
+    if r.failed() > 0 {
+        let _ = writeln!(
+            s,
+            "{} donors cannot be rendered: see {} (line, donor, reason)",
+            r.failed(),
+            r.failures_file.display()
+        );
+    }
+    s
+}

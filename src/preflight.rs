@@ -1,0 +1,417 @@
+//! One pre-flight for `check`, `send --dry-run` and `send`: everything that can be known
+//! about a campaign before a message is rendered for real or a connection is opened.
+//!
+//! Owns the list of what is checked and how each finding counts for each [`Purpose`]: the
+//! campaign file (read by [`Campaign::load`], which already types `[send]`), the rules, the
+//! templates and `[message]` (through [`Preparer::new`]), the unsubscribe-secret rule, and
+//! `[smtp]` resolved exactly as `send` resolves it (TLS mode, port, the password source present
+//! and readable, never its value). `check` also renders each segment's message for one sample
+//! donor. A finding that only depends on the environment of the moment (no relay named
+//! anywhere, no password or secret set) is a note for `check` and a dry run, and a problem for
+//! `send`; everything else is a problem for all three, so `check` passes only what `send`
+//! would start with. It never opens a connection, never writes a file and never reads a
+//! variable itself: [`Environment`] is read once, by the caller.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use jiff::Timestamp;
+use jiff::civil::Date;
+
+use crate::campaign::{Campaign, SegmentDef};
+use crate::csvio::{OwnedRecord, RawReader};
+use crate::prepare::{Inputs, Preparer, Workspace};
+use crate::rules::Rule;
+use crate::run::OpenedRun;
+use crate::schema::{ColumnType, Schema};
+use crate::segment;
+use crate::transport::settings::{PASSWORD_ENV, SmtpSettings, URL_ENV};
+use crate::unsubscribe::UnsubscribeSecret;
+
+/// The environment variables the pre-flight looks at, read once.
+#[derive(Default)]
+pub struct Environment {
+    /// `CAMPAIGN_SMTP_URL`.
+    pub smtp_url: Option<String>,
+    /// `CAMPAIGN_SMTP_PASSWORD` (never printed).
+    pub smtp_password: Option<String>,
+    /// `CAMPAIGN_UNSUBSCRIBE_SECRET` (never printed).
+    pub unsubscribe_secret: Option<OsString>,
+}
+
+impl std::fmt::Debug for Environment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment")
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
+            .field(
+                "smtp_password",
+                &self.smtp_password.as_ref().map(|_| "<set>"),
+            )
+            .field(
+                "unsubscribe_secret",
+                &self.unsubscribe_secret.as_ref().map(|_| "<set>"),
+            )
+            .finish()
+    }
+}
+
+impl Environment {
+    /// This process's variables.
+    pub fn from_process() -> Environment {
+        Environment {
+            smtp_url: std::env::var(URL_ENV).ok(),
+            smtp_password: std::env::var(PASSWORD_ENV).ok(),
+            unsubscribe_secret: std::env::var_os(UnsubscribeSecret::ENV),
+        }
+    }
+}
+
+/// Which command the pre-flight is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// `campaign check`: report everything, start nothing.
+    Check,
+    /// `send --dry-run`: render everything, open no connection.
+    DryRun,
+    /// `send`: deliver.
+    Send,
+}
+
+/// What the pre-flight found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// What must be fixed first, each naming the file or setting and the fix.
+    pub problems: Vec<String>,
+    /// Worth knowing, not in the way.
+    pub notes: Vec<String>,
+}
+
+impl Findings {
+    /// A finding that only the environment of the moment decides: a problem for `send`, a
+    /// note otherwise.
+    fn environmental(&mut self, purpose: Purpose, text: String) {
+        match purpose {
+            Purpose::Send => self.problems.push(text),
+            Purpose::Check | Purpose::DryRun => self.notes.push(text),
+        }
+    }
+}
+
+/// A run ready for [`Purpose::DryRun`] or [`Purpose::Send`].
+pub struct Ready {
+    /// Renders every donor's message.
+    pub preparer: Preparer,
+    /// The relay, resolved; `None` only for a dry run without one.
+    pub smtp: Option<SmtpSettings>,
+    /// Notes for the operator (the run's own warnings first).
+    pub notes: Vec<String>,
+}
+
+/// Checks an opened run for a dry run or a send.
+pub fn run(
+    run: &OpenedRun,
+    env: &Environment,
+    purpose: Purpose,
+    now: Timestamp,
+) -> Result<Ready, Findings> {
+    let mut f = Findings {
+        problems: Vec::new(),
+        notes: run.warnings.clone(),
+    };
+    let campaign = &run.campaign;
+    let secret = secret(campaign, env, purpose, &mut f);
+    let smtp = smtp(campaign, env, purpose, &mut f);
+    let as_of = match run.manifest.as_of.parse::<Date>() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            f.problems
+                .push(format!("manifest: as_of {:?}: {e}", run.manifest.as_of));
+            None
+        }
+    };
+    let segments = match run.segment_defs() {
+        Ok(s) => s,
+        Err(e) => {
+            f.problems.push(format!("{e:#}"));
+            Vec::new()
+        }
+    };
+    let preparer = as_of.and_then(|as_of| {
+        let inputs = Inputs {
+            campaign,
+            header: &run.manifest.header,
+            email_column: &run.manifest.email_column,
+            segments: &segments,
+            as_of,
+            check_variables: true,
+        };
+        Preparer::new(&inputs, secret, now)
+            .map_err(|ps| f.problems.extend(ps))
+            .ok()
+    });
+    match preparer {
+        Some(preparer) if f.problems.is_empty() => Ok(Ready {
+            preparer,
+            smtp,
+            notes: f.notes,
+        }),
+        _ => Err(f),
+    }
+}
+
+/// Checks a campaign file for `campaign check`, against the export `donors` when given.
+pub fn campaign(
+    campaign: &Campaign,
+    donors: Option<&Path>,
+    env: &Environment,
+    today: Date,
+    now: Timestamp,
+) -> Findings {
+    let purpose = Purpose::Check;
+    let mut f = Findings::default();
+    let mut export = None;
+    let header = match donors {
+        Some(path) => match segment::open_donors(path, false) {
+            Ok((rdr, header, _)) => {
+                export = Some((rdr, path));
+                Some(header)
+            }
+            Err(e) => {
+                f.problems.push(format!("{e:#}"));
+                None
+            }
+        },
+        None => None,
+    };
+    rules(campaign, header.as_deref(), today, &mut f);
+    if let Some(m) = &campaign.message
+        && m.unsubscribe_url.is_none()
+    {
+        f.problems.push(format!(
+            "{}: [message] has no unsubscribe_url: bulk mail needs one-click unsubscribe (RFC 8058), and Gmail and Yahoo reject bulk mail without it",
+            campaign.path.display()
+        ));
+    }
+    let secret = secret(campaign, env, purpose, &mut f);
+    smtp(campaign, env, purpose, &mut f);
+
+    let made_up = header.is_none();
+    let header = header.unwrap_or_else(|| declared_header(campaign));
+    let inputs = Inputs {
+        campaign,
+        header: &header,
+        email_column: &campaign.email_column,
+        segments: &campaign.segments,
+        as_of: today,
+        check_variables: !made_up,
+    };
+    let preparer = match Preparer::new(&inputs, secret, now) {
+        Ok(p) => p,
+        Err(ps) => {
+            f.problems.extend(ps);
+            return f;
+        }
+    };
+    let sample = match export {
+        Some((rdr, path)) => first_row(&preparer, rdr)
+            .map(|(rec, line)| (rec, format!("the donor on {}:{line}", path.display()))),
+        None => made_up_row(campaign, &header, today)
+            .map(|rec| (rec, "a sample donor made from [columns]".to_owned())),
+    };
+    if let Some((rec, source)) = sample {
+        render_sample(
+            &preparer,
+            &campaign.segments,
+            &rec,
+            &source,
+            made_up,
+            &mut f,
+        );
+    }
+    f
+}
+
+/// Renders every segment's message for one donor: what no syntax check sees (a subject that
+/// renders to two lines, an unsubscribe URL that is not https, a header that cannot be
+/// encoded). With a made-up donor a failure may only be the made-up values, so it is a note.
+fn render_sample(
+    preparer: &Preparer,
+    segments: &[SegmentDef],
+    rec: &OwnedRecord,
+    source: &str,
+    made_up: bool,
+    f: &mut Findings,
+) {
+    let mut ws = Workspace::default();
+    for seg in segments {
+        if let Err(e) = preparer.prepare(seg.name.as_str(), &seg.template, &rec.record(), &mut ws) {
+            let text = format!(
+                "segment {:?}: the message for {source} cannot be built: {}",
+                seg.name.as_str(),
+                e.reason
+            );
+            if made_up {
+                f.notes
+                    .push(format!("{text} (pass --donors to check with a real donor)"));
+            } else {
+                f.problems.push(text);
+            }
+        }
+    }
+}
+
+/// The first row of an export that is a valid donor, with its line; rows with a bad address
+/// or value are for `segment` to report.
+fn first_row<R: std::io::Read>(
+    preparer: &Preparer,
+    mut rdr: RawReader<R>,
+) -> Option<(OwnedRecord, u64)> {
+    let mut ws = Workspace::default();
+    // A few hundred rows is plenty to find one good donor, and bounds the time on a huge file.
+    for _ in 0..500 {
+        let rec = rdr.next_record().ok()??;
+        if preparer.reads(&rec, &mut ws) {
+            return Some((rec.to_owned_record(), rec.line));
+        }
+    }
+    None
+}
+
+/// The header `check` assumes without an export: the email column and the declared columns.
+fn declared_header(campaign: &Campaign) -> Vec<String> {
+    let mut header = vec![campaign.email_column.clone()];
+    header.extend(
+        campaign
+            .columns
+            .iter()
+            .map(|(name, _)| name.clone())
+            .filter(|n| n != &campaign.email_column),
+    );
+    header
+}
+
+/// A donor row for `header` with a plausible value of each declared type.
+fn made_up_row(campaign: &Campaign, header: &[String], today: Date) -> Option<OwnedRecord> {
+    let mut line = Vec::new();
+    for (i, name) in header.iter().enumerate() {
+        if i > 0 {
+            line.push(b',');
+        }
+        let ty = campaign
+            .columns
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| *t);
+        let value = if name == &campaign.email_column {
+            "sample.donor@example.org".to_owned()
+        } else {
+            match ty {
+                Some(ColumnType::Number) => "125.50".to_owned(),
+                Some(ColumnType::Date) => today.to_string(),
+                Some(ColumnType::Bool) => "true".to_owned(),
+                Some(ColumnType::Text) | None => "Sample".to_owned(),
+            }
+        };
+        line.extend_from_slice(value.as_bytes());
+    }
+    line.push(b'\n');
+    let mut rdr = RawReader::new(&line[..]);
+    rdr.next_record().ok()?.map(|r| r.to_owned_record())
+}
+
+/// The rules: compiled against the export's columns, or checked for syntax without one.
+fn rules(campaign: &Campaign, header: Option<&[String]>, today: Date, f: &mut Findings) {
+    match header {
+        Some(header) => match Schema::new(header, &campaign.columns) {
+            Ok(schema) => {
+                if schema.column(&campaign.email_column).is_none() {
+                    f.problems.push(format!(
+                        "{}: email_column {:?} is not a column of the donor file; its columns are {}",
+                        campaign.path.display(),
+                        campaign.email_column,
+                        header.join(", ")
+                    ));
+                }
+                if let Err(ps) = segment::compile_rules(campaign, &schema, today) {
+                    f.problems.extend(ps);
+                }
+            }
+            Err(e) => f.problems.push(format!("{}: {e}", campaign.path.display())),
+        },
+        None => {
+            for (i, seg) in campaign.segments.iter().enumerate() {
+                if let Some(src) = &seg.when
+                    && let Err(e) = Rule::check_syntax(src)
+                {
+                    f.problems.push(segment::rule_problem(campaign, i, src, &e));
+                }
+            }
+            f.notes.push(
+                "no --donors given: rules and templates were checked for syntax only, not against the export's columns".into(),
+            );
+        }
+    }
+}
+
+/// The unsubscribe secret, and the rule that links carrying a token need it.
+fn secret(
+    campaign: &Campaign,
+    env: &Environment,
+    purpose: Purpose,
+    f: &mut Findings,
+) -> Option<UnsubscribeSecret> {
+    let secret = match UnsubscribeSecret::from_var(env.unsubscribe_secret.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            f.problems.push(e);
+            return None;
+        }
+    };
+    let uses_token = campaign
+        .message
+        .as_ref()
+        .and_then(|m| m.unsubscribe_url.as_deref())
+        .is_some_and(|u| u.contains("unsubscribe_token"));
+    if secret.is_none() {
+        let env_name = UnsubscribeSecret::ENV;
+        match purpose {
+            Purpose::Send if uses_token => f.problems.push(format!(
+                "unsubscribe_url uses unsubscribe_token but {env_name} is not set; refusing to send links that cannot be verified. Set it to the secret your unsubscribe endpoint checks (at least 16 bytes, e.g. `openssl rand -hex 32`)"
+            )),
+            Purpose::Check if uses_token => f.notes.push(format!(
+                "{env_name} is not set: a dry run will use placeholder tokens and a real send will refuse to start"
+            )),
+            Purpose::DryRun => f.notes.push(format!(
+                "{env_name} is not set: unsubscribe links in previews carry a placeholder token; a real send needs the secret"
+            )),
+            _ => {}
+        }
+    }
+    secret
+}
+
+/// `[smtp]` and `CAMPAIGN_SMTP_URL`, resolved as `send` resolves them.
+fn smtp(
+    campaign: &Campaign,
+    env: &Environment,
+    purpose: Purpose,
+    f: &mut Findings,
+) -> Option<SmtpSettings> {
+    let base_dir = campaign.path.parent().unwrap_or(Path::new(""));
+    match SmtpSettings::resolve(
+        &campaign.smtp,
+        env.smtp_url.as_deref(),
+        env.smtp_password.as_deref(),
+        base_dir,
+    ) {
+        Ok(s) => Some(s),
+        Err(e) if e.depends_on_environment() => {
+            f.environmental(purpose, format!("{}: {e}", campaign.path.display()));
+            None
+        }
+        Err(e) => {
+            f.problems.push(format!("{}: {e}", campaign.path.display()));
+            None
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The worker step: deliver a run's messages with a durable ledger, retries and resume.
+//!
+//! The loop, in rooms: a work source hands out leases and holds the budget ([`plan`]), each
+//! worker renders, reserves, sends through its transport and records ([`worker`]), a shared
+//! pacer spaces message starts ([`pacing`]), and the ledgers are summed up into the status and
+//! the report files afterwards ([`reports`]). This module owns the options, the state all
+//! workers share (halt, counts, progress) and [`send`], which runs them.
+//!
+//! It never builds messages ([`crate::prepare`]), never speaks SMTP ([`crate::transport`]),
+//! never decides the ledger format ([`crate::ledger`]), never draws progress (it emits
+//! [`crate::progress`] events) and never reads the clock except through [`Clock`].
+//!
+//! Workers are the threads of a dedicated rayon pool; each owns one transport and takes
+//! leases, so a chunk's ledger has one writer per lease (slices of a chunk share it).
+
+mod pacing;
+pub mod plan;
+mod reports;
+mod worker;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::campaign::{Rate, SendSettings};
+use crate::clock::Clock;
+use crate::prepare::Preparer;
+use crate::progress::{Event, Progress};
+use crate::run::{OpenedRun, Selection};
+use crate::transport::Transport;
+
+pub use plan::{Budget, InProcessPlan, Lease, PlanError, WorkSource};
+pub use reports::{SegmentStatus, status};
+
+use pacing::Pacer;
+use reports::Summaries;
+
+/// What to do with donors whose last attempt has an unknown outcome (the process or the
+/// connection died after the message body was sent, so the server may have it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnknown {
+    /// Leave them out and list them in `unknown.csv` (nobody gets two messages).
+    Skip,
+    /// Send them again (a donor may get the message twice).
+    Resend,
+}
+
+/// Settings of one `send`.
+#[derive(Debug, Clone)]
+pub struct SendOptions {
+    /// Worker threads, one SMTP connection each.
+    pub concurrency: usize,
+    /// Global rate limit across workers.
+    pub rate: Option<Rate>,
+    /// Policy for unknown outcomes.
+    pub on_unknown: OnUnknown,
+    /// Attempts per donor within this process before leaving them deferred.
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, plus up to 50% jitter.
+    pub retry_delay: Duration,
+    /// Recipients reserved per ledger fsync (group commit).
+    pub batch: usize,
+}
+
+impl SendOptions {
+    /// Recipients reserved per ledger fsync.
+    pub const BATCH: usize = 32;
+
+    /// The options from `flags` where given, else the campaign's `[send]` table, else the
+    /// defaults (8 connections, 3 attempts, 30 s first retry).
+    pub fn new(flags: &SendSettings, table: &SendSettings, on_unknown: OnUnknown) -> SendOptions {
+        SendOptions {
+            concurrency: flags.concurrency.or(table.concurrency).unwrap_or(8).max(1),
+            rate: flags.rate.or(table.rate),
+            on_unknown,
+            max_attempts: flags
+                .max_attempts
+                .or(table.max_attempts)
+                .unwrap_or(3)
+                .max(1),
+            retry_delay: flags
+                .retry_delay
+                .or(table.retry_delay)
+                .unwrap_or(Duration::from_secs(30)),
+            batch: Self::BATCH,
+        }
+    }
+}
+
+/// What limits a send's budget: `--limit` from the flags, the daily cap from the flags or
+/// the table.
+pub fn budget(limit: Option<u64>, flags: &SendSettings, table: &SendSettings) -> Budget {
+    Budget {
+        limit,
+        daily_cap: flags.daily_cap.or(table.daily_cap),
+    }
+}
+
+/// What this process did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SessionCounts {
+    /// Messages accepted.
+    pub sent: u64,
+    /// Permanent failures (bounces and messages that could not be rendered).
+    pub failed: u64,
+    /// Deferred at the end of this process.
+    pub deferred: u64,
+    /// Unknown outcomes.
+    pub unknown: u64,
+    /// Donors skipped because an earlier attempt's outcome is unknown.
+    pub skipped_unknown: u64,
+}
+
+/// Why the send loop stopped before finishing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", content = "reason", rename_all = "snake_case")]
+pub enum Stop {
+    /// Ran to the end of the work.
+    Finished,
+    /// The server reported a problem with the sender (policy, authentication).
+    Halted(String),
+    /// SIGINT or SIGTERM.
+    Interrupted,
+    /// `--limit` reached.
+    Limit,
+    /// The daily cap reached.
+    DailyCap,
+}
+
+/// The result of a `send`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SendReport {
+    /// Why it stopped.
+    pub stop: Stop,
+    /// This process's counts.
+    pub session: SessionCounts,
+    /// The whole run's state after this process.
+    pub segments: Vec<SegmentStatus>,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+impl SendReport {
+    /// Donors in the selected segments still to do (deferred or pending).
+    pub fn remaining(&self) -> u64 {
+        self.segments.iter().map(|s| s.deferred + s.pending).sum()
+    }
+}
+
+/// What a send works with, besides its work source and transports.
+pub struct Context<'a> {
+    /// The opened run.
+    pub run: &'a OpenedRun,
+    /// The segments being sent.
+    pub selection: &'a Selection,
+    /// Renders each donor's message.
+    pub preparer: &'a Preparer,
+    /// The time.
+    pub clock: &'a dyn Clock,
+    /// Where progress events go.
+    pub progress: &'a dyn Progress,
+    /// Set by a signal handler: finish the messages in flight, start nothing new.
+    pub stop: &'a AtomicBool,
+}
+
+/// State shared by all workers.
+struct Shared<'a> {
+    run: &'a OpenedRun,
+    preparer: &'a Preparer,
+    opts: &'a SendOptions,
+    clock: &'a dyn Clock,
+    progress: &'a dyn Progress,
+    stop: &'a AtomicBool,
+    source: &'a dyn WorkSource,
+    pacer: Pacer<'a>,
+    halt: Mutex<Option<String>>,
+    counts: Mutex<SessionCounts>,
+}
+
+impl Shared<'_> {
+    fn halted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.halt.lock().map(|h| h.is_some()).unwrap_or(true)
+    }
+
+    fn halt(&self, reason: String) {
+        if let Ok(mut h) = self.halt.lock()
+            && h.is_none()
+        {
+            *h = Some(reason);
+        }
+    }
+
+    /// Counts one donor of segment `seg` as handled in this process.
+    fn count(&self, seg: usize, f: impl FnOnce(&mut SessionCounts)) {
+        if let Ok(mut c) = self.counts.lock() {
+            f(&mut c);
+        }
+        self.progress.event(Event::Handled {
+            segment: seg,
+            donors: 1,
+        });
+    }
+}
+
+/// Runs the send loop over `plan`'s work, and writes the reports while the plan still holds
+/// the run's lock. `new_transport` makes one transport per worker.
+pub fn send(
+    cx: &Context<'_>,
+    opts: &SendOptions,
+    plan: &InProcessPlan<'_>,
+    new_transport: &(dyn Fn() -> Box<dyn Transport> + Sync),
+) -> Result<SendReport> {
+    let started = cx.clock.elapsed();
+    let shared = Shared {
+        run: cx.run,
+        preparer: cx.preparer,
+        opts,
+        clock: cx.clock,
+        progress: cx.progress,
+        stop: cx.stop,
+        source: plan,
+        pacer: Pacer::new(opts.rate, cx.clock),
+        halt: Mutex::new(None),
+        counts: Mutex::new(SessionCounts::default()),
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(opts.concurrency.max(1))
+        .thread_name(|i| format!("send-{i}"))
+        .build()
+        .context("starting the worker threads")?;
+    let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
+    pool.scope(|s| {
+        for _ in 0..opts.concurrency.max(1) {
+            s.spawn(|_| {
+                if let Err(e) = worker::Worker::new(&shared, new_transport()).run() {
+                    shared.halt(format!("{e:#}"));
+                    if let Ok(mut errs) = errors.lock() {
+                        errs.push(e);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = errors.into_inner().unwrap_or_default().into_iter().next() {
+        return Err(e);
+    }
+    let halt = shared.halt.into_inner().unwrap_or(None);
+    let counts = shared.counts.into_inner().unwrap_or_default();
+    let spent = plan.spent();
+    let budget_reason = plan.budget_reason();
+    let mut known: Summaries = plan.finish()?;
+    let dir = cx.run.dir();
+    let segments = reports::status_with(dir, &cx.run.manifest, cx.selection, &mut known)?;
+    let remaining: u64 = segments.iter().map(|s| s.deferred + s.pending).sum();
+    let stop_reason = if let Some(h) = halt {
+        Stop::Halted(h)
+    } else if cx.stop.load(Ordering::Relaxed) {
+        Stop::Interrupted
+    } else if remaining > 0 && spent {
+        budget_reason
+    } else {
+        Stop::Finished
+    };
+    let report = SendReport {
+        stop: stop_reason,
+        session: counts,
+        segments,
+        seconds: (cx.clock.elapsed() - started).as_secs_f64(),
+    };
+    reports::write_reports(dir, &cx.run.manifest, cx.preparer, &report, &mut known)?;
+    Ok(report)
+}

@@ -1,0 +1,227 @@
+//! Where a run stands, from its ledgers: per-segment totals (`status`, the end of `send`) and
+//! the files an operator acts on (`report.json`, `failed.csv`, `unknown.csv`,
+//! `suppress-bounced.txt`).
+//!
+//! Owns summarising a chunk's ledger ([`ChunkSummary`]) and writing the report files, each
+//! replaced whole so it always matches the ledgers. A send hands over the summaries of the
+//! chunks it worked on ([`Summaries`]), so only the other chunks' ledgers are read again, and
+//! only chunks with failed or unknown donors are read back to find their addresses. It never
+//! changes a ledger.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::email::RecipientKey;
+use crate::ledger::{ChunkStates, Entry, State};
+use crate::manifest::Manifest;
+use crate::prepare::Preparer;
+use crate::run::{self, Selection};
+use crate::rundir::{FAILED_CSV, REPORT_JSON, SUPPRESS_BOUNCED, UNKNOWN_CSV};
+
+use super::SendReport;
+
+/// Per-segment totals, from the ledgers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SegmentStatus {
+    /// The segment.
+    pub segment: String,
+    /// Donors in it.
+    pub donors: u64,
+    /// Accepted by the server.
+    pub sent: u64,
+    /// Permanently failed.
+    pub failed: u64,
+    /// Failed transiently; a re-run retries them.
+    pub deferred: u64,
+    /// Outcome unknown (see `--on-unknown`).
+    pub unknown: u64,
+    /// Not attempted yet.
+    pub pending: u64,
+}
+
+/// What a chunk's ledger says, kept after the ledger itself is closed.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkSummary {
+    sent: u64,
+    failed: u64,
+    deferred: u64,
+    unknown: u64,
+    /// Failed and unknown donors, for the report files.
+    listed: HashMap<RecipientKey, Entry>,
+}
+
+impl ChunkSummary {
+    /// Summarises folded ledger states.
+    pub fn of(states: &ChunkStates) -> ChunkSummary {
+        let mut s = ChunkSummary::default();
+        for (key, e) in states.iter() {
+            match e.state {
+                State::Sent => s.sent += 1,
+                State::Failed => s.failed += 1,
+                State::Deferred { .. } => s.deferred += 1,
+                State::Unknown => s.unknown += 1,
+                State::Pending => continue,
+            }
+            if matches!(e.state, State::Failed | State::Unknown) {
+                s.listed.insert(key, e.clone());
+            }
+        }
+        s
+    }
+
+    fn recorded(&self) -> u64 {
+        self.sent + self.failed + self.deferred + self.unknown
+    }
+}
+
+/// Chunk summaries by (segment, chunk) index: what a send already knows, and what is read
+/// from the ledgers on demand.
+#[derive(Debug, Default)]
+pub struct Summaries(HashMap<(usize, usize), ChunkSummary>);
+
+impl Summaries {
+    /// Keeps what a send learned of a chunk.
+    pub fn insert(&mut self, segment: usize, chunk: usize, summary: ChunkSummary) {
+        self.0.insert((segment, chunk), summary);
+    }
+
+    /// The chunk's summary, reading its ledger if it is not known yet.
+    fn get(
+        &mut self,
+        run: &Path,
+        manifest: &Manifest,
+        segment: usize,
+        chunk: usize,
+    ) -> Result<&ChunkSummary> {
+        match self.0.entry((segment, chunk)) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let file = &manifest.segments[segment].chunks[chunk].file;
+                Ok(v.insert(ChunkSummary::of(&ChunkStates::read(run, file)?)))
+            }
+        }
+    }
+}
+
+/// Per-segment totals of the selected segments, read from the ledgers.
+pub fn status(
+    run: &Path,
+    manifest: &Manifest,
+    selection: &Selection,
+) -> Result<Vec<SegmentStatus>> {
+    status_with(run, manifest, selection, &mut Summaries::default())
+}
+
+/// [`status`], reusing the summaries already known.
+pub(super) fn status_with(
+    run: &Path,
+    manifest: &Manifest,
+    selection: &Selection,
+    known: &mut Summaries,
+) -> Result<Vec<SegmentStatus>> {
+    let mut out = Vec::new();
+    for &s in selection.indexes() {
+        let seg = &manifest.segments[s];
+        let mut st = SegmentStatus {
+            segment: seg.name.clone(),
+            donors: seg.rows,
+            ..SegmentStatus::default()
+        };
+        let mut recorded = 0;
+        for c in 0..seg.chunks.len() {
+            let sum = known.get(run, manifest, s, c)?;
+            st.sent += sum.sent;
+            st.failed += sum.failed;
+            st.deferred += sum.deferred;
+            st.unknown += sum.unknown;
+            recorded += sum.recorded();
+        }
+        st.pending = seg.rows.saturating_sub(recorded);
+        out.push(st);
+    }
+    Ok(out)
+}
+
+/// Writes `report.json`, and from the ledgers `failed.csv`, `suppress-bounced.txt` and
+/// `unknown.csv`, each rewritten whole so it always matches the ledger.
+pub(super) fn write_reports(
+    run: &Path,
+    manifest: &Manifest,
+    preparer: &Preparer,
+    report: &SendReport,
+    known: &mut Summaries,
+) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(report)?;
+    text.push('\n');
+    write_atomic(&run.join(REPORT_JSON), text.as_bytes())?;
+
+    let mut failed = csv::Writer::from_writer(Vec::new());
+    failed.write_record(["segment", "chunk", "line", "email", "code", "reason", "at"])?;
+    let mut unknown = csv::Writer::from_writer(Vec::new());
+    unknown.write_record(["segment", "chunk", "line", "email", "reason", "at"])?;
+    let mut bounced = String::from(
+        "# Addresses that bounced permanently (5.1.x/5.2.1) in this run: pass to `campaign segment --suppress`.\n",
+    );
+    for (s, seg) in manifest.segments.iter().enumerate() {
+        for (c, chunk) in seg.chunks.iter().enumerate() {
+            let listed = &known.get(run, manifest, s, c)?.listed;
+            if listed.is_empty() {
+                continue;
+            }
+            let bytes = run::read_chunk(run, chunk)?;
+            run::for_each_row(&bytes, |rec| {
+                let Some((key, email)) = preparer.key_of(rec) else {
+                    return Ok(());
+                };
+                let Some(e) = listed.get(&key) else {
+                    return Ok(());
+                };
+                let at = e.at.map(|t| t.to_string()).unwrap_or_default();
+                let line = rec.line.to_string();
+                match e.state {
+                    State::Failed => {
+                        failed.write_record([
+                            seg.name.as_str(),
+                            &chunk.file,
+                            &line,
+                            &email,
+                            &e.code.map(|c| c.to_string()).unwrap_or_default(),
+                            &e.text,
+                            &at,
+                        ])?;
+                        if e.suppress {
+                            bounced.push_str(&email);
+                            bounced.push('\n');
+                        }
+                    }
+                    State::Unknown => {
+                        unknown.write_record([
+                            seg.name.as_str(),
+                            &chunk.file,
+                            &line,
+                            &email,
+                            &e.text,
+                            &at,
+                        ])?;
+                    }
+                    _ => {}
+                }
+                Ok(())
+            })?;
+        }
+    }
+    write_atomic(&run.join(FAILED_CSV), &failed.into_inner()?)?;
+    write_atomic(&run.join(UNKNOWN_CSV), &unknown.into_inner()?)?;
+    write_atomic(&run.join(SUPPRESS_BOUNCED), bounced.as_bytes())?;
+    Ok(())
+}
+
+/// Replaces a file whole, so a reader never sees half of it.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
