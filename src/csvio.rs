@@ -13,6 +13,7 @@ use std::io::{self, Read};
 
 use sha2::{Digest, Sha256};
 
+use crate::digest::hex;
 use crate::schema::Fields;
 
 /// How much input is read per system call. Big enough that syscalls vanish from profiles.
@@ -550,16 +551,6 @@ fn scan_plain(bytes: &[u8], ends: &mut Vec<usize>) -> Scan {
     Scan::Unfinished { fields: n + 1 }
 }
 
-/// Lowercase hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 /// Appends `field` to `out` as one CSV field, quoting it when it needs quotes.
 pub fn push_field(out: &mut Vec<u8>, field: &[u8]) {
     let needs = field
@@ -744,7 +735,7 @@ mod tests {
     fn the_hash_covers_every_byte_in_order() {
         let mut rdr = RawReader::new(Trickle(TRICKY)).with_sha256();
         while rdr.next_record().unwrap().is_some() {}
-        assert_eq!(rdr.sha256(), Some(hex(&Sha256::digest(TRICKY))));
+        assert_eq!(rdr.sha256(), Some(crate::digest::sha256_hex(TRICKY)));
         assert_eq!(RawReader::new(TRICKY).sha256(), None);
     }
 

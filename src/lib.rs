@@ -10,6 +10,7 @@ pub mod cli;
 pub mod clock;
 pub mod cmd;
 pub mod csvio;
+pub mod digest;
 pub mod dryrun;
 pub mod email;
 pub mod exit;

@@ -65,7 +65,7 @@ impl OpenedRun {
         })?;
         let mut warnings = Vec::new();
         // Hashed the way `segment` recorded it, so the comparison means what it says.
-        if let Ok(sha) = crate::suppress::sha256_of(&path)
+        if let Ok(sha) = crate::digest::sha256_file(&path)
             && sha != manifest.campaign_file.sha256
         {
             warnings.push(format!(
@@ -154,7 +154,7 @@ pub fn select(manifest: &Manifest, names: &[String]) -> Result<Selection> {
 pub fn read_chunk(run: &Path, chunk: &manifest::Chunk) -> Result<Vec<u8>> {
     let path = run.join(&chunk.file);
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    let sha = crate::csvio::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let sha = crate::digest::sha256_hex(&bytes);
     if sha != chunk.sha256 {
         bail!(
             "{} has changed since `campaign segment` wrote it (SHA-256 differs from the manifest): it was edited, or lost data in a crash. Chunks must not be edited; segment again (with --force if nothing was sent yet)",

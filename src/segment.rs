@@ -20,16 +20,16 @@ use std::thread;
 
 use anyhow::{Context, Result, anyhow, bail};
 use jiff::civil::Date;
-use sha2::{Digest, Sha256};
 
 use crate::campaign::Campaign;
-use crate::csvio::{CsvError, RawReader, RawRecord, RecordBatch, hex, push_field};
+use crate::csvio::{CsvError, RawReader, RawRecord, RecordBatch, push_field};
+use crate::digest;
 use crate::email::{Address, KeySet, RecipientKey};
 use crate::manifest::{self, Chunk, DonorInput, Dropped, DroppedFiles, InputFile, Manifest};
 use crate::rules::{Rule, RuleError, Scratch};
 use crate::rundir::{self, DROPPED_DIR, MANIFEST, ReplaceError, SEGMENTS_DIR, Staging};
 use crate::schema::{Fields, Schema, TypedRow};
-use crate::suppress::{Suppressed, Suppressions};
+use crate::suppress::{self, Suppressed, Suppressions};
 
 /// Default share of rejected rows above which `segment` refuses to make a run.
 pub const DEFAULT_MAX_REJECT_RATE: f64 = 0.05;
@@ -647,7 +647,7 @@ impl Router {
         self.out.chunks[i].push(Chunk {
             file: rel,
             rows: self.buf_rows[i],
-            sha256: hex(&Sha256::digest(bytes)),
+            sha256: digest::sha256_hex(bytes),
         });
         // Keep the buffer (and its capacity) for the next chunk of this segment.
         self.bufs[i].truncate(self.header_len);
@@ -696,11 +696,11 @@ impl Router {
 const DUPLICATE_REASON: &str = "duplicate: an earlier row has the same address";
 const UNMATCHED_REASON: &str = "unmatched: no segment rule matched";
 
-fn sha256_file(path: &Path) -> Result<InputFile> {
-    Ok(InputFile {
+fn input_file(path: &Path, sha256: String) -> InputFile {
+    InputFile {
         path: absolute(path),
-        sha256: crate::suppress::sha256_of(path)?,
-    })
+        sha256,
+    }
 }
 
 fn absolute(path: &Path) -> String {
@@ -821,9 +821,12 @@ pub fn run(
     let suppression_files = opts
         .suppress
         .iter()
-        .map(|p| sha256_file(p))
+        .map(|p| Ok(input_file(p, suppress::sha256_of(p)?)))
         .collect::<Result<Vec<_>>>()?;
-    let campaign_file = sha256_file(&opts.campaign.path)?;
+    let campaign_file = input_file(
+        &opts.campaign.path,
+        digest::sha256_file(&opts.campaign.path)?,
+    );
 
     let staging = Staging::create(&opts.out, opts.force)?;
     let root = staging.path().to_owned();

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::csvio::{RawReader, hex};
+use crate::csvio::RawReader;
+use crate::digest::{self, Sha256Files};
 use crate::email::{Address, KeySet, RecipientKey, domain_key};
 use crate::ledger::{ChunkStates, State, ledger_path};
 use crate::manifest::Manifest;
@@ -217,20 +218,18 @@ impl Suppressions {
 /// SHA-256 of a suppression source for the manifest: a list file's content, or for a run
 /// directory its manifest and every ledger file, in order (the state that was read).
 pub fn sha256_of(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     if !path.join(MANIFEST).is_file() {
-        return Ok(hex(&Sha256::digest(read(path)?)));
+        return digest::sha256_file(path);
     }
-    let mut h = Sha256::new();
-    h.update(read(&path.join(MANIFEST))?);
+    let mut h = Sha256Files::default();
+    h.add(&path.join(MANIFEST))?;
     for seg in &Manifest::load(path)?.segments {
         for chunk in &seg.chunks {
             let ledger = ledger_path(path, &chunk.file);
             if ledger.is_file() {
-                h.update(read(&ledger)?);
+                h.add(&ledger)?;
             }
         }
     }
-    Ok(hex(&h.finalize()))
+    Ok(h.finish())
 }

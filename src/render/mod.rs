@@ -88,6 +88,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, escape_fo
 use sha2::{Digest, Sha256};
 
 use crate::campaign::Campaign;
+use crate::digest::hex;
 use crate::schema::{Fields, Schema, TypedRow};
 
 use context::{Index, Mode, Row, RunValues, View};
@@ -418,7 +419,7 @@ impl TemplateSet {
             part(inline.name.as_bytes());
             part(inline.source.as_bytes());
         }
-        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        hex(&hash.finalize())
     }
 
     /// The names of the template folders found (those with a `subject.txt` or `body.txt`).
