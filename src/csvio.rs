@@ -2,9 +2,10 @@
 //!
 //! Owns how donor exports are read: a UTF-8 BOM is skipped, CRLF and LF both end records,
 //! quoted fields may hold commas, doubled quotes and newlines, blank lines are ignored. Each
-//! record comes with its unescaped fields (for validation and rules) *and* its raw bytes, so the
-//! segmenter can copy a row to its chunk without re-serialising it (re-serialising costs as much
-//! as parsing), and with the physical line it starts on, so every report can name a line.
+//! record comes with its unescaped fields ([`Fields`], what validation and rules read) *and* its
+//! raw bytes, so the segmenter can copy a row to its chunk without re-serialising it
+//! (re-serialising costs as much as parsing), and with the physical line it starts on, so every
+//! report can name a line.
 //!
 //! It never decides whether a record is valid: field counts, UTF-8 and values are the caller's
 //! business. It never loads the whole file: memory is one buffer plus the longest record.
@@ -14,7 +15,6 @@ use std::io::{self, Read};
 use sha2::{Digest, Sha256};
 
 use crate::digest::hex;
-use crate::schema::Fields;
 
 /// How much input is read per system call. Big enough that syscalls vanish from profiles.
 const READ_SIZE: usize = 256 * 1024;
@@ -22,6 +22,60 @@ const READ_SIZE: usize = 256 * 1024;
 /// A record longer than this is almost always an unclosed quote swallowing the rest of the
 /// file; stopping early beats buffering a gigabyte to report it.
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// One CSV row's fields after CSV unescaping, borrowed from the parser's buffers: the field
+/// text, either concatenated (as csv_core writes it) or a plain line with its commas, and each
+/// field's end offset in it.
+#[derive(Clone, Copy, Debug)]
+pub struct Fields<'a> {
+    data: &'a str,
+    ends: &'a [usize],
+    /// Bytes between a field's end and the next field's start.
+    gap: usize,
+}
+
+impl<'a> Fields<'a> {
+    /// Wraps the concatenated field text and the end offset of each field.
+    pub fn new(data: &'a str, ends: &'a [usize]) -> Self {
+        Fields { data, ends, gap: 0 }
+    }
+
+    /// Wraps text whose fields are separated by one byte (a plain CSV line, which needs no
+    /// copy) and the end offset of each field.
+    pub fn separated(data: &'a str, ends: &'a [usize]) -> Self {
+        Fields { data, ends, gap: 1 }
+    }
+
+    /// Number of fields in the row.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether the row has no fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The text of field `i`, untrimmed.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `i >= len()` or if the offsets do not fall on character boundaries; both are
+    /// programmer errors, never caused by file contents.
+    pub fn get(&self, i: usize) -> &'a str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] + self.gap
+        };
+        &self.data[start..self.ends[i]]
+    }
+
+    /// Field `i`, or `""` when the row is shorter than the header, so evaluation never panics.
+    pub(crate) fn get_or_empty(&self, i: usize) -> &'a str {
+        if i < self.ends.len() { self.get(i) } else { "" }
+    }
+}
 
 /// One CSV record as read.
 #[derive(Debug, Clone, Copy)]
@@ -752,6 +806,24 @@ mod tests {
                 other.map(|r| r.is_some())
             ),
         }
+    }
+
+    #[test]
+    fn fields_follow_csv_core_layout() {
+        let (mut data, mut ends) = (String::new(), Vec::new());
+        for cell in ["a", "", "école", "d"] {
+            data.push_str(cell);
+            ends.push(data.len());
+        }
+        let f = Fields::new(&data, &ends);
+        assert_eq!(f.len(), 4);
+        assert!(!f.is_empty());
+        assert_eq!(
+            [f.get(0), f.get(1), f.get(2), f.get(3)],
+            ["a", "", "école", "d"]
+        );
+        assert_eq!(f.get_or_empty(9), "");
+        assert!(Fields::new("", &[]).is_empty());
     }
 
     #[test]

@@ -9,11 +9,11 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::campaign::{Campaign, SegmentDef};
-use crate::csvio::RawRecord;
+use crate::csvio::{Fields, RawRecord};
 use crate::email::{Address, RecipientKey, normalise};
 use crate::message::{Composer, Outgoing};
 use crate::render::{Donor, Problem, RunInfo, TemplateSet};
-use crate::schema::{Fields, Schema, TypedRow};
+use crate::schema::{Schema, TypedRow};
 use crate::transport::Envelope;
 use crate::unsubscribe::{PLACEHOLDER_TOKEN, UnsubscribeSecret};
 

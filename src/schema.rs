@@ -27,6 +27,8 @@ use std::fmt;
 
 use jiff::civil::Date;
 
+use crate::csvio::Fields;
+
 /// Declared type of a column. Undeclared columns are Text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -49,60 +51,6 @@ impl fmt::Display for ColumnType {
             ColumnType::Date => "date",
             ColumnType::Bool => "bool",
         })
-    }
-}
-
-/// One CSV row's fields after CSV unescaping, borrowed from the parser's buffers: the field
-/// text, either concatenated (as csv_core writes it) or a plain line with its commas, and each
-/// field's end offset in it.
-#[derive(Clone, Copy, Debug)]
-pub struct Fields<'a> {
-    data: &'a str,
-    ends: &'a [usize],
-    /// Bytes between a field's end and the next field's start.
-    gap: usize,
-}
-
-impl<'a> Fields<'a> {
-    /// Wraps the concatenated field text and the end offset of each field.
-    pub fn new(data: &'a str, ends: &'a [usize]) -> Self {
-        Fields { data, ends, gap: 0 }
-    }
-
-    /// Wraps text whose fields are separated by one byte (a plain CSV line, which needs no
-    /// copy) and the end offset of each field.
-    pub fn separated(data: &'a str, ends: &'a [usize]) -> Self {
-        Fields { data, ends, gap: 1 }
-    }
-
-    /// Number of fields in the row.
-    pub fn len(&self) -> usize {
-        self.ends.len()
-    }
-
-    /// Whether the row has no fields at all.
-    pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
-    }
-
-    /// The text of field `i`, untrimmed.
-    ///
-    /// # Panics
-    ///
-    /// Panics if `i >= len()` or if the offsets do not fall on character boundaries; both are
-    /// programmer errors, never caused by file contents.
-    pub fn get(&self, i: usize) -> &'a str {
-        let start = if i == 0 {
-            0
-        } else {
-            self.ends[i - 1] + self.gap
-        };
-        &self.data[start..self.ends[i]]
-    }
-
-    /// Field `i`, or `""` when the row is shorter than the header, so evaluation never panics.
-    pub(crate) fn get_or_empty(&self, i: usize) -> &'a str {
-        if i < self.ends.len() { self.get(i) } else { "" }
     }
 }
 
@@ -500,20 +448,6 @@ mod tests {
         let mut out = TypedRow::default();
         schema.parse_row(&Fields::new(&data, &ends), &mut out)?;
         Ok(out)
-    }
-
-    #[test]
-    fn fields_follow_csv_core_layout() {
-        let (data, ends) = row(&["a", "", "école", "d"]);
-        let f = Fields::new(&data, &ends);
-        assert_eq!(f.len(), 4);
-        assert!(!f.is_empty());
-        assert_eq!(
-            [f.get(0), f.get(1), f.get(2), f.get(3)],
-            ["a", "", "école", "d"]
-        );
-        assert_eq!(f.get_or_empty(9), "");
-        assert!(Fields::new("", &[]).is_empty());
     }
 
     #[test]

@@ -22,13 +22,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use jiff::civil::Date;
 
 use crate::campaign::Campaign;
-use crate::csvio::{CsvError, RawReader, RawRecord, RecordBatch, push_field};
+use crate::csvio::{CsvError, Fields, RawReader, RawRecord, RecordBatch, push_field};
 use crate::digest;
 use crate::email::{Address, KeySet, RecipientKey};
 use crate::manifest::{self, Chunk, DonorInput, Dropped, DroppedFiles, InputFile, Manifest};
 use crate::rules::{Rule, RuleError, Scratch};
 use crate::rundir::{self, DROPPED_DIR, MANIFEST, ReplaceError, SEGMENTS_DIR, Staging};
-use crate::schema::{Fields, Schema, TypedRow};
+use crate::schema::{Schema, TypedRow};
 use crate::suppress::{self, Suppressed, Suppressions};
 
 /// Default share of rejected rows above which `segment` refuses to make a run.

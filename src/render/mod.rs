@@ -88,8 +88,9 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, escape_fo
 use sha2::{Digest, Sha256};
 
 use crate::campaign::Campaign;
+use crate::csvio::Fields;
 use crate::digest::hex;
-use crate::schema::{Fields, Schema, TypedRow};
+use crate::schema::{Schema, TypedRow};
 
 use context::{Index, Mode, Row, RunValues, View};
 

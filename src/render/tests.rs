@@ -4,7 +4,8 @@ use jiff::civil::Date;
 
 use super::*;
 use crate::campaign::{Campaign, SegmentDef, SegmentName};
-use crate::schema::{ColumnType, Fields, Schema, TypedRow};
+use crate::csvio::Fields;
+use crate::schema::{ColumnType, Schema, TypedRow};
 
 fn fixture_campaign() -> Campaign {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/campaign.toml");

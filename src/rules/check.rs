@@ -11,7 +11,8 @@ use super::eval::{
 };
 use super::lexer::Unit;
 use super::parse::{CmpOp, Expr, ExprKind, TextOp};
-use crate::schema::{ColumnType, Fields, Schema, TypedRow};
+use crate::csvio::Fields;
+use crate::schema::{ColumnType, Schema, TypedRow};
 
 /// Function name, argument type, result type.
 const FUNCTIONS: [(&str, ColumnType, ColumnType); 5] = [

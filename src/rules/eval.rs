@@ -15,7 +15,8 @@ use regex::Regex;
 
 use super::Scratch;
 use super::parse::CmpOp;
-use crate::schema::{ColumnType, Fields, Typed, TypedRow};
+use crate::csvio::Fields;
+use crate::schema::{ColumnType, Typed, TypedRow};
 
 /// A constant, after folding (`today - 365d` is a `Date` here).
 #[derive(Clone, Debug, PartialEq)]

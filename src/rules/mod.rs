@@ -108,7 +108,8 @@ use std::ops::Range;
 
 use jiff::civil::Date;
 
-use crate::schema::{Fields, Schema, TypedRow};
+use crate::csvio::Fields;
+use crate::schema::{Schema, TypedRow};
 use eval::{NoTrace, Node, Operand, Row, Tracer, Val};
 
 /// A compiled segment rule.

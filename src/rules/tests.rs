@@ -3,7 +3,8 @@
 use jiff::civil::Date;
 
 use super::*;
-use crate::schema::{ColumnType, Fields, Schema, TypedRow};
+use crate::csvio::Fields;
+use crate::schema::{ColumnType, Schema, TypedRow};
 
 const HEADER: [&str; 7] = [
     "email",
