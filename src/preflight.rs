@@ -21,7 +21,7 @@ use jiff::civil::Date;
 use crate::campaign::{Campaign, SegmentDef};
 use crate::csvio::{OwnedRecord, RawReader};
 use crate::prepare::{Inputs, Preparer, Workspace};
-use crate::rules::Rule;
+use crate::rules::{self, Rule};
 use crate::run::OpenedRun;
 use crate::schema::{ColumnType, Schema};
 use crate::segment;
@@ -332,7 +332,7 @@ fn rules(campaign: &Campaign, header: Option<&[String]>, today: Date, f: &mut Fi
                         header.join(", ")
                     ));
                 }
-                if let Err(ps) = segment::compile_rules(campaign, &schema, today) {
+                if let Err(ps) = rules::compile_rules(campaign, &schema, today) {
                     f.problems.extend(ps);
                 }
             }
@@ -343,7 +343,7 @@ fn rules(campaign: &Campaign, header: Option<&[String]>, today: Date, f: &mut Fi
                 if let Some(src) = &seg.when
                     && let Err(e) = Rule::check_syntax(src)
                 {
-                    f.problems.push(segment::rule_problem(campaign, i, src, &e));
+                    f.problems.push(rules::rule_problem(campaign, i, src, &e));
                 }
             }
             f.notes.push(

@@ -26,7 +26,7 @@ use crate::csvio::{CsvError, Fields, RawReader, RawRecord, RecordBatch, push_fie
 use crate::digest;
 use crate::email::{Address, KeySet, RecipientKey};
 use crate::manifest::{self, Chunk, DonorInput, Dropped, DroppedFiles, InputFile, Manifest};
-use crate::rules::{Rule, RuleError, Scratch};
+use crate::rules::{Rule, Scratch, compile_rules};
 use crate::rundir::{self, DROPPED_DIR, MANIFEST, ReplaceError, SEGMENTS_DIR, Staging};
 use crate::schema::{Schema, TypedRow};
 use crate::suppress::{self, Suppressed, Suppressions};
@@ -326,43 +326,6 @@ impl Classifier {
     }
 }
 
-/// Compiles every segment's rule against the export's columns, reporting every broken rule
-/// (with a caret under the problem), not just the first.
-pub fn compile_rules(
-    campaign: &Campaign,
-    schema: &Schema,
-    as_of: Date,
-) -> Result<Vec<Option<Rule>>, Vec<String>> {
-    let mut rules = Vec::with_capacity(campaign.segments.len());
-    let mut problems = Vec::new();
-    for (i, seg) in campaign.segments.iter().enumerate() {
-        match &seg.when {
-            None => rules.push(None),
-            Some(src) => match Rule::compile(src, schema, as_of) {
-                Ok(r) => rules.push(Some(r)),
-                Err(e) => problems.push(rule_problem(campaign, i, src, &e)),
-            },
-        }
-    }
-    if problems.is_empty() {
-        Ok(rules)
-    } else {
-        Err(problems)
-    }
-}
-
-/// A broken rule, for the marketer: file, segment, column, the rule with a caret.
-pub fn rule_problem(campaign: &Campaign, index: usize, source: &str, e: &RuleError) -> String {
-    format!(
-        "{}: segment {} {:?}, rule column {}:\n{}",
-        campaign.path.display(),
-        index + 1,
-        campaign.segments[index].name.as_str(),
-        e.column(source),
-        indent(&e.render(source))
-    )
-}
-
 /// Writes one dropped row: `line,reason,` then the original row (ending in `\n`).
 fn push_dropped(out: &mut Vec<u8>, line: u64, reason: &str, raw_line: &[u8]) {
     out.extend_from_slice(line.to_string().as_bytes());
@@ -370,13 +333,6 @@ fn push_dropped(out: &mut Vec<u8>, line: u64, reason: &str, raw_line: &[u8]) {
     push_field(out, reason.as_bytes());
     out.push(b',');
     out.extend_from_slice(raw_line);
-}
-
-fn indent(s: &str) -> String {
-    s.lines()
-        .map(|l| format!("    {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 fn quoted_list(items: &[&str]) -> String {

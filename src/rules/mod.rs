@@ -1,9 +1,10 @@
 //! The segment rule language: compiling a `when = "…"` rule against the donor file's columns,
 //! deciding whether a row matches, and explaining why.
 //!
-//! This module owns the rule syntax, its type checking and its evaluation. It never reads
-//! files, never parses cells (see [`crate::schema`]) and never decides which segment a row
-//! goes to.
+//! This module owns the rule syntax, its type checking and its evaluation, and compiling a
+//! campaign's rules together with their errors worded for the campaign file
+//! ([`compile_rules`]). It never reads files, never parses cells (see [`crate::schema`]) and
+//! never decides which segment a row goes to.
 //!
 //! # The rule language
 //!
@@ -99,6 +100,7 @@
 //! when the campaign is loaded, pointing at the exact place in the rule.
 
 mod check;
+mod compile;
 mod eval;
 mod lexer;
 mod parse;
@@ -110,6 +112,7 @@ use jiff::civil::Date;
 
 use crate::csvio::Fields;
 use crate::schema::{Schema, TypedRow};
+pub use compile::{compile_rules, rule_problem};
 use eval::{NoTrace, Node, Operand, Row, Tracer, Val};
 
 /// A compiled segment rule.
