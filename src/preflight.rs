@@ -222,6 +222,7 @@ pub fn campaign(
         render_sample(
             &preparer,
             &campaign.segments,
+            &header,
             &rec,
             &source,
             made_up,
@@ -233,10 +234,12 @@ pub fn campaign(
 
 /// Renders every segment's message for one donor: what no syntax check sees (a subject that
 /// renders to two lines, an unsubscribe URL that is not https, a header that cannot be
-/// encoded). With a made-up donor a failure may only be the made-up values, so it is a note.
+/// encoded). A made-up donor lacks the columns nobody declared: for a segment whose templates
+/// use such a column, a failure may be only that, so it is a note.
 fn render_sample(
     preparer: &Preparer,
     segments: &[SegmentDef],
+    header: &[String],
     rec: &OwnedRecord,
     source: &str,
     made_up: bool,
@@ -244,18 +247,26 @@ fn render_sample(
 ) {
     let mut ws = Workspace::default();
     for seg in segments {
-        if let Err(e) = preparer.prepare(seg.name.as_str(), &seg.template, &rec.record(), &mut ws) {
-            let text = format!(
-                "segment {:?}: the message for {source} cannot be built: {}",
-                seg.name.as_str(),
-                e.reason
-            );
-            if made_up {
-                f.notes
-                    .push(format!("{text} (pass --donors to check with a real donor)"));
-            } else {
-                f.problems.push(text);
-            }
+        let Err(e) = preparer.prepare(seg.name.as_str(), &seg.template, &rec.record(), &mut ws)
+        else {
+            continue;
+        };
+        let text = format!(
+            "segment {:?}: the message for {source} cannot be built: {}",
+            seg.name.as_str(),
+            e.reason
+        );
+        let undeclared = made_up
+            && !preparer
+                .templates()
+                .check(std::slice::from_ref(seg), header)
+                .is_empty();
+        if undeclared {
+            f.notes.push(format!(
+                "{text} (its templates use columns [columns] does not declare: pass --donors to check with a real donor)"
+            ));
+        } else {
+            f.problems.push(text);
         }
     }
 }

@@ -1,0 +1,193 @@
+//! `campaign check`, `send --dry-run` and `send` refuse the same settings: what the real send
+//! would refuse at 2 a.m., check says first, naming the key and the fix.
+
+mod common;
+
+use common::*;
+
+const DONORS: &str = "email,name,total\n\
+    zoe@example.org,Zoë,2500\n\
+    bo@example.org,Bo,10\n";
+
+/// The common campaign with `extra` TOML appended.
+fn with(extra: &str) -> String {
+    format!("{CAMPAIGN}{extra}")
+}
+
+fn check(w: &Workdir) -> std::process::Output {
+    w.run(&["check", "campaign.toml", "--donors", "donors.csv"])
+}
+
+/// Asserts `check` fails with exit 2 and every `needle` in its report.
+fn assert_check_refuses(w: &Workdir, needles: &[&str]) {
+    let o = check(w);
+    assert_code(&o, 2);
+    let out = stdout(&o);
+    for n in needles {
+        assert!(out.contains(n), "{n:?} not in:\n{out}");
+    }
+}
+
+#[test]
+fn a_misspelt_tls_mode_is_refused_with_the_likely_one() {
+    let w = setup(DONORS);
+    w.write(
+        "campaign.toml",
+        with("[smtp]\nhost = \"relay.example\"\ntls = \"startls\"\n"),
+    );
+    assert_check_refuses(
+        &w,
+        &["[smtp] tls = \"startls\"", "did you mean \"starttls\"?"],
+    );
+}
+
+#[test]
+fn a_rate_that_is_not_a_rate_is_refused() {
+    let w = setup(DONORS);
+    w.write("campaign.toml", with("[send]\nrate = \"fast\"\n"));
+    // The campaign file itself is refused when read, by every command alike.
+    let o = check(&w);
+    assert_code(&o, 2);
+    for n in ["campaign.toml", "[send] rate", "\"fast\"", "50/s"] {
+        assert!(stderr(&o).contains(n), "{n:?} not in {}", stderr(&o));
+    }
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run",
+    ]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("[send] rate"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_password_file_that_does_not_exist_is_refused() {
+    let w = setup(DONORS);
+    w.write(
+        "campaign.toml",
+        with("[smtp]\nhost = \"relay.example\"\nusername = \"appeal\"\npassword_file = \"smtp-password.txt\"\n"),
+    );
+    assert_check_refuses(&w, &["SMTP password file", "smtp-password.txt"]);
+    w.write("smtp-password.txt", "s3cret\n");
+    let o = check(&w);
+    assert_code(&o, 0);
+    assert!(!stdout(&o).contains("s3cret"), "{}", stdout(&o));
+}
+
+#[test]
+fn a_subject_that_renders_to_two_lines_is_caught_before_a_run() {
+    let w = setup(DONORS);
+    w.write(
+        "templates/general/subject.txt",
+        "Spring news\nfor {{ name }}\n",
+    );
+    assert_check_refuses(&w, &["segment \"rest\"", "donors.csv:2", "several lines"]);
+}
+
+#[test]
+fn an_unsubscribe_url_that_is_not_https_is_caught() {
+    let w = setup(DONORS);
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace("https://riverside-park", "http://riverside-park"),
+    );
+    assert_check_refuses(&w, &["segment \"major\"", "https"]);
+    // Without an export the same mistake is found with a donor made from [columns], once
+    // [columns] declares every column the templates use.
+    let o = w.run(&["check", "campaign.toml"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("pass --donors"), "{}", stdout(&o));
+    w.write(
+        "campaign.toml",
+        CAMPAIGN
+            .replace("https://riverside-park", "http://riverside-park")
+            .replace("total = \"number\"", "total = \"number\"\nname = \"text\""),
+    );
+    let o = w.run(&["check", "campaign.toml"]);
+    assert_code(&o, 2);
+    let out = stdout(&o);
+    assert!(
+        out.contains("a sample donor made from [columns]") && out.contains("https://"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_header_that_cannot_be_encoded_is_caught() {
+    let w = setup(DONORS);
+    w.write("templates/major/subject.txt", "Thank you \u{7}{{ name }}\n");
+    assert_check_refuses(&w, &["segment \"major\"", "subject"]);
+}
+
+#[test]
+fn settings_only_the_environment_decides_are_notes_for_check_and_problems_for_send() {
+    let w = setup(DONORS);
+    // No relay named anywhere: check and the dry run say so, send refuses.
+    let o = check(&w);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("note:") && stdout(&o).contains("no SMTP relay configured"));
+    segment(&w);
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("no SMTP relay configured"),
+        "{}",
+        stderr(&o)
+    );
+    let o = w
+        .command()
+        .args(["send", "run"])
+        .env(
+            "CAMPAIGN_UNSUBSCRIBE_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("no SMTP relay configured"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !w.path("run/ledger").exists(),
+        "refused before taking the lock"
+    );
+}
+
+#[test]
+fn a_dry_run_refuses_the_smtp_settings_a_send_would_refuse() {
+    let w = setup(DONORS);
+    segment(&w);
+    w.write(
+        "campaign.toml",
+        with("[smtp]\nhost = \"relay.example\"\ntls = \"startls\"\n"),
+    );
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("[smtp] tls = \"startls\"") && err.contains("\"starttls\""),
+        "{err}"
+    );
+    assert!(!w.path("run/previews").exists(), "nothing rendered");
+    // And the send refuses it too, before anything is locked or sent.
+    let o = w
+        .command()
+        .args(["send", "run"])
+        .env(
+            "CAMPAIGN_UNSUBSCRIBE_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("did you mean \"starttls\"?"),
+        "{}",
+        stderr(&o)
+    );
+}
