@@ -6,9 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod campaign;
-pub mod cli;
 pub mod clock;
-pub mod cmd;
 pub mod csvio;
 pub mod digest;
 pub mod dryrun;

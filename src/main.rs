@@ -1,19 +1,25 @@
 //! The `campaign` binary: parse flags, run one subcommand, report its error once, exit.
+//!
+//! The command line ([`cli`]) and the commands' flags, output and exit codes ([`cmd`]) live
+//! in the binary; everything they call is the library's.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use campaign::cli::{Cli, Command};
 use campaign::exit::escape_controls;
+use cli::{Cli, Command};
+
+mod cli;
+mod cmd;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Segment(args) => campaign::cmd::segment::run(args),
-        Command::Check(args) => campaign::cmd::check::run(args),
-        Command::Send(args) => campaign::cmd::send::run(args),
-        Command::Status(args) => campaign::cmd::status::run(args),
+        Command::Segment(args) => cmd::segment::run(args),
+        Command::Check(args) => cmd::check::run(args),
+        Command::Send(args) => cmd::send::run(args),
+        Command::Status(args) => cmd::status::run(args),
     };
     match result {
         Ok(code) => code.into(),

@@ -1,4 +1,4 @@
-//! Progress as events: the library says what it finished, the binary decides how to show it
+//! Progress as events: the library (segment, the dry run, send) says what it finished, the binary decides how to show it
 //! (indicatif bars on a terminal; a remote worker would send the events instead).
 //!
 //! Owns the event type and the sink trait. It never draws anything.
@@ -13,6 +13,11 @@ pub enum Event {
         segment: usize,
         /// How many.
         donors: u64,
+    },
+    /// `segment` has read the export's first `bytes` bytes.
+    Read {
+        /// Bytes read so far.
+        bytes: u64,
     },
 }
 

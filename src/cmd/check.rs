@@ -5,10 +5,10 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 
-use crate::campaign::Campaign;
-use crate::clock::{Clock, SystemClock};
-use crate::exit::{Code, Error, escape_controls};
-use crate::preflight::{self, Environment};
+use campaign::campaign::Campaign;
+use campaign::clock::{Clock, SystemClock};
+use campaign::exit::{Code, Error, escape_controls};
+use campaign::preflight::{self, Environment};
 
 /// Flags of `campaign check`.
 #[derive(Debug, ClapArgs)]

@@ -1,18 +1,18 @@
 //! `campaign send` without `--dry-run`: signals, progress and the exit code around
-//! [`crate::send`].
+//! [`campaign::send`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::anyhow;
 
-use crate::clock::{Clock, SystemClock};
-use crate::exit::{Code, Error};
-use crate::preflight::{self, Environment, Purpose};
-use crate::run::OpenedRun;
-use crate::send::{self, Context, InProcessPlan, PlanError, SendOptions, Stop};
-use crate::transport::smtp::{self, ProbeError};
-use crate::transport::{SmtpTransport, Transport};
+use campaign::clock::{Clock, SystemClock};
+use campaign::exit::{Code, Error};
+use campaign::preflight::{self, Environment, Purpose};
+use campaign::run::OpenedRun;
+use campaign::send::{self, Context, InProcessPlan, PlanError, SendOptions, Stop};
+use campaign::transport::smtp::{self, ProbeError};
+use campaign::transport::{SmtpTransport, Transport};
 
 use super::send::Args;
 

@@ -1,10 +1,10 @@
-//! `campaign send --dry-run`: output and exit code around [`crate::dryrun`].
+//! `campaign send --dry-run`: output and exit code around [`campaign::dryrun`].
 
-use crate::clock::{Clock, SystemClock};
-use crate::dryrun::{self, DryRunOptions};
-use crate::exit::{Code, Error};
-use crate::preflight::{self, Environment, Purpose};
-use crate::run::OpenedRun;
+use campaign::clock::{Clock, SystemClock};
+use campaign::dryrun::{self, DryRunOptions};
+use campaign::exit::{Code, Error};
+use campaign::preflight::{self, Environment, Purpose};
+use campaign::run::OpenedRun;
 
 use super::send::Args;
 

@@ -7,6 +7,7 @@ pub mod check;
 mod deliver;
 mod dryrun;
 mod progress;
+mod run_table;
 pub mod segment;
 pub mod send;
 pub mod status;
@@ -16,9 +17,9 @@ use std::io::Write;
 
 use anyhow::Context;
 
-use crate::exit::{Code, Error, escape_controls};
-use crate::preflight::Findings;
-use crate::run::OpenedRun;
+use campaign::exit::{Code, Error, escape_controls};
+use campaign::preflight::Findings;
+use campaign::run::OpenedRun;
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn print_bytes(bytes: &[u8]) -> Result<(), Error> {

@@ -1,13 +1,13 @@
-//! Progress bars on a terminal: the binary's side of [`crate::progress`] events.
+//! Progress bars on a terminal: the binary's side of [`campaign::progress`] events.
 
 use std::io::IsTerminal;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use crate::exit::Error;
-use crate::progress::{Event, Progress};
-use crate::run::{OpenedRun, Selection};
-use crate::send::{self, SegmentStatus};
+use campaign::exit::Error;
+use campaign::progress::{Event, Progress};
+use campaign::run::{OpenedRun, Selection};
+use campaign::send::{self, SegmentStatus};
 
 /// The look of every progress bar (`template` in indicatif's syntax).
 pub(super) fn bar_style(template: &str) -> ProgressStyle {
@@ -86,12 +86,20 @@ impl Bars {
 
 impl Progress for Bars {
     fn event(&self, event: Event) {
-        let Event::Handled { segment, donors } = event;
-        if let Some(pb) = &self.overall {
-            pb.inc(donors);
-        }
-        if let Some(Some(pb)) = self.segments.get(segment) {
-            pb.inc(donors);
+        match event {
+            Event::Handled { segment, donors } => {
+                if let Some(pb) = &self.overall {
+                    pb.inc(donors);
+                }
+                if let Some(Some(pb)) = self.segments.get(segment) {
+                    pb.inc(donors);
+                }
+            }
+            Event::Read { bytes } => {
+                if let Some(pb) = &self.overall {
+                    pb.set_position(bytes);
+                }
+            }
         }
     }
 }

@@ -1,15 +1,13 @@
-//! `campaign segment`: flags, output and exit codes around [`crate::segment`].
+//! `campaign segment`: flags, output and exit codes around [`campaign::segment`].
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use jiff::civil::Date;
 
-use crate::campaign::Campaign;
-use crate::exit::{Code, Error};
-use crate::manifest::Manifest;
-use crate::segment::{self, SegmentError, SegmentOptions};
+use campaign::campaign::Campaign;
+use campaign::exit::{Code, Error};
+use campaign::segment::{self, SegmentError, SegmentOptions};
 
 /// Flags of `campaign segment`.
 #[derive(Debug, ClapArgs)]
@@ -106,34 +104,27 @@ pub fn run(args: Args) -> Result<Code, Error> {
         as_of,
         force: args.force,
         max_reject_rate: args.max_reject_rate,
+        now: jiff::Timestamp::now(),
     };
     if let Some(email) = &args.explain {
         let text = segment::explain(&opts, email).map_err(map_error)?;
         super::print_bytes(text.as_bytes())?;
         return Ok(Code::Success);
     }
-    let progress = (!args.quiet && std::io::stderr().is_terminal()).then(|| {
-        let size = std::fs::metadata(&opts.donors)
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let pb = indicatif::ProgressBar::new(size);
-        pb.set_style(super::progress::bar_style(
-            "{spinner} segmenting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        ));
-        pb
-    });
-    let result = segment::run(&opts, progress.as_ref());
-    if let Some(pb) = progress {
-        pb.finish_and_clear();
-    }
+    let size = std::fs::metadata(&opts.donors).map_or(0, |m| m.len());
+    let bars = super::progress::Bars::single(
+        !args.quiet,
+        size,
+        "{spinner} segmenting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    );
+    let result = segment::run(&opts, &bars);
+    bars.finish();
     let report = result.map_err(map_error)?;
-    for w in &report.warnings {
-        eprintln!("campaign: warning: {}", crate::exit::escape_controls(w));
-    }
+    super::warn(&report.warnings);
     let text = if args.json {
-        summary_json(&report.manifest, &opts.out, &report.warnings)
+        super::run_table::segment_json(&report.manifest, &opts.out, &report.warnings)
     } else {
-        summary_table(&report.manifest, &opts.out)
+        super::run_table::segment(&report.manifest, &opts.out)
     };
     super::print_bytes(text.as_bytes())?;
     Ok(Code::Success)
@@ -148,67 +139,4 @@ fn map_error(e: SegmentError) -> Error {
         SegmentError::Other(_) => Code::Failure,
     };
     Error::new(code, e)
-}
-
-fn summary_table(m: &Manifest, out: &std::path::Path) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{}: campaign {}, as of {}, {} donor rows read",
-        out.display(),
-        m.campaign_id,
-        m.as_of,
-        m.input.data_rows
-    );
-    let w = super::segment_column(m.segments.iter().map(|g| g.name.as_str()));
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "{:<w$}  {:>9}  {:>6}  template",
-        "segment", "donors", "chunks"
-    );
-    for g in &m.segments {
-        let _ = writeln!(
-            s,
-            "{:<w$}  {:>9}  {:>6}  {}",
-            g.name,
-            g.rows,
-            g.chunks.len(),
-            g.template
-        );
-    }
-    let _ = writeln!(s, "{:<w$}  {:>9}", "total", m.segmented());
-    let d = &m.dropped;
-    let _ = writeln!(s);
-    let _ = writeln!(
-        s,
-        "dropped: {} rejected, {} duplicate, {} suppressed, {} unmatched (each listed with its line and reason in {}/dropped/)",
-        d.rejected,
-        d.duplicate,
-        d.suppressed,
-        d.unmatched,
-        out.display()
-    );
-    s
-}
-
-fn summary_json(m: &Manifest, out: &std::path::Path, warnings: &[String]) -> String {
-    let v = serde_json::json!({
-        "run": out.display().to_string(),
-        "campaign_id": m.campaign_id,
-        "as_of": m.as_of,
-        "data_rows": m.input.data_rows,
-        "segments": m.segments.iter().map(|g| serde_json::json!({
-            "name": g.name,
-            "donors": g.rows,
-            "chunks": g.chunks.len(),
-            "template": g.template,
-        })).collect::<Vec<_>>(),
-        "dropped": m.dropped,
-        "warnings": warnings,
-    });
-    let mut s = serde_json::to_string_pretty(&v).unwrap_or_default();
-    s.push('\n');
-    s
 }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use crate::campaign::{Rate, SendSettings};
-use crate::exit::{Code, Error};
-use crate::send::OnUnknown;
+use campaign::campaign::{Rate, SendSettings};
+use campaign::exit::{Code, Error};
+use campaign::send::OnUnknown;
 
 /// Flags of `campaign send`.
 #[derive(Debug, ClapArgs)]

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 
-use crate::exit::{Code, Error};
-use crate::manifest::Manifest;
-use crate::run::Selection;
-use crate::send;
+use campaign::exit::{Code, Error};
+use campaign::manifest::Manifest;
+use campaign::run::Selection;
+use campaign::send;
 
 /// Flags of `campaign status`.
 #[derive(Debug, ClapArgs)]

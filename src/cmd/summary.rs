@@ -3,10 +3,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::dryrun::DryRunReport;
-use crate::exit::escape_controls;
-use crate::rundir::{FAILED_CSV, SUPPRESS_BOUNCED, UNKNOWN_CSV};
-use crate::send::{SegmentStatus, SendReport, Stop};
+use campaign::dryrun::DryRunReport;
+use campaign::exit::escape_controls;
+use campaign::rundir::{FAILED_CSV, SUPPRESS_BOUNCED, UNKNOWN_CSV};
+use campaign::send::{SegmentStatus, SendReport, Stop};
 
 /// The per-segment table of `status`, also the top of `send`'s summary.
 pub(super) fn status(segments: &[SegmentStatus]) -> String {

@@ -36,6 +36,7 @@ use crate::campaign::Campaign;
 use crate::csvio::{CsvError, RawReader, push_field};
 use crate::digest;
 use crate::manifest::{self, DonorInput, DroppedFiles, InputFile, Manifest};
+use crate::progress::{Event, Progress};
 use crate::rundir::{self, DROPPED_DIR, MANIFEST, ReplaceError, SEGMENTS_DIR, Staging};
 use crate::suppress::{self, Suppressions};
 use classify::{Batch, Classifier, Rejections};
@@ -67,6 +68,8 @@ pub struct SegmentOptions {
     pub force: bool,
     /// Refuse the run when more than this share of rows is rejected.
     pub max_reject_rate: f64,
+    /// When the run is made, for the manifest's `created_at`.
+    pub now: jiff::Timestamp,
 }
 
 /// Why `segment` made no run, where the caller acts on the difference.
@@ -240,10 +243,7 @@ pub struct SegmentReport {
 }
 
 /// Runs the master step and returns the manifest it wrote.
-pub fn run(
-    opts: &SegmentOptions,
-    progress: Option<&indicatif::ProgressBar>,
-) -> Result<SegmentReport, SegmentError> {
+pub fn run(opts: &SegmentOptions, progress: &dyn Progress) -> Result<SegmentReport, SegmentError> {
     rundir::check_replace(&opts.out, opts.force)?;
     let Input {
         mut rdr,
@@ -336,9 +336,9 @@ pub fn run(
     let mut rows: u64 = 0;
     let mut batch = Batch::default();
     let read_result: Result<(), SegmentError> = loop {
-        if let Some(pb) = progress {
-            pb.set_position(rdr.bytes_read());
-        }
+        progress.event(Event::Read {
+            bytes: rdr.bytes_read(),
+        });
         let mut end = Ok(false);
         while batch.records.len() < BATCH_ROWS {
             match rdr.next_record() {
@@ -375,9 +375,7 @@ pub fn run(
         .join()
         .map_err(|_| anyhow!("the router thread panicked"))??;
     read_result?;
-    if let Some(pb) = progress {
-        pb.set_position(size);
-    }
+    progress.event(Event::Read { bytes: size });
     let Routed {
         chunks,
         seg_rows,
@@ -427,7 +425,8 @@ pub fn run(
         tool_version: env!("CARGO_PKG_VERSION").to_owned(),
         campaign_id: opts.campaign.id.as_str().to_owned(),
         as_of: opts.as_of.to_string(),
-        created_at: jiff::Timestamp::now()
+        created_at: opts
+            .now
             .round(jiff::Unit::Second)
             .map_err(anyhow::Error::from)?
             .to_string(),
