@@ -272,3 +272,6 @@ pub fn send(
     reports::write_reports(dir, &cx.run.manifest, cx.preparer, &report, &mut known)?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! The send loop with a fake transport and a manual clock: retries wait out their backoff on
+//! the clock (no sleeping), ledger timestamps are the clock's, and the daily cap follows the
+//! clock's day.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::*;
+use crate::campaign::Campaign;
+use crate::clock::ManualClock;
+use crate::ledger::{ChunkStates, State};
+use crate::preflight::{self, Environment, Purpose, Ready};
+use crate::progress::NoProgress;
+use crate::segment::{self, SegmentOptions};
+use crate::transport::{Journal, Outbound, Outcome};
+
+const DONORS: usize = 40;
+
+/// A transport that defers each recipient's first `defer` attempts with a 451, then accepts.
+struct Fake {
+    attempts: Arc<Mutex<HashMap<String, u32>>>,
+    defer: u32,
+}
+
+impl Transport for Fake {
+    fn send_batch(&mut self, batch: &[Outbound<'_>], journal: &mut dyn Journal) -> usize {
+        for (i, m) in batch.iter().enumerate() {
+            if !journal.proceed(i) {
+                return i;
+            }
+            let to: &str = m.envelope.to().as_ref();
+            let n = {
+                let mut a = self.attempts.lock().unwrap();
+                let n = a.entry(to.to_owned()).or_insert(0);
+                *n += 1;
+                *n
+            };
+            let outcome = if n <= self.defer {
+                Outcome::Deferred {
+                    code: Some(451),
+                    text: "4.3.0 try again".into(),
+                    throttle: false,
+                }
+            } else {
+                match journal.transmitting(i) {
+                    Ok(()) => Outcome::Accepted {
+                        reply: format!("2.0.0 queued as {n}"),
+                    },
+                    Err(e) => Outcome::Halt {
+                        code: None,
+                        text: e.to_string(),
+                    },
+                }
+            };
+            journal.outcome(i, outcome);
+        }
+        batch.len()
+    }
+
+    fn close(&mut self) {}
+}
+
+/// A segmented run of `DONORS` donors in `dir/run`.
+fn segmented(dir: &Path) -> OpenedRun {
+    let mut csv = String::from("email,name\n");
+    for i in 0..DONORS {
+        csv.push_str(&format!("d{i}@example.org,Donor {i}\n"));
+    }
+    std::fs::write(dir.join("donors.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("campaign.toml"),
+        "[campaign]\nid = \"fake-2026\"\n[message]\nfrom = \"Park <appeal@park.example>\"\nunsubscribe_url = \"https://park.example/u?t={{ unsubscribe_token }}\"\n[[segment]]\nname = \"all\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("templates/all")).unwrap();
+    std::fs::write(dir.join("templates/all/subject.txt"), "Hello {{ name }}").unwrap();
+    std::fs::write(dir.join("templates/all/body.txt"), "Dear {{ name }}\n").unwrap();
+    let opts = SegmentOptions {
+        donors: dir.join("donors.csv"),
+        campaign: Campaign::load(&dir.join("campaign.toml")).unwrap(),
+        suppress: Vec::new(),
+        out: dir.join("run"),
+        chunk_size: 16,
+        as_of: "2026-12-01".parse().unwrap(),
+        force: false,
+        max_reject_rate: 0.0,
+        now: "2026-12-01T12:00:00Z".parse().unwrap(),
+    };
+    segment::run(&opts, &NoProgress).unwrap();
+    OpenedRun::open(&dir.join("run"), None).unwrap()
+}
+
+fn ready(run: &OpenedRun, clock: &ManualClock) -> Ready {
+    let env = Environment {
+        smtp_url: Some("smtp://127.0.0.1:2525".into()),
+        smtp_password: None,
+        unsubscribe_secret: Some("0123456789abcdef0123456789abcdef".into()),
+    };
+    preflight::run(run, &env, Purpose::Send, clock.now())
+        .unwrap_or_else(|f| panic!("{:?}", f.problems))
+}
+
+/// One `send` process over the whole run.
+fn send_once(
+    run: &OpenedRun,
+    clock: &ManualClock,
+    opts: &SendOptions,
+    daily_cap: Option<u64>,
+    attempts: &Arc<Mutex<HashMap<String, u32>>>,
+    defer: u32,
+) -> SendReport {
+    let ready = ready(run, clock);
+    let selection = Selection::all(&run.manifest);
+    let budget = Budget {
+        limit: None,
+        daily_cap,
+    };
+    let fingerprint = ready.preparer.templates().fingerprint();
+    let plan = InProcessPlan::new(
+        run,
+        &selection,
+        opts.concurrency,
+        opts.batch,
+        budget,
+        &fingerprint,
+        clock,
+    )
+    .unwrap();
+    let stop = AtomicBool::new(false);
+    let cx = Context {
+        run,
+        selection: &selection,
+        preparer: &ready.preparer,
+        clock,
+        progress: &NoProgress,
+        stop: &stop,
+    };
+    let new_transport = || -> Box<dyn Transport> {
+        Box::new(Fake {
+            attempts: Arc::clone(attempts),
+            defer,
+        })
+    };
+    send(&cx, opts, &plan, &new_transport).unwrap()
+}
+
+fn options() -> SendOptions {
+    SendOptions {
+        concurrency: 2,
+        rate: None,
+        on_unknown: OnUnknown::Skip,
+        max_attempts: 3,
+        retry_delay: Duration::from_secs(30),
+        batch: 8,
+    }
+}
+
+/// Every ledger entry of the run.
+fn entries(run: &OpenedRun) -> Vec<crate::ledger::Entry> {
+    let mut out = Vec::new();
+    for c in &run.manifest.segments[0].chunks {
+        let states = ChunkStates::read(run.dir(), &c.file).unwrap();
+        out.extend(states.iter().map(|(_, e)| e.clone()));
+    }
+    out
+}
+
+#[test]
+fn retries_wait_on_the_clock_and_the_ledger_keeps_its_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = segmented(tmp.path());
+    // Ten seconds before midnight: the first attempts are on 1 December, the retries, 30 s
+    // and more later, on the 2nd.
+    let clock = ManualClock::new("2026-12-01T23:59:50Z".parse().unwrap());
+    let attempts = Arc::default();
+    let report = send_once(&run, &clock, &options(), None, &attempts, 1);
+    assert_eq!(report.stop, Stop::Finished);
+    assert_eq!(report.session.sent, DONORS as u64);
+    assert_eq!(report.remaining(), 0);
+    assert!(
+        attempts.lock().unwrap().values().all(|&n| n == 2),
+        "each donor deferred once, then accepted"
+    );
+    // The backoff (30 s, plus up to 50% jitter) passed on the clock, not on the wall; a
+    // worker waits out its lease's retries before its next lease, so leases add up.
+    assert!(
+        clock.elapsed() >= Duration::from_secs(30),
+        "{:?}",
+        clock.elapsed()
+    );
+    let entries = entries(&run);
+    assert_eq!(entries.len(), DONORS);
+    for e in &entries {
+        assert_eq!(e.state, State::Sent);
+        let at = e.at.unwrap();
+        assert!(
+            at > "2026-12-02T00:00:00Z".parse().unwrap() && at <= clock.now(),
+            "{at}"
+        );
+    }
+}
+
+#[test]
+fn the_daily_cap_follows_the_clock_day() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = segmented(tmp.path());
+    let clock = ManualClock::new("2026-12-01T09:00:00Z".parse().unwrap());
+    let attempts = Arc::default();
+    let first = send_once(&run, &clock, &options(), Some(15), &attempts, 0);
+    assert_eq!(first.stop, Stop::DailyCap);
+    assert_eq!(first.session.sent, 15);
+    clock.advance(Duration::from_secs(3600));
+    let same_day = send_once(&run, &clock, &options(), Some(15), &attempts, 0);
+    assert_eq!(same_day.session.sent, 0, "the cap holds across processes");
+    assert_eq!(same_day.stop, Stop::DailyCap);
+    clock.advance(Duration::from_secs(24 * 3600));
+    let next_day = send_once(&run, &clock, &options(), Some(15), &attempts, 0);
+    assert_eq!(next_day.session.sent, 15);
+    let last = send_once(&run, &clock, &options(), Some(100), &attempts, 0);
+    assert_eq!(last.session.sent, (DONORS - 30) as u64);
+    assert_eq!(last.stop, Stop::Finished);
+    assert!(
+        attempts.lock().unwrap().values().all(|&n| n == 1),
+        "nobody twice"
+    );
+}
