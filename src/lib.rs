@@ -1,30 +1,61 @@
 //! `campaign`: segment a donor export into a run directory, then render and send it.
 //!
-//! The binary in `main.rs` only parses arguments and maps results to exit codes; everything a
-//! test might want to call lives here.
+//! The pipeline, in the order of the modules below:
+//!
+//! ```text
+//!  campaign file ─ campaign (typed settings), rules (the `when` language)
+//!  donor CSV ──── csvio ─ schema ─ email ─ suppress ─ segment ──► rundir + manifest
+//!                                                                 (the run directory)
+//!  run directory ─ run (opened, chunks read back) ─ preflight (one check for check,
+//!                  dry run and send) ─ render ─ message ─ unsubscribe ─ prepare
+//!                  ├─ dryrun: previews, nothing sent
+//!                  └─ send: plan ─ worker ─ transport (SMTP) ─ ledger ─ reports
+//! ```
+//!
+//! Cross-cutting seams: `clock` (all time), `progress` (events, drawn by the binary),
+//! `digest` (SHA-256 as the manifest records it), `exit` (exit codes). The binary (`main.rs`,
+//! with the command line and the commands' output) only maps flags to these and results to
+//! exit codes; everything a test might want to call lives here.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// The campaign file.
 pub mod campaign;
-pub mod clock;
-pub mod csvio;
-pub mod digest;
-pub mod dryrun;
-pub mod email;
-pub mod exit;
-pub mod ledger;
-pub mod manifest;
-pub mod message;
-pub mod preflight;
-pub mod prepare;
-pub mod progress;
-pub mod render;
 pub mod rules;
-pub mod run;
-pub mod rundir;
+
+// segment: the export in, a run directory out.
+pub mod csvio;
 pub mod schema;
-pub mod segment;
-pub mod send;
+
+pub mod email;
 pub mod suppress;
-pub mod transport;
+
+pub mod segment;
+
+pub mod manifest;
+pub mod rundir;
+
+// send: the run directory in, messages out.
+pub mod run;
+
+pub mod preflight;
+
+pub mod render;
+
+pub mod message;
 pub mod unsubscribe;
+
+pub mod prepare;
+
+pub mod dryrun;
+
+pub mod send;
+pub mod transport;
+
+pub mod ledger;
+
+// Seams every step uses.
+pub mod clock;
+pub mod digest;
+pub mod exit;
+pub mod progress;
