@@ -4,7 +4,7 @@
 //!
 //! ```text
 //!  campaign file ─ campaign (typed settings), rules (the `when` language)
-//!  donor CSV ──── csvio ─ schema ─ email ─ suppress ─ segment ──► rundir + manifest
+//!  donor CSV ──── csvio ─ schema ─ email ─ donor ─ suppress ─ segment ──► rundir + manifest
 //!                                                                 (the run directory)
 //!  run directory ─ run (opened, chunks read back) ─ preflight (one check for check,
 //!                  dry run and send) ─ render ─ message ─ unsubscribe ─ prepare
@@ -27,6 +27,7 @@ pub mod rules;
 pub mod csvio;
 pub mod schema;
 
+pub mod donor;
 pub mod email;
 pub mod suppress;
 

@@ -9,8 +9,9 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::campaign::{Campaign, SegmentDef};
-use crate::csvio::{Fields, RawRecord};
-use crate::email::{Address, RecipientKey, normalise};
+use crate::csvio::RawRecord;
+use crate::donor::DonorReader;
+use crate::email::{RecipientKey, normalise};
 use crate::message::{Composer, Outgoing};
 use crate::render::{Donor, Problem, RunInfo, TemplateSet};
 use crate::schema::{Schema, TypedRow};
@@ -45,8 +46,7 @@ pub struct Workspace {
 
 /// Everything needed to prepare any donor's message of a run; shared by all worker threads.
 pub struct Preparer {
-    schema: Schema,
-    email_idx: usize,
+    reader: DonorReader,
     templates: TemplateSet,
     composer: Composer,
     secret: Option<UnsubscribeSecret>,
@@ -122,8 +122,7 @@ impl Preparer {
         }
         match composer {
             Some(composer) if problems.is_empty() => Ok(Preparer {
-                schema,
-                email_idx,
+                reader: DonorReader::new(schema, email_idx, inputs.email_column),
                 templates,
                 composer,
                 secret,
@@ -142,40 +141,24 @@ impl Preparer {
     /// The recipient key of a chunk row, without rendering anything (to consult the ledger
     /// first); `None` when the row's address does not parse (`prepare` then says why).
     pub fn key(&self, rec: &RawRecord<'_>) -> Option<RecipientKey> {
-        let fields = self.fields(rec).ok()?;
-        Some(Address::parse(fields.get(self.email_idx)).ok()?.key())
+        let fields = self.reader.fields(rec).ok()?;
+        Some(self.reader.address(&fields).ok()?.key())
     }
 
     /// Whether a row is a donor this preparer can take: its fields, address and declared
     /// values read.
     pub fn reads(&self, rec: &RawRecord<'_>, ws: &mut Workspace) -> bool {
-        self.fields(rec).is_ok_and(|fields| {
-            Address::parse(fields.get(self.email_idx)).is_ok()
-                && self.schema.parse_row(&fields, &mut ws.typed).is_ok()
+        self.reader.fields(rec).is_ok_and(|fields| {
+            self.reader.address(&fields).is_ok()
+                && self.reader.typed(&fields, &mut ws.typed).is_ok()
         })
     }
 
     /// [`Preparer::key`] with the normalised address, for reports.
     pub fn key_of(&self, rec: &RawRecord<'_>) -> Option<(RecipientKey, String)> {
-        let fields = self.fields(rec).ok()?;
-        let addr = Address::parse(fields.get(self.email_idx)).ok()?;
+        let fields = self.reader.fields(rec).ok()?;
+        let addr = self.reader.address(&fields).ok()?;
         Some((addr.key(), normalise(&addr)))
-    }
-
-    /// A chunk row's fields, or why the row cannot be read (chunks hold rows `segment`
-    /// validated, so this only fails for a damaged run).
-    fn fields<'r>(&self, rec: &RawRecord<'r>) -> Result<Fields<'r>, String> {
-        let fields = rec
-            .fields()
-            .map_err(|_| "the row is not valid UTF-8".to_owned())?;
-        if fields.len() != self.schema.len() {
-            return Err(format!(
-                "has {} fields but the header has {}",
-                fields.len(),
-                self.schema.len()
-            ));
-        }
-        Ok(fields)
     }
 
     /// The message for one chunk row of the segment `segment`, from its `template`.
@@ -190,13 +173,17 @@ impl Preparer {
             email: email.to_owned(),
             reason,
         };
-        let fields = self.fields(rec).map_err(|reason| fail("", reason))?;
-        let raw_email = fields.get(self.email_idx);
-        let addr = Address::parse(raw_email).map_err(|e| fail(raw_email, e.to_string()))?;
+        // Chunks hold rows `segment` validated, so these fail only for a damaged run, worded
+        // as `segment` words them.
+        let fields = self.reader.fields(rec).map_err(|p| fail("", p.reason))?;
+        let addr = self
+            .reader
+            .address(&fields)
+            .map_err(|p| fail(self.reader.raw_address(&fields), p.reason))?;
         let email = normalise(&addr);
-        self.schema
-            .parse_row(&fields, &mut ws.typed)
-            .map_err(|e| fail(&email, e.to_string()))?;
+        self.reader
+            .typed(&fields, &mut ws.typed)
+            .map_err(|p| fail(&email, p.reason))?;
         let token = match &self.secret {
             Some(s) => s.token(&self.campaign_id, &email),
             None => PLACEHOLDER_TOKEN.to_owned(),
@@ -207,7 +194,7 @@ impl Preparer {
             .render(
                 template,
                 &Donor {
-                    schema: &self.schema,
+                    schema: self.reader.schema(),
                     fields: &fields,
                     typed: &ws.typed,
                     email: &email,

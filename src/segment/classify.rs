@@ -1,6 +1,7 @@
 //! The classifying stage: what each row is, up to dedupe.
 //!
-//! Owns validating a row (UTF-8, field count, the address, typed values), keying its address,
+//! Owns the verdict on a row: validating it (UTF-8, field count, the address, typed values,
+//! read by [`crate::donor`] as `send` reads them), keying its address,
 //! checking it against the suppression lists and finding the first segment whose rule
 //! matches. A batch is classified on two workers at once, each row's verdict kept with its key
 //! for the router, and rejected rows are counted by kind for the summary. [`Classifier`] makes
@@ -16,8 +17,9 @@ use anyhow::{Result, anyhow, bail};
 use jiff::civil::Date;
 
 use crate::campaign::Campaign;
-use crate::csvio::{Fields, RawRecord, RecordBatch};
-use crate::email::{Address, KeySet, RecipientKey};
+use crate::csvio::{RawRecord, RecordBatch};
+use crate::donor::{DonorReader, RowProblem};
+use crate::email::{KeySet, RecipientKey};
 use crate::rules::{Rule, Scratch, compile_rules};
 use crate::schema::{Schema, TypedRow};
 use crate::suppress::{Suppressed, Suppressions};
@@ -44,9 +46,7 @@ pub(super) enum Outcome {
 
 /// The per-row decision, shared by `segment` and `segment --explain` so both always agree.
 pub(super) struct Classifier {
-    schema: Schema,
-    email_idx: usize,
-    email_column: String,
+    reader: DonorReader,
     rules: Vec<Option<Rule>>,
     /// Shared between the classifiers of one run; lists can hold millions of addresses.
     suppressions: Arc<Suppressions>,
@@ -94,9 +94,7 @@ impl Classifier {
         let rules =
             compile_rules(campaign, &schema, as_of).map_err(|p| anyhow!("{}", p.join("\n")))?;
         Ok(Classifier {
-            schema,
-            email_idx,
-            email_column: campaign.email_column.clone(),
+            reader: DonorReader::new(schema, email_idx, &campaign.email_column),
             rules,
             suppressions: Arc::new(suppressions),
             seen: KeySet::default(),
@@ -110,9 +108,7 @@ impl Classifier {
     /// the suppression lists and starts with no addresses seen.
     pub(super) fn twin(&self) -> Classifier {
         Classifier {
-            schema: self.schema.clone(),
-            email_idx: self.email_idx,
-            email_column: self.email_column.clone(),
+            reader: self.reader.clone(),
             rules: self.rules.clone(),
             suppressions: Arc::clone(&self.suppressions),
             seen: KeySet::default(),
@@ -138,27 +134,19 @@ impl Classifier {
     /// [`Classifier::last_key`] in input order. Lets dedupe run on another thread.
     pub(super) fn assess(&mut self, rec: &RawRecord<'_>) -> Outcome {
         self.last_key = None;
-        let fields = match self.fields(rec) {
+        let fields = match self.reader.fields(rec) {
             Ok(f) => f,
-            Err(o) => return o,
+            Err(p) => return p.into(),
         };
-        let addr = match Address::parse(fields.get(self.email_idx)) {
+        let addr = match self.reader.address(&fields) {
             Ok(a) => a,
-            Err(e) => {
-                return Outcome::Rejected {
-                    kind: format!("bad address in {}", self.email_column),
-                    reason: format!("{}: {e}", self.email_column),
-                };
-            }
+            Err(p) => return p.into(),
         };
         let key = addr.key();
         // Remembered before the value checks so `--explain` finds rows rejected for values.
         self.last_key = Some(key);
-        if let Err(e) = self.schema.parse_row(&fields, &mut self.typed) {
-            return Outcome::Rejected {
-                kind: format!("bad value in {}", e.column),
-                reason: e.to_string(),
-            };
+        if let Err(p) = self.reader.typed(&fields, &mut self.typed) {
+            return p.into();
         }
         if let Some(s) = self.suppressions.check(&addr, key) {
             return Outcome::Suppressed(s);
@@ -183,8 +171,8 @@ impl Classifier {
     /// Each rule's verdict on a row, with the values it looked at; `None` when the row does not
     /// get as far as the rules (bad structure or values).
     pub(super) fn explain_rules(&mut self, rec: &RawRecord<'_>) -> Option<Vec<String>> {
-        let fields = self.fields(rec).ok()?;
-        self.schema.parse_row(&fields, &mut self.typed).ok()?;
+        let fields = self.reader.fields(rec).ok()?;
+        self.reader.typed(&fields, &mut self.typed).ok()?;
         Some(
             self.rules
                 .iter()
@@ -195,40 +183,14 @@ impl Classifier {
                 .collect(),
         )
     }
+}
 
-    fn fields<'r>(&self, rec: &RawRecord<'r>) -> Result<Fields<'r>, Outcome> {
-        let fields = rec.fields().map_err(|_| {
-            // Counted in the line as written, which is what an editor shows.
-            let at = std::str::from_utf8(rec.raw)
-                .err()
-                .map_or(0, |e| e.valid_up_to() + 1);
-            Outcome::Rejected {
-                kind: "not UTF-8".into(),
-                reason: format!(
-                    "not valid UTF-8 (byte {at} of the line); re-export the file as UTF-8"
-                ),
-            }
-        })?;
-        if rec.field_count() != self.schema.len() {
-            let spans = if rec.lines > 1 {
-                format!(
-                    "; it spans lines {}-{}, so a quote is probably not closed",
-                    rec.line,
-                    rec.line + rec.lines - 1
-                )
-            } else {
-                String::new()
-            };
-            return Err(Outcome::Rejected {
-                kind: "wrong number of fields".into(),
-                reason: format!(
-                    "has {} fields but the header has {}{spans}",
-                    rec.field_count(),
-                    self.schema.len()
-                ),
-            });
+impl From<RowProblem> for Outcome {
+    fn from(p: RowProblem) -> Outcome {
+        Outcome::Rejected {
+            kind: p.kind,
+            reason: p.reason,
         }
-        Ok(fields)
     }
 }
 
