@@ -14,6 +14,18 @@ fn with(extra: &str) -> String {
     format!("{CAMPAIGN}{extra}")
 }
 
+/// A real send with the secret set and no relay given but the campaign file's.
+fn real_send(w: &Workdir) -> std::process::Output {
+    w.command()
+        .args(["send", "run"])
+        .env(
+            "CAMPAIGN_UNSUBSCRIBE_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .output()
+        .unwrap()
+}
+
 fn check(w: &Workdir) -> std::process::Output {
     w.run(&["check", "campaign.toml", "--donors", "donors.csv"])
 }
@@ -51,14 +63,7 @@ fn a_rate_that_is_not_a_rate_is_refused() {
     for n in ["campaign.toml", "[send] rate", "\"fast\"", "50/s"] {
         assert!(stderr(&o).contains(n), "{n:?} not in {}", stderr(&o));
     }
-    let o = w.run(&[
-        "segment",
-        "donors.csv",
-        "--campaign",
-        "campaign.toml",
-        "--out",
-        "run",
-    ]);
+    let o = try_segment(&w);
     assert_code(&o, 2);
     assert!(stderr(&o).contains("[send] rate"), "{}", stderr(&o));
 }
@@ -137,15 +142,7 @@ fn settings_only_the_environment_decides_are_notes_for_check_and_problems_for_se
         "{}",
         stderr(&o)
     );
-    let o = w
-        .command()
-        .args(["send", "run"])
-        .env(
-            "CAMPAIGN_UNSUBSCRIBE_SECRET",
-            "0123456789abcdef0123456789abcdef",
-        )
-        .output()
-        .unwrap();
+    let o = real_send(&w);
     assert_code(&o, 2);
     assert!(
         stderr(&o).contains("no SMTP relay configured"),
@@ -175,15 +172,7 @@ fn a_dry_run_refuses_the_smtp_settings_a_send_would_refuse() {
     );
     assert!(!w.path("run/previews").exists(), "nothing rendered");
     // And the send refuses it too, before anything is locked or sent.
-    let o = w
-        .command()
-        .args(["send", "run"])
-        .env(
-            "CAMPAIGN_UNSUBSCRIBE_SECRET",
-            "0123456789abcdef0123456789abcdef",
-        )
-        .output()
-        .unwrap();
+    let o = real_send(&w);
     assert_code(&o, 2);
     assert!(
         stderr(&o).contains("did you mean \"starttls\"?"),
