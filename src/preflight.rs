@@ -208,7 +208,12 @@ pub fn campaign(
     let preparer = match Preparer::new(&inputs, secret, now) {
         Ok(p) => p,
         Err(ps) => {
-            f.problems.extend(ps);
+            // The rules' check already said what is wrong with the export's header.
+            for p in ps {
+                if !f.problems.contains(&p) {
+                    f.problems.push(p);
+                }
+            }
             return f;
         }
     };
@@ -334,15 +339,8 @@ fn made_up_row(campaign: &Campaign, header: &[String], today: Date) -> Option<Ow
 fn rules(campaign: &Campaign, header: Option<&[String]>, today: Date, f: &mut Findings) {
     match header {
         Some(header) => match Schema::new(header, &campaign.columns) {
+            // The email column is the preparer's to check.
             Ok(schema) => {
-                if schema.column(&campaign.email_column).is_none() {
-                    f.problems.push(format!(
-                        "{}: email_column {:?} is not a column of the donor file; its columns are {}",
-                        campaign.path.display(),
-                        campaign.email_column,
-                        header.join(", ")
-                    ));
-                }
                 if let Err(ps) = rules::compile_rules(campaign, &schema, today) {
                     f.problems.extend(ps);
                 }

@@ -82,16 +82,24 @@ impl Preparer {
     ) -> Result<Preparer, Vec<String>> {
         let campaign = inputs.campaign;
         let mut problems = Vec::new();
-        let schema = Schema::new(inputs.header, &campaign.columns)
-            .map_err(|e| vec![format!("{}: {e}", campaign.path.display())])?;
-        let email_idx = match schema.column(inputs.email_column) {
-            Some(c) => c.index,
-            None => {
-                return Err(vec![format!(
-                    "the run's header has no column {:?}",
-                    inputs.email_column
-                )]);
+        // Every part is checked even when an earlier one failed, so `check` reports all.
+        let reader = match Schema::new(inputs.header, &campaign.columns) {
+            Err(e) => {
+                problems.push(format!("{}: {e}", campaign.path.display()));
+                None
             }
+            Ok(schema) => match schema.column(inputs.email_column).map(|c| c.index) {
+                Some(i) => Some(DonorReader::new(schema, i, inputs.email_column)),
+                None => {
+                    problems.push(format!(
+                        "{}: email_column {:?} is not a column of the donor file; its columns are {}",
+                        campaign.path.display(),
+                        inputs.email_column,
+                        inputs.header.join(", ")
+                    ));
+                    None
+                }
+            },
         };
         let composer = match &campaign.message {
             None => {
@@ -120,9 +128,9 @@ impl Preparer {
                     .map(Problem::to_string),
             );
         }
-        match composer {
-            Some(composer) if problems.is_empty() => Ok(Preparer {
-                reader: DonorReader::new(schema, email_idx, inputs.email_column),
+        match (reader, composer) {
+            (Some(reader), Some(composer)) if problems.is_empty() => Ok(Preparer {
+                reader,
                 templates,
                 composer,
                 secret,

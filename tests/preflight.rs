@@ -180,3 +180,24 @@ fn a_dry_run_refuses_the_smtp_settings_a_send_would_refuse() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_wrong_email_column_is_reported_once_and_the_rest_still_checked() {
+    let w = setup(DONORS);
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace(
+            "id = \"dry-2026\"",
+            "id = \"dry-2026\"\nemail_column = \"e_mail\"",
+        ),
+    );
+    w.write("templates/general/body.txt", "Hello {{ city }}\n");
+    let o = check(&w);
+    assert_code(&o, 2);
+    let out = stdout(&o);
+    assert_eq!(out.matches("email_column \"e_mail\"").count(), 1, "{out}");
+    assert!(
+        out.contains("general/body.txt:1") && out.contains("city"),
+        "{out}"
+    );
+}
