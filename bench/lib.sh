@@ -5,6 +5,11 @@
 # release build, generated inputs in bench-data/, a timing wrapper that records wall time and
 # peak RSS, medians, and loopback smtp-sink servers that are killed when the script exits.
 # Everything network-related listens on or connects to 127.0.0.1 only.
+#
+# `build` honours two optional variables (unset: build both from this checkout, as before):
+#   CAMPAIGN_BIN  use this campaign binary instead of building it (e.g. one built in a git
+#                 worktree at a given commit); the header then gives its sha256, not src/'s
+#   CAMPAIGN_GEN  use this gen_donors binary; unset, only the example is built here
 
 ROOT=$PWD
 DATA=bench-data
@@ -70,20 +75,45 @@ ensure_mailmerge() {
     fi
 }
 
+given_binary() { # VARIABLE PATH: absolute path of an executable given in VARIABLE, or exit
+    if [[ ! -x $2 || -d $2 ]]; then
+        log "$1=$2 is not an executable file"
+        exit 1
+    fi
+    realpath "$2"
+}
+bin_fingerprint() { sha256sum "$1" | cut -c1-12; } # FILE: first 12 hex digits of its sha256
+
 build() {
-    log "building (release)"
-    cargo build --release --quiet
-    cargo build --release --quiet --example gen_donors
-    # Others edit src/ while benchmarks run: record which sources the binary was built from.
-    SRC_FINGERPRINT=$(find src Cargo.toml Cargo.lock -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
-    CAMPAIGN=$ROOT/target/release/campaign
-    GEN=$ROOT/target/release/examples/gen_donors
+    if [[ -z ${CAMPAIGN_BIN:-} ]]; then
+        log "building (release)"
+        cargo build --release --quiet
+    fi
+    if [[ -z ${CAMPAIGN_GEN:-} ]]; then
+        if [[ -n ${CAMPAIGN_BIN:-} ]]; then log "building gen_donors (release)"; fi
+        cargo build --release --quiet --example gen_donors
+        GEN=$ROOT/target/release/examples/gen_donors
+    else
+        GEN=$(given_binary CAMPAIGN_GEN "$CAMPAIGN_GEN")
+    fi
+    if [[ -n ${CAMPAIGN_BIN:-} ]]; then
+        CAMPAIGN=$(given_binary CAMPAIGN_BIN "$CAMPAIGN_BIN")
+        SRC_FINGERPRINT=
+    else
+        # Others edit src/ while benchmarks run: record which sources the binary was built from.
+        SRC_FINGERPRINT=$(find src Cargo.toml Cargo.lock -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
+        CAMPAIGN=$ROOT/target/release/campaign
+    fi
 }
 
 machine_header() { # TITLE
     echo "# $1, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
-    echo "# sources (src/, Cargo.toml, Cargo.lock) sha256 fingerprint: $SRC_FINGERPRINT"
+    if [[ -n ${CAMPAIGN_BIN:-} ]]; then
+        echo "# campaign: CAMPAIGN_BIN=$CAMPAIGN (not built here), sha256 $(bin_fingerprint "$CAMPAIGN")"
+    else
+        echo "# sources (src/, Cargo.toml, Cargo.lock) sha256 fingerprint: $SRC_FINGERPRINT"
+    fi
 }
 
 # --- data ---------------------------------------------------------------------------------
