@@ -11,6 +11,7 @@
 //! RUN/segments/<segment>/00001.csv
 //! RUN/dropped/{rejected,duplicate,suppressed,unmatched}.csv
 //! RUN/ledger/                    created by `send`; its presence means sending has started
+//! RUN/ledger/lock                the lock a `send` holds on the run
 //! RUN/ledger/templates.sha256     the templates' fingerprint when sending started
 //! RUN/previews/<segment>/NNN.eml  written by `send --dry-run`
 //! RUN/previews/failures.csv       donors a dry run could not render
@@ -36,6 +37,8 @@ pub const SEGMENTS_DIR: &str = "segments";
 pub const DROPPED_DIR: &str = "dropped";
 /// The delivery ledger's directory; once it exists the run must never be replaced.
 pub const LEDGER_DIR: &str = "ledger";
+/// Inside [`LEDGER_DIR`]: the lock a `send` holds on the run.
+pub const RUN_LOCK: &str = "lock";
 /// Inside [`LEDGER_DIR`]: the fingerprint of the templates sending started with.
 pub const TEMPLATES_FINGERPRINT: &str = "templates.sha256";
 /// The dry run's preview directory, one subdirectory per segment.

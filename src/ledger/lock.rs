@@ -7,10 +7,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 
 use super::{LedgerError, sync_dir, to_millis};
-use crate::rundir::LEDGER_DIR;
-
-/// The lock file's name inside `RUN/ledger/`.
-const LOCK_FILE: &str = "lock";
+use crate::rundir::{LEDGER_DIR, RUN_LOCK};
 
 /// Prevents two `send` processes on one run (cron overlap): an exclusive lock on
 /// `RUN/ledger/lock`, held until drop.
@@ -37,7 +34,7 @@ impl RunLock {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(LedgerError::io(&dir, e)),
         }
-        let path = dir.join(LOCK_FILE);
+        let path = dir.join(RUN_LOCK);
         let io = |e| LedgerError::io(&path, e);
         // Not truncated on open: the content belongs to whoever holds the lock.
         let mut file = OpenOptions::new()
