@@ -180,6 +180,7 @@ struct SendToml {
     concurrency: Option<usize>,
     max_attempts: Option<u32>,
     retry_delay_seconds: Option<f64>,
+    max_wait_seconds: Option<f64>,
 }
 
 /// The `[send]` table, checked: pacing defaults, overridden by `campaign send` flags.
@@ -195,6 +196,8 @@ pub struct SendSettings {
     pub max_attempts: Option<u32>,
     /// First retry delay; doubles each attempt, with jitter.
     pub retry_delay: Option<Duration>,
+    /// How long to wait at the end of a run for retries to fall due.
+    pub max_wait: Option<Duration>,
 }
 
 impl SendToml {
@@ -206,23 +209,37 @@ impl SendToml {
             ),
             None => None,
         };
-        let retry_delay = match self.retry_delay_seconds {
-            // A negative delay means "no delay", as it always has.
-            Some(secs) if secs.is_finite() => Some(Duration::from_secs_f64(secs.max(0.0))),
-            Some(secs) => {
-                return Err(format!(
-                    "[send] retry_delay_seconds = {secs} is not a number of seconds; write e.g. 30"
-                ));
-            }
-            None => None,
-        };
+        let retry_delay = self
+            .retry_delay_seconds
+            .map(|s| seconds("retry_delay_seconds", s))
+            .transpose()?;
+        let max_wait = self
+            .max_wait_seconds
+            .map(|s| seconds("max_wait_seconds", s))
+            .transpose()?;
         Ok(SendSettings {
             rate,
             daily_cap: self.daily_cap,
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
             retry_delay,
+            max_wait,
         })
+    }
+}
+
+/// The longest duration any setting takes: a week; a send is not meant to sleep longer.
+pub const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+
+/// Seconds from the campaign file or the command line: a number from 0 to a week (a negative
+/// number means 0, as it always has for the retry delay).
+pub fn seconds(what: &str, secs: f64) -> Result<Duration, String> {
+    if secs.is_finite() && secs <= MAX_SECONDS {
+        Ok(Duration::from_secs_f64(secs.max(0.0)))
+    } else {
+        Err(format!(
+            "{what} = {secs} is not a number of seconds from 0 to {MAX_SECONDS} (a week); write e.g. 30"
+        ))
     }
 }
 
@@ -504,8 +521,13 @@ template = "general"
             e.contains("c.toml") && e.contains("[send] rate") && e.contains("50/s"),
             "{e}"
         );
-        let e = parse(&format!("{GOOD}[send]\nretry_delay_seconds = inf\n")).unwrap_err();
-        assert!(e.contains("retry_delay_seconds"), "{e}");
+        for bad in ["inf", "nan", "1e300"] {
+            let e = parse(&format!("{GOOD}[send]\nretry_delay_seconds = {bad}\n")).unwrap_err();
+            assert!(
+                e.contains("retry_delay_seconds") && e.contains("a week"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

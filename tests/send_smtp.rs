@@ -107,6 +107,45 @@ fn a_temporary_rejection_is_retried_within_the_run() {
     assert_eq!(server.connections(), 2);
 }
 
+/// A deferral does not hold up the donors after it: with 6 of 300 deferred at RCPT, the
+/// other 294 reach the server first, then the 6 after their retry delay, and nobody twice.
+#[test]
+fn deferred_donors_wait_on_the_schedule_while_the_rest_are_sent() {
+    const DEFERRED: [&str; 6] = [
+        "d7@example.org",
+        "d50@example.org",
+        "d51@example.org",
+        "d120@example.org",
+        "d200@example.org",
+        "d299@example.org",
+    ];
+    let server = TestServer::with_policy(Arc::new(|step, rcpt, n| {
+        (step == Step::Rcpt && n == 0 && DEFERRED.contains(&rcpt))
+            .then(|| (451, "4.3.0 Temporary lookup failure".to_owned()))
+    }));
+    let w = setup(&donors(300));
+    segment(&w);
+    // A retry delay far longer than sending the rest takes, so the order says it all.
+    let o = w
+        .command()
+        .args(["send", "run", "--concurrency", "1", "--retry-delay", "2"])
+        .env("CAMPAIGN_SMTP_URL", server.url())
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    let received = server.received();
+    assert_eq!(received.len(), 300);
+    assert!(server.counts().values().all(|&c| c == 1), "nobody twice");
+    let (healthy, retried) = received.split_at(294);
+    assert!(
+        healthy
+            .iter()
+            .all(|r| !DEFERRED.contains(&r.to[0].as_str()))
+    );
+    assert!(retried.iter().all(|r| DEFERRED.contains(&r.to[0].as_str())));
+}
+
 #[test]
 fn a_donor_still_failing_after_max_attempts_is_deferred_for_the_next_run() {
     let server = TestServer::with_policy(Arc::new(|step, rcpt, n| {
@@ -194,6 +233,15 @@ fn a_policy_rejection_halts_the_run_and_leaves_the_rest_pending() {
         "donors are not blamed for the sender's problem"
     );
     assert!(total(&s, "pending") >= 48, "{s}");
+    // The process's own counts agree with the ledger's, and with the report it wrote.
+    let report: serde_json::Value = serde_json::from_str(&w.read("run/report.json")).unwrap();
+    for field in ["sent", "failed", "deferred", "unknown"] {
+        assert_eq!(
+            report["session"][field].as_u64().unwrap(),
+            total(&s, field),
+            "{field}: {report}"
+        );
+    }
 }
 
 #[test]

@@ -74,6 +74,12 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub retry_delay: Option<Duration>,
 
+    /// Once nothing else is left, wait at most this long for deferred donors' retries to
+    /// fall due; later ones stay deferred for the next run (default: [send]
+    /// max_wait_seconds, else 300).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub max_wait: Option<Duration>,
+
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -102,11 +108,10 @@ impl From<UnknownFlag> for OnUnknown {
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    match s.parse::<f64>() {
-        // A negative delay means "no delay", as in the campaign file.
-        Ok(secs) if secs.is_finite() => Ok(Duration::from_secs_f64(secs.max(0.0))),
-        _ => Err(format!("{s:?} is not a number of seconds (for example 30)")),
-    }
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds (for example 30)"))?;
+    campaign::campaign::seconds(s, secs)
 }
 
 impl Args {
@@ -118,6 +123,7 @@ impl Args {
             concurrency: self.concurrency,
             max_attempts: self.max_attempts,
             retry_delay: self.retry_delay,
+            max_wait: self.max_wait,
         }
     }
 }

@@ -16,10 +16,11 @@
 mod pacing;
 pub mod plan;
 mod reports;
+mod retry;
 mod worker;
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -36,6 +37,7 @@ pub use reports::{SegmentStatus, status};
 
 use pacing::Pacer;
 use reports::Summaries;
+use retry::RetryQueue;
 
 /// What to do with donors whose last attempt has an unknown outcome (the process or the
 /// connection died after the message body was sent, so the server may have it).
@@ -60,6 +62,9 @@ pub struct SendOptions {
     pub max_attempts: u32,
     /// First retry delay; doubles each attempt, plus up to 50% jitter.
     pub retry_delay: Duration,
+    /// How long the process waits, once no other work is left, for retries to fall due;
+    /// donors due later stay deferred for the next run.
+    pub max_wait: Duration,
     /// Recipients reserved per ledger fsync (group commit).
     pub batch: usize,
 }
@@ -68,8 +73,11 @@ impl SendOptions {
     /// Recipients reserved per ledger fsync.
     pub const BATCH: usize = 32;
 
+    /// Waiting for retries at the end of a run, when neither flags nor table say.
+    pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
     /// The options from `flags` where given, else the campaign's `[send]` table, else the
-    /// defaults (8 connections, 3 attempts, 30 s first retry).
+    /// defaults (8 connections, 3 attempts, 30 s first retry, 5 min waiting for retries).
     pub fn new(flags: &SendSettings, table: &SendSettings, on_unknown: OnUnknown) -> SendOptions {
         SendOptions {
             concurrency: flags.concurrency.or(table.concurrency).unwrap_or(8).max(1),
@@ -84,6 +92,7 @@ impl SendOptions {
                 .retry_delay
                 .or(table.retry_delay)
                 .unwrap_or(Duration::from_secs(30)),
+            max_wait: flags.max_wait.or(table.max_wait).unwrap_or(Self::MAX_WAIT),
             batch: Self::BATCH,
         }
     }
@@ -175,6 +184,9 @@ struct Shared<'a> {
     stop: &'a AtomicBool,
     source: &'a dyn WorkSource,
     pacer: Pacer<'a>,
+    retries: RetryQueue,
+    /// When a worker first found no lease left: the waiting for retries counts from here.
+    idle_since: OnceLock<Duration>,
     halt: Mutex<Option<String>>,
     counts: Mutex<SessionCounts>,
 }
@@ -182,6 +194,11 @@ struct Shared<'a> {
 impl Shared<'_> {
     fn halted(&self) -> bool {
         self.stop.load(Ordering::Relaxed) || self.halt.lock().map(|h| h.is_some()).unwrap_or(true)
+    }
+
+    /// The latest due time a retry may have and still be waited for.
+    fn wait_deadline(&self, now: Duration) -> Duration {
+        *self.idle_since.get_or_init(|| now) + self.opts.max_wait
     }
 
     fn halt(&self, reason: String) {
@@ -222,6 +239,8 @@ pub fn send(
         stop: cx.stop,
         source: plan,
         pacer: Pacer::new(opts.rate, cx.clock),
+        retries: RetryQueue::default(),
+        idle_since: OnceLock::new(),
         halt: Mutex::new(None),
         counts: Mutex::new(SessionCounts::default()),
     };
@@ -245,6 +264,11 @@ pub fn send(
     });
     if let Some(e) = errors.into_inner().unwrap_or_default().into_iter().next() {
         return Err(e);
+    }
+    // Retries not due within the run (or cut short by a stop) stay deferred for the next.
+    for r in shared.retries.drain() {
+        shared.count(r.segment, |c| c.deferred += 1);
+        plan.release(r.segment, r.chunk)?;
     }
     let halt = shared.halt.into_inner().unwrap_or(None);
     let counts = shared.counts.into_inner().unwrap_or_default();

@@ -12,6 +12,9 @@ use std::time::Duration;
 use crate::campaign::Rate;
 use crate::clock::Clock;
 
+/// The longest a wait goes without looking at the stop flag.
+const STEP: Duration = Duration::from_millis(100);
+
 /// The slowest the pacer ever gets: one message every 10 s; the relay will recover.
 const SLOWEST_NS: u64 = 10_000_000_000;
 
@@ -39,12 +42,13 @@ impl<'a> Pacer<'a> {
         }
     }
 
-    /// Waits for this message's slot.
-    pub(super) fn wait(&self) {
+    /// Waits for this message's slot, in steps short enough that `stop` is noticed within
+    /// a tenth of a second; `false` when it said stop before the slot came.
+    pub(super) fn wait(&self, stop: &dyn Fn() -> bool) -> bool {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let interval = self.interval_ns.load(Ordering::Relaxed);
         if interval == 0 {
-            return;
+            return true;
         }
         let slot = {
             let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
@@ -52,9 +56,15 @@ impl<'a> Pacer<'a> {
             *next = slot + Duration::from_nanos(interval);
             slot
         };
-        let now = self.clock.elapsed();
-        if slot > now {
-            self.clock.sleep(slot - now);
+        loop {
+            let now = self.clock.elapsed();
+            if slot <= now {
+                return true;
+            }
+            if stop() {
+                return false;
+            }
+            self.clock.sleep((slot - now).min(STEP));
         }
     }
 
@@ -88,7 +98,7 @@ mod tests {
         p.slow_down();
         assert_eq!(p.interval_ns.load(Ordering::Relaxed), 2_000_000);
         let unlimited = Pacer::new(None, &clock);
-        unlimited.wait();
+        assert!(unlimited.wait(&|| false));
         unlimited.slow_down();
         assert!(unlimited.interval_ns.load(Ordering::Relaxed) > 0);
     }
@@ -98,25 +108,36 @@ mod tests {
         let clock = ManualClock::new(jiff::Timestamp::UNIX_EPOCH);
         let p = Pacer::new(Some("2/s".parse().unwrap()), &clock);
         for _ in 0..5 {
-            p.wait();
+            assert!(p.wait(&|| false));
         }
         // The first message goes at once, each later one half a second after the one before.
         assert_eq!(clock.elapsed(), Duration::from_millis(2000));
         clock.advance(Duration::from_secs(10));
-        p.wait();
+        assert!(p.wait(&|| false));
         assert_eq!(
             clock.elapsed(),
             Duration::from_secs(12),
             "an idle gap is not owed"
         );
         p.slow_down();
-        p.wait();
+        assert!(p.wait(&|| false));
         assert_eq!(clock.elapsed(), Duration::from_millis(12_500));
-        p.wait();
+        assert!(p.wait(&|| false));
         assert_eq!(
             clock.elapsed(),
             Duration::from_millis(13_500),
             "one per second now"
         );
+    }
+
+    #[test]
+    fn a_stop_is_noticed_within_a_step() {
+        let clock = ManualClock::new(jiff::Timestamp::UNIX_EPOCH);
+        let p = Pacer::new(Some("6/min".parse().unwrap()), &clock);
+        assert!(p.wait(&|| false));
+        // The next slot is 10 s away; a stop raised after 0.3 s ends the wait at once.
+        let start = clock.elapsed();
+        assert!(!p.wait(&|| clock.elapsed() - start >= Duration::from_millis(300)));
+        assert_eq!(clock.elapsed() - start, Duration::from_millis(300));
     }
 }

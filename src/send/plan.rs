@@ -50,7 +50,7 @@ impl PlanError {
 }
 
 /// A chunk's ledger shared by the workers on its slices.
-pub(super) type SharedLedger = Arc<Mutex<ChunkLedger>>;
+pub type SharedLedger = Arc<Mutex<ChunkLedger>>;
 
 /// Locks a ledger; a poisoned lock only means another worker panicked mid-write, and the
 /// ledger's own state is still consistent record by record.
@@ -100,8 +100,13 @@ pub trait WorkSource: Sync {
     fn next_lease(&self) -> Result<Option<Lease>>;
     /// Opens the lease's ledger for writing, before anything of it is reserved.
     fn open(&self, lease: &mut Lease) -> Result<()>;
-    /// The lease is finished (or abandoned): its ledger is synced once no lease holds it.
+    /// The lease is finished (or abandoned): its ledger is synced once nothing holds it.
     fn done(&self, lease: Lease) -> Result<()>;
+    /// Keeps the ledger of the lease's chunk open after the lease is done: a retry of one of
+    /// its donors is scheduled. Each call is matched by one [`WorkSource::release`].
+    fn retain(&self, segment: usize, chunk: usize, ledger: &SharedLedger);
+    /// A retry of the chunk's is settled; the ledger is synced once nothing holds it.
+    fn release(&self, segment: usize, chunk: usize) -> Result<()>;
     /// Takes up to `n` messages from the budget; 0 when it is spent.
     fn take_budget(&self, n: u64) -> u64;
     /// Gives back messages taken but not started.
@@ -127,7 +132,7 @@ pub struct InProcessPlan<'a> {
     session: Session,
     jobs: Vec<Job>,
     next: AtomicUsize,
-    /// Open ledgers of chunks cut into slices, with the number of slices still to finish.
+    /// Ledgers open for writing, with how many leases and retries still hold each.
     open: Mutex<HashMap<(usize, usize), (SharedLedger, usize)>>,
     budget: AtomicU64,
     budget_reason: Stop,
@@ -191,8 +196,8 @@ impl<'a> InProcessPlan<'a> {
         self.budget_reason.clone()
     }
 
-    /// Syncs ledgers still open (a halt leaves slices unfinished) and hands over what was
-    /// learned of each chunk worked on.
+    /// Syncs ledgers still open (a halt or an error leaves some held) and hands over what
+    /// was learned of each chunk worked on.
     pub(super) fn finish(&self) -> Result<Summaries> {
         let mut summaries =
             std::mem::take(&mut *self.summaries.lock().unwrap_or_else(|p| p.into_inner()));
@@ -205,11 +210,11 @@ impl<'a> InProcessPlan<'a> {
         Ok(summaries)
     }
 
-    fn summarise(&self, lease: &Lease, states: &ChunkStates) {
+    fn summarise(&self, segment: usize, chunk: usize, states: &ChunkStates) {
         self.summaries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(lease.segment, lease.chunk, ChunkSummary::of(states));
+            .insert(segment, chunk, ChunkSummary::of(states));
     }
 }
 
@@ -251,34 +256,52 @@ impl WorkSource for InProcessPlan<'_> {
     fn open(&self, lease: &mut Lease) -> Result<()> {
         if let LeaseLedger::Preview(_) = lease.ledger {
             let file = &self.run.manifest.segments[lease.segment].chunks[lease.chunk].file;
-            let l = ChunkLedger::open(self.run.dir(), file, &self.session)?;
-            lease.ledger = LeaseLedger::Open(Arc::new(Mutex::new(l)));
+            let l = Arc::new(Mutex::new(ChunkLedger::open(
+                self.run.dir(),
+                file,
+                &self.session,
+            )?));
+            self.open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((lease.segment, lease.chunk), (Arc::clone(&l), 1));
+            lease.ledger = LeaseLedger::Open(l);
         }
         Ok(())
     }
 
     fn done(&self, lease: Lease) -> Result<()> {
         match &lease.ledger {
-            LeaseLedger::Preview(states) => self.summarise(&lease, states),
-            LeaseLedger::Open(l) => {
-                let key = (lease.segment, lease.chunk);
-                let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-                let last = match open.get_mut(&key) {
-                    Some((_, left)) => {
-                        *left -= 1;
-                        *left == 0
-                    }
-                    // A whole chunk, opened by its only lease.
-                    None => true,
-                };
-                if last {
-                    open.remove(&key);
-                    drop(open);
-                    let mut l = lock(l);
-                    l.sync()?;
-                    self.summarise(&lease, l.states());
-                }
+            LeaseLedger::Preview(states) => {
+                self.summarise(lease.segment, lease.chunk, states);
+                Ok(())
             }
+            LeaseLedger::Open(_) => self.release(lease.segment, lease.chunk),
+        }
+    }
+
+    fn retain(&self, segment: usize, chunk: usize, ledger: &SharedLedger) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.entry((segment, chunk))
+            .or_insert_with(|| (Arc::clone(ledger), 0))
+            .1 += 1;
+    }
+
+    fn release(&self, segment: usize, chunk: usize) -> Result<()> {
+        let key = (segment, chunk);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let last = match open.get_mut(&key) {
+            Some((_, held)) => {
+                *held -= 1;
+                *held == 0
+            }
+            None => false,
+        };
+        if last && let Some((l, _)) = open.remove(&key) {
+            drop(open);
+            let mut l = lock(&l);
+            l.sync()?;
+            self.summarise(segment, chunk, l.states());
         }
         Ok(())
     }

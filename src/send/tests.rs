@@ -17,12 +17,19 @@ use crate::progress::NoProgress;
 use crate::segment::{self, SegmentOptions};
 use crate::transport::{Journal, Outbound, Outcome};
 
-const DONORS: usize = 40;
+/// Donors in the run [`segmented`] makes.
+const DONORS: usize = 300;
 
-/// A transport that defers each recipient's first `defer` attempts with a 451, then accepts.
+/// Decides a reply instead of acceptance: gets the recipient and its attempt number (from 1).
+type Policy = Arc<dyn Fn(&str, u32) -> Option<Outcome> + Send + Sync>;
+
+/// A transport that asks a policy for every message, and logs each attempt with the clock's
+/// time.
 struct Fake {
     attempts: Arc<Mutex<HashMap<String, u32>>>,
-    defer: u32,
+    log: Arc<Mutex<Vec<(String, u32, Duration)>>>,
+    clock: Arc<ManualClock>,
+    policy: Policy,
 }
 
 impl Transport for Fake {
@@ -38,14 +45,13 @@ impl Transport for Fake {
                 *n += 1;
                 *n
             };
-            let outcome = if n <= self.defer {
-                Outcome::Deferred {
-                    code: Some(451),
-                    text: "4.3.0 try again".into(),
-                    throttle: false,
-                }
-            } else {
-                match journal.transmitting(i) {
+            self.log
+                .lock()
+                .unwrap()
+                .push((to.to_owned(), n, self.clock.elapsed()));
+            let outcome = match (self.policy)(to, n) {
+                Some(refusal) => refusal,
+                None => match journal.transmitting(i) {
                     Ok(()) => Outcome::Accepted {
                         reply: format!("2.0.0 queued as {n}"),
                     },
@@ -53,7 +59,7 @@ impl Transport for Fake {
                         code: None,
                         text: e.to_string(),
                     },
-                }
+                },
             };
             journal.outcome(i, outcome);
         }
@@ -61,6 +67,24 @@ impl Transport for Fake {
     }
 
     fn close(&mut self) {}
+}
+
+/// What a fake relay saw over several `send` processes.
+#[derive(Default, Clone)]
+struct Relay {
+    attempts: Arc<Mutex<HashMap<String, u32>>>,
+    log: Arc<Mutex<Vec<(String, u32, Duration)>>>,
+}
+
+/// Defers each recipient's first `n` attempts with a 451.
+fn defer_first(n: u32) -> Policy {
+    Arc::new(move |_, attempt| {
+        (attempt <= n).then(|| Outcome::Deferred {
+            code: Some(451),
+            text: "4.3.0 try again".into(),
+            throttle: false,
+        })
+    })
 }
 
 /// A segmented run of `DONORS` donors in `dir/run`.
@@ -106,11 +130,11 @@ fn ready(run: &OpenedRun, clock: &ManualClock) -> Ready {
 /// One `send` process over the whole run.
 fn send_once(
     run: &OpenedRun,
-    clock: &ManualClock,
+    clock: &Arc<ManualClock>,
     opts: &SendOptions,
     daily_cap: Option<u64>,
-    attempts: &Arc<Mutex<HashMap<String, u32>>>,
-    defer: u32,
+    relay: &Relay,
+    policy: Policy,
 ) -> SendReport {
     let ready = ready(run, clock);
     let selection = Selection::all(&run.manifest);
@@ -126,7 +150,7 @@ fn send_once(
         opts.batch,
         budget,
         &fingerprint,
-        clock,
+        &**clock,
     )
     .unwrap();
     let stop = AtomicBool::new(false);
@@ -134,14 +158,16 @@ fn send_once(
         run,
         selection: &selection,
         preparer: &ready.preparer,
-        clock,
+        clock: &**clock,
         progress: &NoProgress,
         stop: &stop,
     };
     let new_transport = || -> Box<dyn Transport> {
         Box::new(Fake {
-            attempts: Arc::clone(attempts),
-            defer,
+            attempts: Arc::clone(&relay.attempts),
+            log: Arc::clone(&relay.log),
+            clock: Arc::clone(clock),
+            policy: Arc::clone(&policy),
         })
     };
     send(&cx, opts, &plan, &new_transport).unwrap()
@@ -154,6 +180,7 @@ fn options() -> SendOptions {
         on_unknown: OnUnknown::Skip,
         max_attempts: 3,
         retry_delay: Duration::from_secs(30),
+        max_wait: SendOptions::MAX_WAIT,
         batch: 8,
     }
 }
@@ -174,14 +201,17 @@ fn retries_wait_on_the_clock_and_the_ledger_keeps_its_time() {
     let run = segmented(tmp.path());
     // Ten seconds before midnight: the first attempts are on 1 December, the retries, 30 s
     // and more later, on the 2nd.
-    let clock = ManualClock::new("2026-12-01T23:59:50Z".parse().unwrap());
-    let attempts = Arc::default();
-    let report = send_once(&run, &clock, &options(), None, &attempts, 1);
+    let clock = Arc::new(ManualClock::new("2026-12-01T23:59:50Z".parse().unwrap()));
+    let relay = Relay::default();
+    // One worker, so nobody else's waiting moves the clock (see below).
+    let mut opts = options();
+    opts.concurrency = 1;
+    let report = send_once(&run, &clock, &opts, None, &relay, defer_first(1));
     assert_eq!(report.stop, Stop::Finished);
     assert_eq!(report.session.sent, DONORS as u64);
     assert_eq!(report.remaining(), 0);
     assert!(
-        attempts.lock().unwrap().values().all(|&n| n == 2),
+        relay.attempts.lock().unwrap().values().all(|&n| n == 2),
         "each donor deferred once, then accepted"
     );
     // The backoff (30 s, plus up to 50% jitter) passed on the clock, not on the wall; a
@@ -207,23 +237,108 @@ fn retries_wait_on_the_clock_and_the_ledger_keeps_its_time() {
 fn the_daily_cap_follows_the_clock_day() {
     let tmp = tempfile::tempdir().unwrap();
     let run = segmented(tmp.path());
-    let clock = ManualClock::new("2026-12-01T09:00:00Z".parse().unwrap());
-    let attempts = Arc::default();
-    let first = send_once(&run, &clock, &options(), Some(15), &attempts, 0);
+    let clock = Arc::new(ManualClock::new("2026-12-01T09:00:00Z".parse().unwrap()));
+    let relay = Relay::default();
+    let first = send_once(&run, &clock, &options(), Some(15), &relay, defer_first(0));
     assert_eq!(first.stop, Stop::DailyCap);
     assert_eq!(first.session.sent, 15);
     clock.advance(Duration::from_secs(3600));
-    let same_day = send_once(&run, &clock, &options(), Some(15), &attempts, 0);
+    let same_day = send_once(&run, &clock, &options(), Some(15), &relay, defer_first(0));
     assert_eq!(same_day.session.sent, 0, "the cap holds across processes");
     assert_eq!(same_day.stop, Stop::DailyCap);
     clock.advance(Duration::from_secs(24 * 3600));
-    let next_day = send_once(&run, &clock, &options(), Some(15), &attempts, 0);
+    let next_day = send_once(&run, &clock, &options(), Some(15), &relay, defer_first(0));
     assert_eq!(next_day.session.sent, 15);
-    let last = send_once(&run, &clock, &options(), Some(100), &attempts, 0);
+    let last = send_once(&run, &clock, &options(), None, &relay, defer_first(0));
     assert_eq!(last.session.sent, (DONORS - 30) as u64);
     assert_eq!(last.stop, Stop::Finished);
     assert!(
-        attempts.lock().unwrap().values().all(|&n| n == 1),
+        relay.attempts.lock().unwrap().values().all(|&n| n == 1),
         "nobody twice"
     );
+}
+
+/// The throttling case: 6 of 300 donors get a 421 on their first attempt. Their
+/// retries wait on the schedule while the worker goes on: the other 294 are all sent before
+/// the first retry is due, then the 6 are sent, and nothing is left deferred.
+#[test]
+fn a_deferral_never_blocks_the_other_donors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = segmented(tmp.path());
+    let clock = Arc::new(ManualClock::new("2026-12-01T09:00:00Z".parse().unwrap()));
+    let relay = Relay::default();
+    let throttled: Vec<String> = [7, 50, 51, 120, 200, 299]
+        .iter()
+        .map(|i| format!("d{i}@example.org"))
+        .collect();
+    let policy: Policy = {
+        let throttled = throttled.clone();
+        Arc::new(move |to, attempt| {
+            (attempt == 1 && throttled.iter().any(|t| t == to)).then(|| Outcome::Deferred {
+                code: Some(421),
+                text: "4.7.0 Try again later, closing connection".into(),
+                throttle: true,
+            })
+        })
+    };
+    // One worker: a manual clock moves when anyone sleeps on it, so a second worker waiting
+    // for retries would move time under the first one's feet.
+    let mut opts = options();
+    opts.concurrency = 1;
+    let report = send_once(&run, &clock, &opts, None, &relay, policy);
+    assert_eq!(report.stop, Stop::Finished);
+    assert_eq!(report.session.sent, DONORS as u64);
+    assert_eq!(report.session.deferred, 0);
+    let log = relay.log.lock().unwrap();
+    assert_eq!(log.len(), DONORS + throttled.len());
+    let first_retry = log
+        .iter()
+        .filter(|(_, n, _)| *n == 2)
+        .map(|(_, _, at)| *at)
+        .min()
+        .unwrap();
+    assert!(first_retry >= Duration::from_secs(30), "{first_retry:?}");
+    let healthy_done = log
+        .iter()
+        .filter(|(to, _, _)| !throttled.contains(to))
+        .map(|(_, _, at)| *at)
+        .max()
+        .unwrap();
+    assert!(
+        healthy_done < Duration::from_secs(30),
+        "the healthy donors waited for the retries: last sent at {healthy_done:?}"
+    );
+    // In order: every first attempt, then the six retries.
+    let (firsts, retries) = log.split_at(DONORS);
+    assert!(firsts.iter().all(|(_, n, _)| *n == 1));
+    assert!(
+        retries
+            .iter()
+            .all(|(to, n, _)| *n == 2 && throttled.contains(to))
+    );
+}
+
+/// Retries due after `--max-wait` are not waited for: those donors stay deferred, counted
+/// once, and the next run sends them.
+#[test]
+fn retries_not_due_within_max_wait_stay_deferred() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = segmented(tmp.path());
+    let clock = Arc::new(ManualClock::new("2026-12-01T09:00:00Z".parse().unwrap()));
+    let relay = Relay::default();
+    let mut opts = options();
+    opts.max_wait = Duration::from_secs(10);
+    let report = send_once(&run, &clock, &opts, None, &relay, defer_first(1));
+    assert_eq!(report.session.sent, 0);
+    assert_eq!(report.session.deferred, DONORS as u64);
+    assert_eq!(report.stop, Stop::Finished);
+    assert_eq!(report.remaining(), DONORS as u64);
+    assert!(
+        clock.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        clock.elapsed()
+    );
+    // The next run sends them all.
+    let report = send_once(&run, &clock, &opts, None, &relay, defer_first(1));
+    assert_eq!(report.session.sent, DONORS as u64);
 }

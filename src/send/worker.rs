@@ -1,6 +1,8 @@
 //! One worker: a transport of its own, leases from the work source, and for each lease the
 //! donors still to send, in batches: render, reserve in the ledger, hand the batch to the
-//! transport, record each outcome, retry the deferred after a backoff.
+//! transport, record each outcome. A deferred donor goes to the shared retry schedule and
+//! the worker goes on; it takes retries as they fall due, and waits for them only when no
+//! other work is left, within the run's bound (`--max-wait`).
 //!
 //! Owns the ledger's rule for the send path: a batch's reservations are synced before any of
 //! it is offered to the transport, the transmit record is written before each body leaves
@@ -14,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::csvio::OwnedRecord;
 use crate::email::RecipientKey;
 use crate::ledger::State;
 use crate::prepare::{Prepared, Workspace};
@@ -22,23 +23,23 @@ use crate::run;
 use crate::transport::{Journal, Outbound, Outcome, Transport};
 
 use super::plan::{Lease, SharedLedger, lock};
+use super::retry::{Pending, Retry};
 use super::{OnUnknown, Shared};
-
-/// A donor still to be sent in this process.
-struct Todo {
-    /// Index into the lease's kept rows.
-    row: usize,
-    key: RecipientKey,
-    attempts: u32,
-    /// When it may be tried, on the clock's monotonic time.
-    due: Duration,
-}
 
 /// A worker thread's state.
 pub(super) struct Worker<'s, 'a> {
     sh: &'s Shared<'a>,
     transport: Box<dyn Transport>,
     ws: Workspace,
+}
+
+/// What became of a batch's donors that are not settled.
+#[derive(Default)]
+struct Unsettled {
+    /// Deferred by the relay: to be retried or left deferred.
+    deferred: Vec<Pending>,
+    /// Never offered (the budget ran out, or the run is stopping): as they were.
+    unsent: Vec<Pending>,
 }
 
 /// Deterministic jitter in [0, 0.5) from the key, so backoff spreads recipients apart
@@ -57,8 +58,8 @@ impl<'s, 'a> Worker<'s, 'a> {
         }
     }
 
-    /// Works leases until there are none, the budget is spent, or the run halts; closes the
-    /// transport either way.
+    /// Works until there is nothing left this process may do; closes the transport either
+    /// way.
     pub(super) fn run(mut self) -> Result<()> {
         let result = self.work_all();
         self.transport.close();
@@ -67,25 +68,44 @@ impl<'s, 'a> Worker<'s, 'a> {
 
     fn work_all(&mut self) -> Result<()> {
         let sh = self.sh;
-        while !(sh.halted() || sh.source.spent()) {
-            let Some(lease) = sh.source.next_lease()? else {
-                break;
+        loop {
+            if sh.halted() {
+                return Ok(());
+            }
+            let now = sh.clock.elapsed();
+            let due = sh.retries.take_due(now, sh.opts.batch.max(1));
+            if !due.is_empty() {
+                self.retry(due)?;
+                continue;
+            }
+            if !sh.source.spent()
+                && let Some(lease) = sh.source.next_lease()?
+            {
+                self.work(lease)?;
+                continue;
+            }
+            // Nothing but retries left: wait for the next one, within the run's bound.
+            let Some(next) = sh.retries.next_due() else {
+                return Ok(());
             };
-            self.work(lease)?;
+            if sh.source.spent() || next > sh.wait_deadline(now) {
+                return Ok(());
+            }
+            // In short steps, so a signal or a halt is noticed.
+            sh.clock
+                .sleep(next.saturating_sub(now).min(Duration::from_millis(100)));
         }
-        Ok(())
     }
 
-    /// Everyone in the lease who still needs a message, with retries.
+    /// Everyone in the lease who still needs a message, once each; the deferred go to the
+    /// retry schedule.
     fn work(&mut self, mut lease: Lease) -> Result<()> {
         let sh = self.sh;
         let seg = lease.segment;
         let chunk = &sh.run.manifest.segments[seg].chunks[lease.chunk];
         let bytes = sh.run.read_chunk(chunk)?;
         // Only rows still to send are kept, parsed, so a retry can render them again.
-        let mut rows: Vec<OwnedRecord> = Vec::new();
-        let mut todo: Vec<Todo> = Vec::new();
-        let now = sh.clock.elapsed();
+        let mut pending: Vec<Pending> = Vec::new();
         let mut index = 0;
         run::for_each_row(&bytes, |rec| {
             index += 1;
@@ -100,25 +120,22 @@ impl<'s, 'a> Worker<'s, 'a> {
                     rec.line
                 );
             };
-            let attempts = match lease.state(key) {
+            match lease.state(key) {
                 State::Sent | State::Failed => return Ok(()),
                 State::Unknown if sh.opts.on_unknown == OnUnknown::Skip => {
                     sh.count(seg, |c| c.skipped_unknown += 1);
                     return Ok(());
                 }
-                State::Deferred { attempts } => attempts,
-                State::Pending | State::Unknown => 0,
-            };
-            todo.push(Todo {
-                row: rows.len(),
+                State::Deferred { .. } | State::Pending | State::Unknown => {}
+            }
+            pending.push(Pending {
                 key,
-                attempts,
-                due: now,
+                tries: 0,
+                row: rec.to_owned_record(),
             });
-            rows.push(rec.to_owned_record());
             Ok(())
         })?;
-        if todo.is_empty() {
+        if pending.is_empty() {
             return sh.source.done(lease);
         }
         sh.source.open(&mut lease)?;
@@ -127,82 +144,115 @@ impl<'s, 'a> Worker<'s, 'a> {
                 .ledger()
                 .ok_or_else(|| anyhow!("internal: the lease's ledger was not opened"))?,
         );
-        let mut attempts_here: HashMap<RecipientKey, u32> = HashMap::new();
-        while !todo.is_empty() {
-            if sh.halted() {
+        let mut rest = pending.into_iter();
+        while !sh.halted() {
+            let batch: Vec<Pending> = rest.by_ref().take(sh.opts.batch.max(1)).collect();
+            if batch.is_empty() {
                 break;
             }
-            // Everything due now, in row order; retries wait for their backoff.
-            let now = sh.clock.elapsed();
-            let (mut due, later): (Vec<Todo>, Vec<Todo>) =
-                todo.into_iter().partition(|t| t.due <= now);
-            todo = later;
-            if due.is_empty() {
-                let next = todo.iter().map(|t| t.due).min().unwrap_or(now);
-                // Sleep in short steps so a signal or a halt is noticed.
-                sh.clock.sleep((next - now).min(Duration::from_millis(100)));
-                continue;
+            let left = self.send_batch(&ledger, seg, batch)?;
+            for p in left.deferred {
+                self.schedule(seg, lease.chunk, &ledger, p, false)?;
             }
-            due.sort_by_key(|t| t.row);
-            for batch in due.chunks(sh.opts.batch.max(1)) {
-                if sh.halted() {
-                    break;
-                }
-                let allowed = sh.source.take_budget(batch.len() as u64) as usize;
-                if allowed == 0 {
-                    return sh.source.done(lease);
-                }
-                let batch = &batch[..allowed];
-                for (i, attempts) in self.send_batch(&ledger, seg, &rows, batch)? {
-                    let t = &batch[i];
-                    let n = attempts_here.entry(t.key).or_insert(0);
-                    *n += 1;
-                    if *n < sh.opts.max_attempts {
-                        let backoff = sh.opts.retry_delay.as_secs_f64()
-                            * 2f64.powi(*n as i32 - 1)
-                            * (1.0 + jitter(t.key, *n));
-                        todo.push(Todo {
-                            row: t.row,
-                            key: t.key,
-                            attempts,
-                            due: sh.clock.elapsed() + Duration::from_secs_f64(backoff),
-                        });
-                    } else {
-                        sh.count(seg, |c| c.deferred += 1);
-                    }
-                }
+            if !left.unsent.is_empty() {
+                break;
             }
-        }
-        // Anyone left waiting for a retry stays deferred for the next run.
-        for _ in &todo {
-            sh.count(seg, |c| c.deferred += 1);
         }
         sh.source.done(lease)
     }
 
-    /// Renders, reserves and sends one batch; returns the batch indexes to retry, with their
-    /// attempt counts.
+    /// Sends retries that are due, a batch per chunk.
+    fn retry(&mut self, due: Vec<Retry>) -> Result<()> {
+        let sh = self.sh;
+        let mut by_chunk: HashMap<(usize, usize), (SharedLedger, Vec<Pending>)> = HashMap::new();
+        let mut order = Vec::new();
+        for r in due {
+            let key = (r.segment, r.chunk);
+            let entry = by_chunk.entry(key).or_insert_with(|| {
+                order.push(key);
+                (r.ledger, Vec::new())
+            });
+            entry.1.push(r.pending);
+        }
+        for key @ (seg, chunk) in order {
+            let Some((ledger, batch)) = by_chunk.remove(&key) else {
+                continue;
+            };
+            let offered = batch.len();
+            let left = self.send_batch(&ledger, seg, batch)?;
+            let kept = left.deferred.len() + left.unsent.len();
+            for p in left.deferred {
+                self.schedule(seg, chunk, &ledger, p, true)?;
+            }
+            // Not offered: back on the schedule as they were, still holding the ledger.
+            let now = sh.clock.elapsed();
+            for p in left.unsent {
+                sh.retries.push(now, seg, chunk, Arc::clone(&ledger), p);
+            }
+            for _ in kept..offered {
+                sh.source.release(seg, chunk)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Schedules a deferred donor's next attempt, or leaves them deferred for the next run
+    /// after `--max-attempts`. `held` says whether the donor already holds the ledger (a
+    /// retry) or must take a hold (a first attempt).
+    fn schedule(
+        &self,
+        seg: usize,
+        chunk: usize,
+        ledger: &SharedLedger,
+        mut p: Pending,
+        held: bool,
+    ) -> Result<()> {
+        let sh = self.sh;
+        p.tries += 1;
+        if p.tries >= sh.opts.max_attempts {
+            sh.count(seg, |c| c.deferred += 1);
+            if held {
+                sh.source.release(seg, chunk)?;
+            }
+            return Ok(());
+        }
+        let backoff = sh.opts.retry_delay.as_secs_f64()
+            * 2f64.powi(p.tries as i32 - 1)
+            * (1.0 + jitter(p.key, p.tries));
+        if !held {
+            sh.source.retain(seg, chunk, ledger);
+        }
+        let due = sh.clock.elapsed() + Duration::from_secs_f64(backoff);
+        sh.retries.push(due, seg, chunk, Arc::clone(ledger), p);
+        Ok(())
+    }
+
+    /// Renders, reserves and sends one batch of a chunk's donors; returns those not settled.
     fn send_batch(
         &mut self,
         ledger: &SharedLedger,
         seg: usize,
-        rows: &[OwnedRecord],
-        batch: &[Todo],
-    ) -> Result<Vec<(usize, u32)>> {
+        mut batch: Vec<Pending>,
+    ) -> Result<Unsettled> {
         let sh = self.sh;
+        let allowed = sh.source.take_budget(batch.len() as u64) as usize;
+        let mut out = Unsettled {
+            unsent: batch.split_off(allowed),
+            ..Unsettled::default()
+        };
         let segment = &sh.run.manifest.segments[seg];
         let mut ready: Vec<(usize, Prepared)> = Vec::with_capacity(batch.len());
-        for (i, t) in batch.iter().enumerate() {
+        for (i, p) in batch.iter().enumerate() {
             match sh.preparer.prepare(
                 &segment.name,
                 &segment.template,
-                &rows[t.row].record(),
+                &p.row.record(),
                 &mut self.ws,
             ) {
-                Ok(p) => ready.push((i, p)),
+                Ok(prepared) => ready.push((i, prepared)),
                 Err(e) => {
                     lock(ledger).failed(
-                        t.key,
+                        p.key,
                         sh.clock.now(),
                         0,
                         &format!("not rendered: {}", e.reason),
@@ -226,13 +276,13 @@ impl<'s, 'a> Worker<'s, 'a> {
             ledger,
             seg,
             keys: &keys,
-            ready: &ready,
-            batch,
-            retries: Vec::new(),
+            deferred: Vec::new(),
             error: None,
         };
         let started = self.transport.send_batch(&outbound, &mut journal);
-        let BatchJournal { retries, error, .. } = journal;
+        let BatchJournal {
+            deferred, error, ..
+        } = journal;
         if let Some(e) = error {
             return Err(e);
         }
@@ -240,7 +290,14 @@ impl<'s, 'a> Worker<'s, 'a> {
             lock(ledger).release(&keys[started..], sh.clock.now())?;
             sh.source.give_back((keys.len() - started) as u64);
         }
-        Ok(retries)
+        let mut batch: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
+        for r in deferred {
+            out.deferred.extend(batch[ready[r].0].take());
+        }
+        for (i, _) in &ready[started..] {
+            out.unsent.extend(batch[*i].take());
+        }
+        Ok(out)
     }
 }
 
@@ -251,10 +308,8 @@ struct BatchJournal<'j, 's, 'a> {
     seg: usize,
     /// The reserved keys, one per message offered.
     keys: &'j [RecipientKey],
-    /// Each message's index in `batch`.
-    ready: &'j [(usize, Prepared)],
-    batch: &'j [Todo],
-    retries: Vec<(usize, u32)>,
+    /// Messages deferred by the relay, to retry.
+    deferred: Vec<usize>,
     /// A ledger write failed: nothing more is sent, and the worker stops with this.
     error: Option<anyhow::Error>,
 }
@@ -287,8 +342,7 @@ impl BatchJournal<'_, '_, '_> {
                 if throttle {
                     sh.pacer.slow_down();
                 }
-                let b = self.ready[i].0;
-                self.retries.push((b, self.batch[b].attempts + 1));
+                self.deferred.push(i);
             }
             Outcome::Unknown { text } => {
                 ledger.unknown(key, now, &text)?;
@@ -297,6 +351,7 @@ impl BatchJournal<'_, '_, '_> {
             Outcome::Halt { code, text } => {
                 // Not this donor's fault: leave them deferred for the run after the fix.
                 ledger.deferred(key, now, code, &text)?;
+                sh.count(self.seg, |c| c.deferred += 1);
                 sh.halt(match code {
                     Some(c) => format!("{c} {text}"),
                     None => text,
@@ -309,11 +364,8 @@ impl BatchJournal<'_, '_, '_> {
 
 impl Journal for BatchJournal<'_, '_, '_> {
     fn proceed(&mut self, _: usize) -> bool {
-        if self.error.is_some() || self.sh.halted() {
-            return false;
-        }
-        self.sh.pacer.wait();
-        true
+        let sh = self.sh;
+        self.error.is_none() && !sh.halted() && sh.pacer.wait(&|| sh.halted())
     }
 
     fn transmitting(&mut self, i: usize) -> std::io::Result<()> {
