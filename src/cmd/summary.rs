@@ -54,6 +54,14 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
         r.seconds,
         c.sent as f64 / r.seconds.max(1e-9)
     );
+    if r.pacing.slowdowns > 0 {
+        let _ = writeln!(
+            s,
+            "the relay asked to slow down {} time(s); the rate went as low as {:.1}/s and recovered after quiet periods",
+            r.pacing.slowdowns,
+            r.pacing.lowest_per_second.unwrap_or(0.0)
+        );
+    }
     let run = run.display();
     let _ = match &r.stop {
         Stop::Finished if r.remaining() == 0 => writeln!(s, "done: every donor is sent or failed"),

@@ -32,6 +32,7 @@ use crate::progress::{Event, Progress};
 use crate::run::{OpenedRun, Selection};
 use crate::transport::Transport;
 
+pub use pacing::PacingReport;
 pub use plan::{Budget, InProcessPlan, Lease, PlanError, WorkSource};
 pub use reports::{SegmentStatus, status};
 
@@ -147,6 +148,8 @@ pub struct SendReport {
     pub session: SessionCounts,
     /// The whole run's state after this process.
     pub segments: Vec<SegmentStatus>,
+    /// How often the relay asked to slow down, and how slow it got.
+    pub pacing: PacingReport,
     /// Seconds spent.
     pub seconds: f64,
 }
@@ -291,6 +294,7 @@ pub fn send(
         stop: stop_reason,
         session: counts,
         segments,
+        pacing: shared.pacer.report(),
         seconds: (cx.clock.elapsed() - started).as_secs_f64(),
     };
     reports::write_reports(dir, &cx.run.manifest, cx.preparer, &report, &mut known)?;
