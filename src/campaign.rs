@@ -181,6 +181,7 @@ struct SendToml {
     max_attempts: Option<u32>,
     retry_delay_seconds: Option<f64>,
     max_wait_seconds: Option<f64>,
+    halt_after: Option<usize>,
 }
 
 /// The `[send]` table, checked: pacing defaults, overridden by `campaign send` flags.
@@ -198,6 +199,8 @@ pub struct SendSettings {
     pub retry_delay: Option<Duration>,
     /// How long to wait at the end of a run for retries to fall due.
     pub max_wait: Option<Duration>,
+    /// Halt after this many donors in a row failed alike by the relay.
+    pub halt_after: Option<usize>,
 }
 
 impl SendToml {
@@ -224,6 +227,15 @@ impl SendToml {
             max_attempts: self.max_attempts,
             retry_delay,
             max_wait,
+            halt_after: match self.halt_after {
+                Some(0) => {
+                    return Err(
+                        "[send] halt_after = 0: the breaker needs at least 1 donor (default 20)"
+                            .into(),
+                    );
+                }
+                n => n,
+            },
         })
     }
 }

@@ -39,9 +39,10 @@ pub enum Command {
     ///
     /// Exit codes: 0 every donor sent or permanently failed (dry run: every message
     /// rendered); 5 donors remain (deferred, limit, daily cap, interrupted): run again later;
-    /// 6 halted because the server refused the sender; 7 another send holds the run's lock;
-    /// 4 (dry run) some messages cannot be rendered; 2 bad flags, campaign file, templates
-    /// or SMTP settings; 1 other failures.
+    /// 6 halted because the server refused the sender, or the relay failed many donors in a
+    /// row alike; 7 another send holds the run's lock; 8 finished, but some messages of this
+    /// run have an unknown outcome (unknown.csv); 4 (dry run) some messages cannot be
+    /// rendered; 2 bad flags, campaign file, templates or SMTP settings; 1 other failures.
     Send(crate::cmd::send::Args),
 
     /// Show, per segment, how many donors are sent, failed, deferred, unknown and pending.

@@ -24,11 +24,16 @@ pub enum Code {
     /// `send` stopped with donors still to do (deferred for a retry, the limit or the daily
     /// cap reached, or interrupted): run it again later to continue.
     Remaining = 5,
-    /// `send` halted because the server refused the sender (policy 5.7.x, authentication):
-    /// fix DNS, credentials or content, then run again.
+    /// `send` halted because the server refused the sender (policy 5.7.x, authentication),
+    /// or because the relay failed many donors in a row alike (the circuit breaker): fix
+    /// DNS, credentials, content or the relay, then run again.
     Halted = 6,
     /// Another `send` holds the run's lock (cron overlap); nothing was done.
     Locked = 7,
+    /// `send` finished, but the connection was lost after some messages of this process were
+    /// sent: their outcome is unknown (listed in `unknown.csv`); decide, e.g. from the
+    /// relay's logs, before `--on-unknown resend`.
+    Unknown = 8,
 }
 
 impl From<Code> for std::process::ExitCode {

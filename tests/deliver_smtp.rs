@@ -3,7 +3,7 @@
 //! mailin cannot do (closing without a reply after the dot, going silent, closing while idle).
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +13,9 @@ use campaign::transport::{
 };
 use mailin_embedded::response::OK;
 use mailin_embedded::{Handler, Response, Server};
+
+mod common;
+use common::smtp::raw_server;
 
 const FROM: &str = "appeal@park.example";
 
@@ -450,67 +453,6 @@ fn addresses_the_client_cannot_send() {
         &message("ann@donor.example", "hi\r\n"),
     ));
     assert_eq!(server.helos(), 1);
-}
-
-/// A server speaking SMTP by script on one connection at a time: `after_dot` decides what
-/// happens after each message (`true` = reply 250, `false` = close silently), and the
-/// connection is closed after `per_connection` messages without telling the client.
-fn raw_server(
-    mut after_dot: impl FnMut(usize) -> bool + Send + 'static,
-    per_connection: usize,
-) -> (SocketAddr, Arc<Mutex<usize>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(Mutex::new(0));
-    let count = connections.clone();
-    std::thread::spawn(move || {
-        let mut n = 0;
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            *count.lock().unwrap() += 1;
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut w: TcpStream = stream;
-            let _ = w.write_all(b"220 raw.test ESMTP\r\n");
-            let mut in_data = false;
-            let mut on_this = 0;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                if in_data {
-                    if line == ".\r\n" {
-                        in_data = false;
-                        n += 1;
-                        on_this += 1;
-                        if !after_dot(n) {
-                            break;
-                        }
-                        let _ = w.write_all(b"250 2.0.0 Ok: queued as RAW\r\n");
-                        if on_this >= per_connection {
-                            break;
-                        }
-                    }
-                    continue;
-                }
-                let upper = line.to_ascii_uppercase();
-                let reply: &[u8] = if upper.starts_with("EHLO") {
-                    b"250-raw.test\r\n250 8BITMIME\r\n"
-                } else if upper.starts_with("DATA") {
-                    in_data = true;
-                    b"354 go ahead\r\n"
-                } else if upper.starts_with("QUIT") {
-                    let _ = w.write_all(b"221 bye\r\n");
-                    break;
-                } else {
-                    b"250 ok\r\n"
-                };
-                let _ = w.write_all(reply);
-            }
-        }
-    });
-    (addr, connections)
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::smtp::{Step, TestServer};
+use common::smtp::{Step, TestServer, raw_server};
 use common::*;
 
 const SECRET: &str = "test-secret-for-unsubscribe-tokens";
@@ -242,6 +242,91 @@ fn a_policy_rejection_halts_the_run_and_leaves_the_rest_pending() {
             "{field}: {report}"
         );
     }
+}
+
+/// A relay that answers every RCPT with a system error is failing, not the donors: the run
+/// halts after --halt-after donors, nobody is failed, and the report and ledger agree.
+#[test]
+fn a_broken_relay_trips_the_breaker_and_fails_nobody() {
+    let server = TestServer::with_policy(Arc::new(|step, _, _| {
+        (step == Step::Rcpt).then(|| (500, "5.3.0 Internal server error".to_owned()))
+    }));
+    let w = setup(&donors(60));
+    segment(&w);
+    let o = send(&w, &server, &["--concurrency", "1", "--halt-after", "10"]);
+    assert_code(&o, 6);
+    let out = stdout(&o);
+    assert!(out.contains("HALTED: the relay is failing"), "{out}");
+    assert!(
+        out.contains("10 donors in a row") && out.contains("5.3.0"),
+        "{out}"
+    );
+    let s = status(&w);
+    assert_eq!(total(&s, "failed"), 0, "{s}");
+    assert_eq!(total(&s, "deferred"), 10, "{s}");
+    assert_eq!(total(&s, "pending"), 50, "{s}");
+    let report: serde_json::Value = serde_json::from_str(&w.read("run/report.json")).unwrap();
+    assert_eq!(report["session"]["deferred"], 10, "{report}");
+    assert_eq!(report["stop"]["kind"], "relay_failing", "{report}");
+}
+
+/// A relay that drops the connection after every final dot: every outcome is unknown, so
+/// the breaker halts the run instead of turning the whole list into unknowns.
+#[test]
+fn a_relay_that_drops_after_every_message_is_halted_not_burnt() {
+    let (addr, _) = raw_server(|_| false, usize::MAX);
+    let w = setup(&donors(40));
+    segment(&w);
+    let o = w
+        .command()
+        .args(["send", "run", "--concurrency", "1", "--halt-after", "5"])
+        .env("CAMPAIGN_SMTP_URL", format!("smtp://{addr}"))
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert_code(&o, 6);
+    assert!(
+        stdout(&o).contains("lost after the message was sent"),
+        "{}",
+        stdout(&o)
+    );
+    let s = status(&w);
+    assert_eq!(total(&s, "unknown"), 5, "{s}");
+    assert_eq!(total(&s, "pending"), 35, "{s}");
+}
+
+/// A finished send with outcomes lost in this run says so, and exits 8, not 0.
+#[test]
+fn a_finished_send_with_unknown_outcomes_exits_8_and_names_them() {
+    // The third message's connection is dropped after its final dot.
+    let (addr, _) = raw_server(|n| n != 3, usize::MAX);
+    let w = setup(&donors(6));
+    segment(&w);
+    let send = || {
+        w.command()
+            .args(["send", "run", "--concurrency", "1"])
+            .env("CAMPAIGN_SMTP_URL", format!("smtp://{addr}"))
+            .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
+            .output()
+            .unwrap()
+    };
+    let o = send();
+    assert_code(&o, 8);
+    let out = stdout(&o);
+    assert!(!out.contains("every donor is sent or failed"), "{out}");
+    assert!(
+        out.contains("1 donor(s) whose outcome is unknown (1 of them from this run)"),
+        "{out}"
+    );
+    assert_eq!(w.read("run/unknown.csv").lines().count(), 2);
+    // Nothing new is unknown on the next run: a clean finish, the old unknown still named.
+    let o = send();
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("(0 of them from this run)"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]

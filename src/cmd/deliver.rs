@@ -99,8 +99,9 @@ pub fn run(args: &Args) -> Result<Code, Error> {
     };
     super::print_bytes(text.as_bytes())?;
     Ok(match &report.stop {
-        Stop::Halted(_) => Code::Halted,
+        Stop::Halted(_) | Stop::RelayFailing(_) => Code::Halted,
         _ if report.remaining() > 0 => Code::Remaining,
+        _ if report.session.unknown > 0 => Code::Unknown,
         _ => Code::Success,
     })
 }

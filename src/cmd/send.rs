@@ -80,6 +80,12 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
     pub max_wait: Option<Duration>,
 
+    /// Halt (exit 6) when this many donors in a row fail alike for a reason that is the
+    /// relay's, not theirs: syntax or sequence errors, system errors, connections failing or
+    /// lost after the message (default: [send] halt_after, else 20).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub halt_after: Option<u64>,
+
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -124,6 +130,7 @@ impl Args {
             max_attempts: self.max_attempts,
             retry_delay: self.retry_delay,
             max_wait: self.max_wait,
+            halt_after: self.halt_after.map(|n| n as usize),
         }
     }
 }

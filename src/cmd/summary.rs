@@ -63,8 +63,16 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
         );
     }
     let run = run.display();
+    let unknown: u64 = r.segments.iter().map(|g| g.unknown).sum();
     let _ = match &r.stop {
-        Stop::Finished if r.remaining() == 0 => writeln!(s, "done: every donor is sent or failed"),
+        Stop::Finished if r.remaining() == 0 && unknown == 0 => {
+            writeln!(s, "done: every donor is sent or failed")
+        }
+        Stop::Finished if r.remaining() == 0 => writeln!(
+            s,
+            "done, except {unknown} donor(s) whose outcome is unknown ({} of them from this run): the connection was lost after their message was sent; see {run}/{UNKNOWN_CSV}",
+            c.unknown
+        ),
         Stop::Finished => writeln!(
             s,
             "{} donors are deferred: run `campaign send {run}` again later to retry them",
@@ -73,6 +81,11 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
         Stop::Halted(why) => writeln!(
             s,
             "HALTED: the server refused the sender: {}\nThe rest of the run is untouched; fix the sender's DNS, credentials or content, then run `campaign send {run}` again",
+            escape_controls(why)
+        ),
+        Stop::RelayFailing(why) => writeln!(
+            s,
+            "HALTED: the relay is failing, not the donors: {}\nThose donors are deferred (or unknown, if the message had left) and nobody was failed for it; fix the relay, then run `campaign send {run}` again",
             escape_controls(why)
         ),
         Stop::Interrupted => writeln!(
@@ -88,7 +101,7 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
             "failures: {run}/{FAILED_CSV}; bounced addresses for --suppress: {run}/{SUPPRESS_BOUNCED}"
         );
     }
-    if r.segments.iter().any(|g| g.unknown > 0) {
+    if unknown > 0 {
         let _ = writeln!(
             s,
             "unknown outcomes (may or may not have been delivered): {run}/{UNKNOWN_CSV}; --on-unknown resend sends them again"

@@ -13,6 +13,7 @@
 //! Workers are the threads of a dedicated rayon pool; each owns one transport and takes
 //! leases, so a chunk's ledger has one writer per lease (slices of a chunk share it).
 
+mod breaker;
 mod pacing;
 pub mod plan;
 mod reports;
@@ -36,6 +37,7 @@ pub use pacing::PacingReport;
 pub use plan::{Budget, InProcessPlan, Lease, PlanError, WorkSource};
 pub use reports::{SegmentStatus, status};
 
+use breaker::Breaker;
 use pacing::Pacer;
 use reports::Summaries;
 use retry::RetryQueue;
@@ -66,6 +68,8 @@ pub struct SendOptions {
     /// How long the process waits, once no other work is left, for retries to fall due;
     /// donors due later stay deferred for the next run.
     pub max_wait: Duration,
+    /// Halt after this many donors in a row failed alike by the relay (the circuit breaker).
+    pub halt_after: usize,
     /// Recipients reserved per ledger fsync (group commit).
     pub batch: usize,
 }
@@ -76,6 +80,9 @@ impl SendOptions {
 
     /// Waiting for retries at the end of a run, when neither flags nor table say.
     pub const MAX_WAIT: Duration = Duration::from_secs(300);
+
+    /// The circuit breaker's threshold, when neither flags nor table say.
+    pub const HALT_AFTER: usize = 20;
 
     /// The options from `flags` where given, else the campaign's `[send]` table, else the
     /// defaults (8 connections, 3 attempts, 30 s first retry, 5 min waiting for retries).
@@ -94,6 +101,10 @@ impl SendOptions {
                 .or(table.retry_delay)
                 .unwrap_or(Duration::from_secs(30)),
             max_wait: flags.max_wait.or(table.max_wait).unwrap_or(Self::MAX_WAIT),
+            halt_after: flags
+                .halt_after
+                .or(table.halt_after)
+                .unwrap_or(Self::HALT_AFTER),
             batch: Self::BATCH,
         }
     }
@@ -131,6 +142,8 @@ pub enum Stop {
     Finished,
     /// The server reported a problem with the sender (policy, authentication).
     Halted(String),
+    /// The relay failed many donors in a row alike, for reasons that are not theirs.
+    RelayFailing(String),
     /// SIGINT or SIGTERM.
     Interrupted,
     /// `--limit` reached.
@@ -190,7 +203,9 @@ struct Shared<'a> {
     retries: RetryQueue,
     /// When a worker first found no lease left: the waiting for retries counts from here.
     idle_since: OnceLock<Duration>,
-    halt: Mutex<Option<String>>,
+    breaker: Breaker,
+    /// Why the run halts, once it does: [`Stop::Halted`] or [`Stop::RelayFailing`].
+    halt: Mutex<Option<Stop>>,
     counts: Mutex<SessionCounts>,
 }
 
@@ -204,11 +219,11 @@ impl Shared<'_> {
         *self.idle_since.get_or_init(|| now) + self.opts.max_wait
     }
 
-    fn halt(&self, reason: String) {
+    fn halt(&self, why: Stop) {
         if let Ok(mut h) = self.halt.lock()
             && h.is_none()
         {
-            *h = Some(reason);
+            *h = Some(why);
         }
     }
 
@@ -243,6 +258,7 @@ pub fn send(
         source: plan,
         pacer: Pacer::new(opts.rate, cx.clock),
         retries: RetryQueue::default(),
+        breaker: Breaker::new(opts.halt_after),
         idle_since: OnceLock::new(),
         halt: Mutex::new(None),
         counts: Mutex::new(SessionCounts::default()),
@@ -257,7 +273,7 @@ pub fn send(
         for _ in 0..opts.concurrency.max(1) {
             s.spawn(|_| {
                 if let Err(e) = worker::Worker::new(&shared, new_transport()).run() {
-                    shared.halt(format!("{e:#}"));
+                    shared.halt(Stop::Halted(format!("{e:#}")));
                     if let Ok(mut errs) = errors.lock() {
                         errs.push(e);
                     }
@@ -282,7 +298,7 @@ pub fn send(
     let segments = reports::status_with(dir, &cx.run.manifest, cx.selection, &mut known)?;
     let remaining: u64 = segments.iter().map(|s| s.deferred + s.pending).sum();
     let stop_reason = if let Some(h) = halt {
-        Stop::Halted(h)
+        h
     } else if cx.stop.load(Ordering::Relaxed) {
         Stop::Interrupted
     } else if remaining > 0 && spent {

@@ -181,6 +181,7 @@ fn options() -> SendOptions {
         max_attempts: 3,
         retry_delay: Duration::from_secs(30),
         max_wait: SendOptions::MAX_WAIT,
+        halt_after: SendOptions::HALT_AFTER,
         batch: 8,
     }
 }

@@ -20,11 +20,11 @@ use crate::email::RecipientKey;
 use crate::ledger::State;
 use crate::prepare::{Prepared, Workspace};
 use crate::run;
-use crate::transport::{Journal, Outbound, Outcome, Transport};
+use crate::transport::{Journal, Outbound, Outcome, Transport, reply};
 
 use super::plan::{Lease, SharedLedger, lock};
 use super::retry::{Pending, Retry};
-use super::{OnUnknown, Shared};
+use super::{OnUnknown, Shared, Stop};
 
 /// A worker thread's state.
 pub(super) struct Worker<'s, 'a> {
@@ -317,6 +317,22 @@ struct BatchJournal<'j, 's, 'a> {
 impl BatchJournal<'_, '_, '_> {
     fn record(&mut self, i: usize, outcome: Outcome) -> Result<()> {
         let sh = self.sh;
+        if let Some(fault) = sh.breaker.observe(reply::health(&outcome)) {
+            let last = match &outcome {
+                Outcome::Deferred {
+                    code: Some(c),
+                    text,
+                    ..
+                } => format!("{c} {text}"),
+                Outcome::Deferred { text, .. } | Outcome::Unknown { text } => text.clone(),
+                other => format!("{other:?}"),
+            };
+            sh.halt(Stop::RelayFailing(format!(
+                "{} donors in a row, {}; the last: {last}",
+                sh.opts.halt_after,
+                fault.describe()
+            )));
+        }
         let key = self.keys[i];
         let now = sh.clock.now();
         let mut ledger = lock(self.ledger);
@@ -352,10 +368,10 @@ impl BatchJournal<'_, '_, '_> {
                 // Not this donor's fault: leave them deferred for the run after the fix.
                 ledger.deferred(key, now, code, &text)?;
                 sh.count(self.seg, |c| c.deferred += 1);
-                sh.halt(match code {
+                sh.halt(Stop::Halted(match code {
                     Some(c) => format!("{c} {text}"),
                     None => text,
-                });
+                }));
             }
         }
         Ok(())

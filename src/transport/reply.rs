@@ -93,7 +93,13 @@ fn looks_like_throttling(code: u16, subject: Option<u16>, text: &str) -> bool {
 ///   suppressing donors for them would lose good addresses.
 /// * Other 4xx: [`Outcome::Deferred`], `throttle` per [`Outcome::Deferred`]'s rules.
 /// * Other 5xx on connect or MAIL FROM: [`Outcome::Halt`] (every message would fail alike).
-/// * Other 5xx on RCPT, DATA or after the dot: [`Outcome::Bounced`].
+/// * 5xx on RCPT, DATA or after the dot that is the recipient's (5.1.x, 5.2.x; without an
+///   enhanced code, 550/551/553 at RCPT), or about this message's content (other 5xx after
+///   the dot, other 5xx at RCPT without an enhanced code): [`Outcome::Bounced`].
+/// * 5xx that is the relay's, not the donor's: syntax and sequence errors (500–504), system
+///   errors (5.3.x, 5.4.x, 5.5.x), and the DATA command refused for no reason of the
+///   recipient's: [`Outcome::Deferred`]. Failing donors for them would burn the list; the
+///   send loop's circuit breaker halts the run when they repeat ([`health`]).
 pub fn classify(stage: Stage, code: u16, text: &str) -> Outcome {
     if code < 400 {
         return Outcome::Accepted {
@@ -118,22 +124,91 @@ pub fn classify(stage: Stage, code: u16, text: &str) -> Outcome {
             throttle: looks_like_throttling(code, subject, text),
         };
     }
-    match stage {
-        Stage::Connect | Stage::Mail => Outcome::Halt {
+    if matches!(stage, Stage::Connect | Stage::Mail) {
+        return Outcome::Halt {
             code: Some(code),
             text: text.to_owned(),
-        },
-        Stage::Rcpt | Stage::Data | Stage::Message => {
-            let suppress = match enhanced {
-                Some((_, subject, detail)) => subject == 1 || (subject == 2 && detail == 1),
-                None => stage == Stage::Rcpt && matches!(code, 550 | 551 | 553),
-            };
-            Outcome::Bounced {
-                code,
-                text: text.to_owned(),
-                suppress,
+        };
+    }
+    let bounced = |suppress| Outcome::Bounced {
+        code,
+        text: text.to_owned(),
+        suppress,
+    };
+    let relays = || Outcome::Deferred {
+        code: Some(code),
+        text: text.to_owned(),
+        throttle: false,
+    };
+    match enhanced {
+        Some((_, 1, _)) | Some((_, 2, 1)) => bounced(true),
+        Some((_, 2, _)) => bounced(false),
+        _ if (500..=504).contains(&code) => relays(),
+        Some((_, 3..=5, _)) => relays(),
+        _ if stage == Stage::Data => relays(),
+        None => bounced(stage == Stage::Rcpt && matches!(code, 550 | 551 | 553)),
+        Some(_) => bounced(false),
+    }
+}
+
+/// What an outcome says about the relay, for the circuit breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// The relay works: an accepted message, or a refusal that is the donor's own.
+    Working,
+    /// Says nothing either way (a temporary refusal, throttling, a halt).
+    Unclear,
+    /// The relay, not the donor, failed this message, in this way.
+    Failing(Fault),
+}
+
+/// How a relay fails a message when it is not the donor's fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A syntax or sequence error (500–504): the relay and this client disagree.
+    Protocol,
+    /// A system error (5.3.x, 5.4.x, 5.5.x), or the DATA command refused.
+    System,
+    /// The connection failed or timed out before the message was sent.
+    Connection,
+    /// The connection was lost after the message was sent, before the reply.
+    LostAfterMessage,
+}
+
+impl Fault {
+    /// For the operator: what went wrong, and what to look at.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Fault::Protocol => {
+                "syntax or sequence errors (500-504): check that the host and port are an SMTP relay and that nothing in between rewrites the conversation"
+            }
+            Fault::System => {
+                "system errors (5.3.x-5.5.x or DATA refused): check the relay's logs, its disk and queue, and its message size limit"
+            }
+            Fault::Connection => {
+                "connections failing or timing out before the message was sent: check the relay is up and reachable, and [smtp] timeout_seconds"
+            }
+            Fault::LostAfterMessage => {
+                "connections lost after the message was sent, before the relay confirmed it: check the relay's logs for crashes or limits; those donors are listed in unknown.csv"
             }
         }
+    }
+}
+
+/// What `outcome` says about the relay (see [`Health`]).
+pub fn health(outcome: &Outcome) -> Health {
+    match outcome {
+        Outcome::Accepted { .. } | Outcome::Bounced { .. } => Health::Working,
+        Outcome::Unknown { .. } => Health::Failing(Fault::LostAfterMessage),
+        Outcome::Deferred { code: None, .. } => Health::Failing(Fault::Connection),
+        Outcome::Deferred {
+            code: Some(code), ..
+        } if *code >= 500 => Health::Failing(if (500..=504).contains(code) {
+            Fault::Protocol
+        } else {
+            Fault::System
+        }),
+        Outcome::Deferred { .. } | Outcome::Halt { .. } => Health::Unclear,
     }
 }
 
@@ -300,12 +375,32 @@ mod tests {
                 "5.2.2 Mailbox full",
                 bounced(552, false, "5.2.2 Mailbox full"),
             ),
+            // The relay's fault, not the donor's: deferred, and counted by the breaker.
             (
                 Message,
                 552,
                 "5.3.4 Message too big",
-                bounced(552, false, "5.3.4 Message too big"),
+                deferred(552, false, "5.3.4 Message too big"),
             ),
+            (
+                Rcpt,
+                500,
+                "5.3.0 Server error",
+                deferred(500, false, "5.3.0 Server error"),
+            ),
+            (
+                Rcpt,
+                503,
+                "5.5.1 Bad sequence of commands",
+                deferred(503, false, "5.5.1 Bad sequence of commands"),
+            ),
+            (
+                Message,
+                502,
+                "Command not implemented",
+                deferred(502, false, "Command not implemented"),
+            ),
+            (Data, 550, "Not now", deferred(550, false, "Not now")),
             (
                 Rcpt,
                 550,
@@ -346,7 +441,13 @@ mod tests {
                 Data,
                 554,
                 "5.5.1 No valid recipients",
-                bounced(554, false, "5.5.1 No valid recipients"),
+                deferred(554, false, "5.5.1 No valid recipients"),
+            ),
+            (
+                Message,
+                554,
+                "5.6.0 Malformed content",
+                bounced(554, false, "5.6.0 Malformed content"),
             ),
             // The sender's problem.
             (
@@ -413,6 +514,47 @@ mod tests {
                 want,
                 "{stage:?} {code} {text}"
             );
+        }
+    }
+
+    #[test]
+    fn health_tells_the_relay_from_the_donor() {
+        use Stage::*;
+        let cases: &[(Outcome, Health)] = &[
+            (Outcome::Accepted { reply: "ok".into() }, Health::Working),
+            (classify(Rcpt, 550, "5.1.1 No such user"), Health::Working),
+            (classify(Rcpt, 451, "4.3.0 later"), Health::Unclear),
+            (classify(Rcpt, 421, "4.7.0 slow down"), Health::Unclear),
+            (classify(Message, 554, "5.7.1 DMARC"), Health::Unclear),
+            (
+                classify(Rcpt, 500, "5.3.0 Server error"),
+                Health::Failing(Fault::Protocol),
+            ),
+            (
+                classify(Data, 554, "5.5.1 No valid recipients"),
+                Health::Failing(Fault::System),
+            ),
+            (
+                classify(Data, 550, "Not now"),
+                Health::Failing(Fault::System),
+            ),
+            (
+                Outcome::Deferred {
+                    code: None,
+                    text: "timed out".into(),
+                    throttle: false,
+                },
+                Health::Failing(Fault::Connection),
+            ),
+            (
+                Outcome::Unknown {
+                    text: "lost".into(),
+                },
+                Health::Failing(Fault::LostAfterMessage),
+            ),
+        ];
+        for (outcome, want) in cases {
+            assert_eq!(&health(outcome), want, "{outcome:?}");
         }
     }
 }
