@@ -220,10 +220,18 @@ impl SendToml {
             .max_wait_seconds
             .map(|s| seconds("max_wait_seconds", s))
             .transpose()?;
+        let concurrency = match self.concurrency {
+            Some(n) if !(1..=MAX_CONCURRENCY).contains(&n) => {
+                return Err(format!(
+                    "[send] concurrency = {n}: write a number of connections from 1 to {MAX_CONCURRENCY}"
+                ));
+            }
+            n => n,
+        };
         Ok(SendSettings {
             rate,
             daily_cap: self.daily_cap,
-            concurrency: self.concurrency,
+            concurrency,
             max_attempts: self.max_attempts,
             retry_delay,
             max_wait,
@@ -239,6 +247,10 @@ impl SendToml {
         })
     }
 }
+
+/// The most connections (or dry-run threads) a process opens: beyond this a relay refuses
+/// them anyway, and each costs a thread.
+pub const MAX_CONCURRENCY: usize = 1024;
 
 /// The longest duration any setting takes: a week; a send is not meant to sleep longer.
 pub const MAX_SECONDS: f64 = 7.0 * 24.0 * 3600.0;

@@ -182,7 +182,8 @@ pub fn dry_run(
     }
     let jobs = plan(run, selection, opts.limit);
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.concurrency.max(1))
+        // More threads than chunks would have nothing to do.
+        .num_threads(opts.concurrency.clamp(1, jobs.len().max(1)))
         .thread_name(|i| format!("render-{i}"))
         .build()
         .context("starting the worker threads")?;

@@ -201,3 +201,32 @@ fn a_wrong_email_column_is_reported_once_and_the_rest_still_checked() {
         "{out}"
     );
 }
+
+#[test]
+fn numbers_on_the_command_line_are_bounded() {
+    let w = setup(DONORS);
+    segment(&w);
+    for (flag, value, says) in [
+        ("--concurrency", "100000", "1 to 1024"),
+        ("--concurrency", "0", "1 to 1024"),
+        ("--retry-delay", "inf", "a week"),
+        ("--retry-delay", "1e300", "a week"),
+        ("--max-wait", "NaN", "a week"),
+        ("--halt-after", "0", "halt-after"),
+    ] {
+        let o = w.run(&["send", "run", "--dry-run", flag, value]);
+        assert_code(&o, 2);
+        assert!(stderr(&o).contains(says), "{flag} {value}: {}", stderr(&o));
+    }
+    // The most threads allowed, on a run of two donors: only as many as there is work for.
+    let o = w.run(&["send", "run", "--dry-run", "--concurrency", "1024"]);
+    assert_code(&o, 0);
+    w.write("campaign.toml", with("[send]\nconcurrency = 5000\n"));
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("[send] concurrency = 5000"),
+        "{}",
+        stderr(&o)
+    );
+}

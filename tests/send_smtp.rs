@@ -478,6 +478,8 @@ fn an_unreachable_relay_sends_nothing_and_says_so() {
         stderr(&o)
     );
     assert_eq!(total(&status(&w), "pending"), 3);
+    // Nothing was written, so the run can still be replaced.
+    assert!(!w.path("run/ledger").exists());
 }
 
 /// SIGTERM (what cron's timeout or systemd sends): messages in flight finish, nothing new

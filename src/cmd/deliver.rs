@@ -33,6 +33,13 @@ pub fn run(args: &Args) -> Result<Code, Error> {
             .smtp
             .ok_or_else(|| anyhow!("internal: a send passed its pre-flight without a relay"))?,
     );
+    // Check the relay and the login once before anything is written or any worker starts:
+    // a typo in the host or a wrong password stops the run with one clear message (and no
+    // RUN/ledger/, so the run can still be segmented again), not a deferral of every donor.
+    smtp::probe(&settings).map_err(|e| match e {
+        ProbeError::Refused(_) => Error::new(Code::Halted, e),
+        ProbeError::Unreachable(_) => Error::new(Code::Remaining, e),
+    })?;
     let flags = args.send_settings();
     let table = &run.campaign.send;
     let opts = SendOptions::new(&flags, table, args.on_unknown.into());
@@ -69,12 +76,6 @@ pub fn run(args: &Args) -> Result<Code, Error> {
         });
     }
     let bars = super::progress::Bars::per_segment(!args.quiet && !args.json, &run, &selection)?;
-    // Check the relay and the login once before any worker starts: a typo in the host or a
-    // wrong password should stop the run with one clear message, not defer every donor.
-    smtp::probe(&settings).map_err(|e| match e {
-        ProbeError::Refused(_) => Error::new(Code::Halted, e),
-        ProbeError::Unreachable(_) => Error::new(Code::Remaining, e),
-    })?;
     let new_transport =
         move || -> Box<dyn Transport> { Box::new(SmtpTransport::new(Arc::clone(&settings))) };
     let cx = Context {

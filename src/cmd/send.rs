@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use campaign::campaign::{Rate, SendSettings};
+use campaign::campaign::{MAX_CONCURRENCY, Rate, SendSettings};
 use campaign::exit::{Code, Error};
 use campaign::send::OnUnknown;
 
@@ -38,9 +38,10 @@ pub struct Args {
     #[arg(long = "segment", value_name = "NAME")]
     pub segments: Vec<String>,
 
-    /// Worker threads; for a real send, SMTP connections. Default: [send] concurrency, else
-    /// 8 for sending and the number of CPUs for a dry run.
-    #[arg(long, value_name = "N")]
+    /// Worker threads; for a real send, SMTP connections (1 to 1024; never more than there
+    /// are pieces of work). Default: [send] concurrency, else 8 for sending and the number of
+    /// CPUs for a dry run.
+    #[arg(long, value_name = "N", value_parser = parse_concurrency)]
     pub concurrency: Option<usize>,
 
     /// Print the message for this donor to stdout (with --dry-run) instead of rendering the
@@ -110,6 +111,15 @@ impl From<UnknownFlag> for OnUnknown {
             UnknownFlag::Skip => OnUnknown::Skip,
             UnknownFlag::Resend => OnUnknown::Resend,
         }
+    }
+}
+
+fn parse_concurrency(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of connections from 1 to {MAX_CONCURRENCY}"
+        )),
     }
 }
 

@@ -263,14 +263,15 @@ pub fn send(
         halt: Mutex::new(None),
         counts: Mutex::new(SessionCounts::default()),
     };
+    let workers = opts.concurrency.clamp(1, plan.leases().max(1));
     let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.concurrency.max(1))
+        .num_threads(workers)
         .thread_name(|i| format!("send-{i}"))
         .build()
         .context("starting the worker threads")?;
     let errors: Mutex<Vec<anyhow::Error>> = Mutex::new(Vec::new());
     pool.scope(|s| {
-        for _ in 0..opts.concurrency.max(1) {
+        for _ in 0..workers {
             s.spawn(|_| {
                 if let Err(e) = worker::Worker::new(&shared, new_transport()).run() {
                     shared.halt(Stop::Halted(format!("{e:#}")));

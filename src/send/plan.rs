@@ -191,6 +191,11 @@ impl<'a> InProcessPlan<'a> {
         })
     }
 
+    /// How many leases the plan hands out: more workers than this would have nothing to do.
+    pub fn leases(&self) -> usize {
+        self.jobs.len()
+    }
+
     /// Why the budget ran out, when it did.
     pub(super) fn budget_reason(&self) -> Stop {
         self.budget_reason.clone()
