@@ -159,6 +159,7 @@ fn render_chunk(
         }
         Ok(())
     })?;
+    run::check_rows(run.dir(), chunk, i)?;
     Ok(out)
 }
 

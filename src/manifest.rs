@@ -175,7 +175,48 @@ impl Manifest {
                 m.tool_version
             );
         }
+        m.check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}; the manifest was edited or damaged: segment the export again rather than editing it", path.display()))?;
         Ok(m)
+    }
+
+    /// Checks that the counts add up and every chunk path stays inside the run, before
+    /// anything is read or sent by them.
+    fn check(&self) -> Result<(), String> {
+        for s in &self.segments {
+            let in_chunks: u64 = s.chunks.iter().map(|c| c.rows).sum();
+            if in_chunks != s.rows {
+                return Err(format!(
+                    "segment {:?} has {} donors but its chunks add up to {in_chunks}",
+                    s.name, s.rows
+                ));
+            }
+            let dir = format!("{}/{}/", crate::rundir::SEGMENTS_DIR, s.name);
+            for c in &s.chunks {
+                let inside = c.file.strip_prefix(&dir).is_some_and(|name| {
+                    !name.is_empty()
+                        && !name.contains(['/', '\\', '\0'])
+                        && name != "."
+                        && name != ".."
+                });
+                if !inside || s.name.contains(['/', '\\']) || s.name.starts_with('.') {
+                    return Err(format!(
+                        "chunk {:?} of segment {:?} is not a file of {dir}",
+                        c.file, s.name
+                    ));
+                }
+            }
+        }
+        let accounted = self.segmented() + self.dropped.total();
+        if accounted != self.input.data_rows {
+            return Err(format!(
+                "{} donor rows were read but {} are segmented and {} dropped",
+                self.input.data_rows,
+                self.segmented(),
+                self.dropped.total()
+            ));
+        }
+        Ok(())
     }
 
     /// Donors in all segments.

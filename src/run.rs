@@ -164,6 +164,20 @@ pub fn read_chunk(run: &Path, chunk: &manifest::Chunk) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Checks a chunk held the rows the manifest says, once they are counted (before anything is
+/// sent from them): the hash covers the chunk, not the manifest's counts.
+pub fn check_rows(run: &Path, chunk: &manifest::Chunk, counted: u64) -> Result<()> {
+    if counted != chunk.rows {
+        bail!(
+            "{} has {counted} donor rows but {} says {}: the manifest was edited or damaged; segment the export again",
+            run.join(&chunk.file).display(),
+            run.join(crate::rundir::MANIFEST).display(),
+            chunk.rows
+        );
+    }
+    Ok(())
+}
+
 /// Calls `each` for every data row of a chunk (the header is skipped), with the row's line in
 /// the chunk file.
 pub fn for_each_row(

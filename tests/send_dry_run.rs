@@ -194,6 +194,55 @@ fn a_tampered_chunk_or_changed_templates_are_caught() {
     assert!(stderr(&o).contains("has changed since"), "{}", stderr(&o));
 }
 
+/// An edited manifest is refused before anything is read or sent by it: counts that do not
+/// add up, a chunk path leaving the run, and chunk row counts that disagree with the chunk.
+#[test]
+fn an_edited_manifest_is_refused_before_it_is_used() {
+    let w = setup(DONORS);
+    segment(&w);
+    let original = w.read("run/manifest.json");
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut m: serde_json::Value = serde_json::from_str(&original).unwrap();
+        f(&mut m);
+        w.write(
+            "run/manifest.json",
+            serde_json::to_string_pretty(&m).unwrap(),
+        );
+    };
+    let refused = |needle: &str| {
+        for args in [&["send", "run", "--dry-run"][..], &["status", "run"]] {
+            let o = w.run(args);
+            assert_ne!(o.status.code(), Some(0), "{args:?}");
+            assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("segment the export again"),
+                "{}",
+                stderr(&o)
+            );
+        }
+    };
+    edit(&|m| m["segments"][1]["rows"] = serde_json::json!(99));
+    refused("its chunks add up to");
+    edit(&|m| m["input"]["data_rows"] = serde_json::json!(1000));
+    refused("1000 donor rows were read");
+    edit(&|m| {
+        m["segments"][0]["chunks"][0]["file"] =
+            serde_json::json!("segments/major/../../../etc/passwd")
+    });
+    refused("is not a file of segments/major/");
+    // Counts that add up but disagree with the chunk itself are caught when it is read.
+    edit(&|m| {
+        let rows = m["segments"][1]["chunks"][0]["rows"].as_u64().unwrap();
+        m["segments"][1]["chunks"][0]["rows"] = serde_json::json!(rows + 1);
+        m["segments"][1]["rows"] = serde_json::json!(rows + 1);
+        let read = m["input"]["data_rows"].as_u64().unwrap();
+        m["input"]["data_rows"] = serde_json::json!(read + 1);
+    });
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 1);
+    assert!(stderr(&o).contains("donor rows but"), "{}", stderr(&o));
+}
+
 #[test]
 fn check_reports_every_problem_at_once() {
     let w = setup(DONORS);

@@ -101,8 +101,9 @@
 //!
 //! * A last line without its `\n` is a torn write (a crash mid-append, or a reader racing a
 //!   writer): it is ignored, and [`ChunkLedger::open`] cuts it off before appending.
-//! * A line containing a NUL byte is ignored: some file systems leave zeros in place of data
-//!   that was not yet fsynced at a power cut, and the writer never writes NUL.
+//! * A line of NUL bytes alone is ignored: some file systems leave zeros in place of data
+//!   that was not yet fsynced at a power cut, and the writer never writes NUL. A line with
+//!   NUL bytes among other bytes is malformed (below).
 //!
 //! Neither can hide a sent recipient: both only affect unsynced data, and every `A` is synced
 //! before its key is sent. Any other malformed line (unknown kind, wrong number of fields,

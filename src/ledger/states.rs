@@ -180,9 +180,17 @@ impl ChunkStates {
         {
             let number = i + 1;
             let line = &line[..line.len() - 1];
-            if line.contains(&0) {
+            // A run of NUL bytes alone is what a power cut leaves in place of data never
+            // synced; NUL among other bytes is damage of another kind, never skipped.
+            if !line.is_empty() && line.iter().all(|&b| b == 0) {
                 states.ignored += 1;
                 continue;
+            }
+            if line.contains(&0) {
+                return Err(malformed(
+                    number,
+                    "the line holds NUL bytes among other bytes, which no writer writes".into(),
+                ));
             }
             let text = std::str::from_utf8(line).map_err(|e| {
                 malformed(number, format!("not UTF-8 (byte {})", e.valid_up_to() + 1))

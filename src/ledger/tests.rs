@@ -357,6 +357,7 @@ fn malformed_lines_are_errors_with_line_numbers() {
     let good = h("s1", BOOT) + &rec('A', "s1", 1);
     let bad_lines = [
         ("X\ts1\n", "unknown record kind"),
+        ("garbage\0more\n", "NUL bytes among other bytes"),
         ("\n", "empty line"),
         (
             &format!("S\ts1\t{}\t2026-11-29T23:40:01Z\t250\n", hex(1)),

@@ -135,6 +135,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             });
             Ok(())
         })?;
+        run::check_rows(sh.run.dir(), chunk, index as u64)?;
         if pending.is_empty() {
             return sh.source.done(lease);
         }
