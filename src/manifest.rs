@@ -154,9 +154,11 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Reads `RUN/manifest.json`.
+    /// Reads `RUN/manifest.json`, after putting back a run a crashed `segment --force` left
+    /// moved aside ([`crate::rundir::recover`]).
     pub fn load(run: &Path) -> anyhow::Result<Manifest> {
         use anyhow::Context;
+        crate::rundir::recover(run)?;
         let path = run.join(crate::rundir::MANIFEST);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(

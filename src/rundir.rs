@@ -112,10 +112,7 @@ impl Staging {
     /// created (or, with `force`, replaced).
     pub fn create(target: &Path, force: bool) -> Result<Staging> {
         check_replace(target, force)?;
-        let parent = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
+        let parent = parent_of(target);
         if !parent.is_dir() {
             bail!(
                 "the parent directory of {} does not exist; create {} first",
@@ -123,7 +120,7 @@ impl Staging {
                 parent.display()
             );
         }
-        remove_dead_staging(target, parent);
+        remove_dead_staging(target);
         let dir = sibling(target, "partial")?;
         if dir.exists() {
             fs::remove_dir_all(&dir)
@@ -146,33 +143,132 @@ impl Staging {
 
     /// Moves the finished run into place. The caller has written every file and synced the
     /// manifest.
+    ///
+    /// Replacing a run swaps the two directories in one atomic rename (Linux's
+    /// `RENAME_EXCHANGE`), so a crash at any point leaves the old run or the new one whole at
+    /// the target; the old one, then in the staging directory, is removed after, or by the
+    /// next `segment` if this process died first. Where the swap is not supported the old run
+    /// is moved aside first, and [`recover`] puts it back if the process dies between the two
+    /// renames.
     pub fn commit(mut self) -> Result<()> {
         // Sending may have started on the old run while we were segmenting: check again.
         check_replace(&self.target, self.force)?;
         sync_dir(&self.dir)?;
+        let parent = parent_of(&self.target).to_owned();
         if self.target.exists() {
-            let old = sibling(&self.target, "replaced")?;
+            fault_point("segment-before-swap");
+            if exchange(&self.dir, &self.target)? {
+                // The target is the new run; the staging directory now holds the old one,
+                // which dropping `self` removes.
+                sync_dir(&parent)?;
+                fault_point("segment-after-swap");
+                return Ok(());
+            }
+            let old = sibling(&self.target, REPLACED)?;
             fs::rename(&self.target, &old)
                 .with_context(|| format!("moving the old run {} aside", self.target.display()))?;
+            fault_point("segment-between-renames");
             fs::rename(&self.dir, &self.target)
                 .with_context(|| format!("moving the new run into {}", self.target.display()))?;
+            self.committed = true;
+            sync_dir(&parent)?;
             fs::remove_dir_all(&old)
                 .with_context(|| format!("removing the replaced run at {}", old.display()))?;
         } else {
             fs::rename(&self.dir, &self.target)
                 .with_context(|| format!("moving the new run into {}", self.target.display()))?;
-        }
-        self.committed = true;
-        if let Some(parent) = self.target.parent() {
-            let parent = if parent.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                parent
-            };
-            sync_dir(parent)?;
+            self.committed = true;
+            sync_dir(&parent)?;
         }
         Ok(())
     }
+}
+
+/// The directory holding `target` (`.` for a bare name).
+fn parent_of(target: &Path) -> &Path {
+    match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// The tag of an old run moved aside while its replacement moves in.
+const REPLACED: &str = "replaced";
+
+/// Swaps two directories atomically; `false` where the system or file system cannot.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(true),
+        Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => Ok(false),
+        Err(e) => Err(std::io::Error::from(e))
+            .with_context(|| format!("swapping the new run into {}", b.display())),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> Result<bool> {
+    Ok(false)
+}
+
+/// A crash point for tests: with `CAMPAIGN_FAULT=<name>` in the environment of a debug
+/// build, the process aborts here, as a `kill -9` would stop it. Release builds have none.
+fn fault_point(name: &str) {
+    if cfg!(debug_assertions) && std::env::var_os("CAMPAIGN_FAULT").is_some_and(|v| v == name) {
+        std::process::abort();
+    }
+}
+
+/// Puts back a run that a crashed `segment --force` moved aside and had not yet replaced
+/// (see [`Staging::commit`]): when `target` is missing and the moved-aside run's process is
+/// gone, it is renamed back. Called before a run is read or replaced.
+pub fn recover(target: &Path) -> Result<()> {
+    if fs::symlink_metadata(target).is_ok() {
+        return Ok(());
+    }
+    for (path, pid) in leftovers(target, REPLACED) {
+        if !alive(pid) {
+            fs::rename(&path, target).with_context(|| {
+                format!(
+                    "restoring the run {} from {}, where a segment that did not finish left it",
+                    target.display(),
+                    path.display()
+                )
+            })?;
+            sync_dir(parent_of(target))?;
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Hidden siblings of `target` with `tag` (`.RUN.<tag>-PID`), with their process ids.
+fn leftovers(target: &Path, tag: &str) -> Vec<(PathBuf, u32)> {
+    let Some(name) = target.file_name() else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.{tag}-", name.to_string_lossy());
+    let Ok(entries) = fs::read_dir(parent_of(target)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e
+                .file_name()
+                .to_str()?
+                .strip_prefix(&prefix)?
+                .parse::<u32>()
+                .ok()?;
+            Some((e.path(), pid))
+        })
+        .collect()
+}
+
+/// Whether process `pid` runs; `true` where `/proc` cannot tell, so nothing is touched.
+fn alive(pid: u32) -> bool {
+    !Path::new("/proc/self").exists() || Path::new("/proc").join(pid.to_string()).exists()
 }
 
 impl Drop for Staging {
@@ -186,25 +282,10 @@ impl Drop for Staging {
 /// Removes staging directories of `target` left by processes that no longer run (a crash or
 /// `kill -9`), so they do not pile up. Best effort, and only where `/proc` tells which
 /// processes are alive; a staging directory of a live process is never touched.
-fn remove_dead_staging(target: &Path, parent: &Path) {
-    let (Some(name), true) = (target.file_name(), Path::new("/proc/self").exists()) else {
-        return;
-    };
-    let prefix = format!(".{}.partial-", name.to_string_lossy());
-    let Ok(entries) = fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let file_name = e.file_name();
-        let Some(pid) = file_name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid.to_string()).exists() {
-            let _ = fs::remove_dir_all(e.path());
+fn remove_dead_staging(target: &Path) {
+    for (path, pid) in leftovers(target, "partial") {
+        if !alive(pid) {
+            let _ = fs::remove_dir_all(path);
         }
     }
 }

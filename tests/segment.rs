@@ -622,3 +622,59 @@ fn prop_every_row_lands_in_exactly_one_place() {
         }
     }
 }
+
+/// `segment --force` killed at each step of replacing a run (a crash point of the debug
+/// build) leaves the old run or the new one whole at `run`, and the next segment clears what
+/// was left.
+#[test]
+fn a_killed_force_leaves_the_old_run_or_the_new_one_whole() {
+    const OLD: &[u8] = b"email,total,last\na@example.org,10,2026-06-01\n";
+    const NEW: &[u8] =
+        b"email,total,last\na@example.org,10,2026-06-01\nb@example.org,2000,2026-06-01\n";
+    for (fault, new_in_place) in [("segment-before-swap", false), ("segment-after-swap", true)] {
+        let w = setup(OLD);
+        assert_code(&segment(&w, &[]), 0);
+        w.write("donors.csv", NEW);
+        let mut args = vec!["segment", "donors.csv", "--campaign", "campaign.toml"];
+        args.extend(["--out", "run", "--as-of", "2026-11-29", "--force"]);
+        let o = w
+            .command()
+            .args(&args)
+            .env("CAMPAIGN_FAULT", fault)
+            .output()
+            .unwrap();
+        assert_ne!(
+            o.status.code(),
+            Some(0),
+            "{fault}: the crash point was not reached"
+        );
+        let rows = manifest(&w.path("run"))["input"]["data_rows"].as_u64();
+        assert_eq!(rows, Some(if new_in_place { 2 } else { 1 }), "{fault}");
+        // The run in place is whole: status reads it.
+        assert_code(&w.run(&["status", "run"]), 0);
+        assert_code(&segment(&w, &["--force"]), 0);
+        assert_eq!(
+            w.entries(),
+            ["campaign.toml", "donors.csv", "run"],
+            "{fault}"
+        );
+        assert_eq!(manifest(&w.path("run"))["input"]["data_rows"], 2);
+    }
+}
+
+/// Where the swap is not available the old run is moved aside first; if the process dies
+/// before the new one moves in, the next command that reads the run puts the old one back.
+#[test]
+fn an_old_run_left_aside_by_a_crash_is_restored() {
+    let w = setup(b"email,total,last\na@example.org,10,2026-06-01\n");
+    assert_code(&segment(&w, &[]), 0);
+    // What a process (long gone: no pid this large runs) leaves between the two renames.
+    std::fs::rename(w.path("run"), w.path(".run.replaced-4000000000")).unwrap();
+    let o = w.run(&["status", "run"]);
+    assert_code(&o, 0);
+    assert_eq!(w.entries(), ["campaign.toml", "donors.csv", "run"]);
+    // segment restores it too, and then refuses to overwrite it without --force.
+    std::fs::rename(w.path("run"), w.path(".run.replaced-4000000000")).unwrap();
+    assert_code(&segment(&w, &[]), 3);
+    assert_eq!(w.entries(), ["campaign.toml", "donors.csv", "run"]);
+}

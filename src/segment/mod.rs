@@ -244,6 +244,7 @@ pub struct SegmentReport {
 
 /// Runs the master step and returns the manifest it wrote.
 pub fn run(opts: &SegmentOptions, progress: &dyn Progress) -> Result<SegmentReport, SegmentError> {
+    rundir::recover(&opts.out)?;
     rundir::check_replace(&opts.out, opts.force)?;
     let Input {
         mut rdr,
