@@ -343,3 +343,46 @@ fn retries_not_due_within_max_wait_stay_deferred() {
     let report = send_once(&run, &clock, &opts, None, &relay, defer_first(1));
     assert_eq!(report.session.sent, DONORS as u64);
 }
+
+/// A connection the relay closes with 421 is reopened only after a pause (1 s, doubling
+/// while the relay keeps closing, reset by an accepted message).
+#[test]
+fn a_421_pauses_that_connection_before_it_reopens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = segmented(tmp.path());
+    let clock = Arc::new(ManualClock::new("2026-12-01T09:00:00Z".parse().unwrap()));
+    let relay = Relay::default();
+    let closing = ["d3@example.org", "d4@example.org", "d10@example.org"];
+    let policy: Policy = Arc::new(move |to, attempt| {
+        (attempt == 1 && closing.contains(&to)).then(|| Outcome::Deferred {
+            code: Some(421),
+            text: "4.4.2 closing connection".into(),
+            throttle: false,
+        })
+    });
+    let mut opts = options();
+    opts.concurrency = 1;
+    let report = send_once(&run, &clock, &opts, None, &relay, policy);
+    assert_eq!(report.session.sent, DONORS as u64);
+    let log = relay.log.lock().unwrap();
+    let at = |to: &str| log.iter().find(|(t, n, _)| t == to && *n == 1).unwrap().2;
+    // d3 closes: d4 waits 1 s; d4 closes again: d5 waits 2 s; d5 is accepted, so after d10
+    // closes, d11 waits 1 s again.
+    assert_eq!(
+        at("d4@example.org") - at("d3@example.org"),
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        at("d5@example.org") - at("d4@example.org"),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        at("d11@example.org") - at("d10@example.org"),
+        Duration::from_secs(1)
+    );
+    assert_eq!(
+        at("d6@example.org"),
+        at("d5@example.org"),
+        "no pause after an accepted one"
+    );
+}

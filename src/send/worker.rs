@@ -31,6 +31,20 @@ pub(super) struct Worker<'s, 'a> {
     sh: &'s Shared<'a>,
     transport: Box<dyn Transport>,
     ws: Workspace,
+    pause: Pause,
+}
+
+/// This worker's wait before reopening a connection the relay closed with 421: only this
+/// connection waits, the others go on. Doubles from 1 s to 30 s while the relay keeps
+/// closing, and resets when a message is accepted.
+struct Pause {
+    until: Option<Duration>,
+    delay: Duration,
+}
+
+impl Pause {
+    const FIRST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(30);
 }
 
 /// What became of a batch's donors that are not settled.
@@ -55,6 +69,10 @@ impl<'s, 'a> Worker<'s, 'a> {
             sh,
             transport,
             ws: Workspace::default(),
+            pause: Pause {
+                until: None,
+                delay: Pause::FIRST,
+            },
         }
     }
 
@@ -276,6 +294,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             sh,
             ledger,
             seg,
+            pause: &mut self.pause,
             keys: &keys,
             deferred: Vec::new(),
             error: None,
@@ -307,6 +326,7 @@ struct BatchJournal<'j, 's, 'a> {
     sh: &'s Shared<'a>,
     ledger: &'j SharedLedger,
     seg: usize,
+    pause: &'j mut Pause,
     /// The reserved keys, one per message offered.
     keys: &'j [RecipientKey],
     /// Messages deferred by the relay, to retry.
@@ -339,6 +359,7 @@ impl BatchJournal<'_, '_, '_> {
         let mut ledger = lock(self.ledger);
         match outcome {
             Outcome::Accepted { reply } => {
+                self.pause.delay = Pause::FIRST;
                 ledger.sent(key, now, 250, &reply)?;
                 sh.count(self.seg, |c| c.sent += 1);
             }
@@ -358,6 +379,11 @@ impl BatchJournal<'_, '_, '_> {
                 ledger.deferred(key, now, code, &text)?;
                 if throttle {
                     sh.pacer.slow_down();
+                }
+                if code == Some(421) {
+                    // The relay closed this connection: reopen it only after a pause.
+                    self.pause.until = Some(sh.clock.elapsed() + self.pause.delay);
+                    self.pause.delay = (self.pause.delay * 2).min(Pause::LONGEST);
                 }
                 self.deferred.push(i);
             }
@@ -382,6 +408,19 @@ impl BatchJournal<'_, '_, '_> {
 impl Journal for BatchJournal<'_, '_, '_> {
     fn proceed(&mut self, _: usize) -> bool {
         let sh = self.sh;
+        if let Some(until) = self.pause.until.take() {
+            loop {
+                let now = sh.clock.elapsed();
+                if now >= until {
+                    break;
+                }
+                if sh.halted() {
+                    return false;
+                }
+                sh.clock
+                    .sleep((until - now).min(Duration::from_millis(100)));
+            }
+        }
         self.error.is_none() && !sh.halted() && sh.pacer.wait(&|| sh.halted())
     }
 
