@@ -16,8 +16,8 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 
 use super::body::encode_body;
 use super::headers::{
-    ListUnsubscribe, ListUnsubscribePost, check_header_value, list_unsubscribe_value, mailto_uri,
-    parse_mailbox,
+    EncodedSubject, ListUnsubscribe, ListUnsubscribePost, check_header_value,
+    list_unsubscribe_value, mailto_uri, parse_mailbox,
 };
 use super::{MAX_LINE, MessageError, Outgoing};
 use crate::campaign::MessageSettings;
@@ -160,11 +160,16 @@ impl Composer {
         if let Some(r) = &self.reply_to {
             builder = builder.reply_to(r.clone());
         }
-        builder = builder
-            .to(Mailbox::new(to_name.map(str::to_owned), to_addr))
-            .subject(m.subject)
-            .date(date)
-            .message_id(Some(self.message_id(m.key)));
+        builder = builder.to(Mailbox::new(to_name.map(str::to_owned), to_addr));
+        // Text that a client could decode as an RFC 2047 encoded word (a donor whose name is
+        // `=?utf-8?b?...?=`) is encoded as a whole, so the subject reads as written; lettre
+        // would pass ASCII text through as it is.
+        builder = if m.subject.contains("=?") {
+            builder.header(EncodedSubject::new(m.subject))
+        } else {
+            builder.subject(m.subject)
+        };
+        builder = builder.date(date).message_id(Some(self.message_id(m.key)));
         if let Some(value) = list_unsubscribe {
             builder = builder.header(ListUnsubscribe(value));
             // RFC 8058 one-click needs an https URI in List-Unsubscribe; a mailto alone is not

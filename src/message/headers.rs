@@ -53,6 +53,48 @@ pub(super) fn check_header_value(
 #[derive(Debug, Clone)]
 pub struct ListUnsubscribe(pub(super) String);
 
+/// A Subject written as RFC 2047 encoded words throughout (`=?utf-8?b?...?=`, folded), for
+/// text that would otherwise be read as encoded words by the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct EncodedSubject(String);
+
+impl EncodedSubject {
+    /// UTF-8 bytes per encoded word: 56 base64 characters, so that `Subject: ` and the first
+    /// word fit in 78 characters (RFC 5322's advice) and no word passes 75 (RFC 2047's rule).
+    const BYTES_PER_WORD: usize = 42;
+
+    pub(super) fn new(text: &str) -> EncodedSubject {
+        use base64::Engine as _;
+        let mut words = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut end = rest.len().min(Self::BYTES_PER_WORD);
+            while !rest.is_char_boundary(end) {
+                end -= 1;
+            }
+            let encoded = base64::engine::general_purpose::STANDARD.encode(&rest[..end]);
+            words.push(format!("=?utf-8?b?{encoded}?="));
+            rest = &rest[end..];
+        }
+        EncodedSubject(words.join("\r\n "))
+    }
+}
+
+impl Header for EncodedSubject {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Subject")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(EncodedSubject::new(s))
+    }
+
+    fn display(&self) -> HeaderValue {
+        // Safe: encoded words are printable ASCII, joined by CRLF + space folds.
+        HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), self.0.clone())
+    }
+}
+
 impl Header for ListUnsubscribe {
     fn name() -> HeaderName {
         HeaderName::new_from_ascii_str("List-Unsubscribe")
@@ -272,6 +314,26 @@ mod tests {
         NAME, SUBJECT, URL, assert_wire_format, composer, header_block, key, outgoing, settings,
     };
     use crate::message::{Composer, Outgoing};
+
+    #[test]
+    fn text_that_looks_like_an_encoded_word_reads_as_written() {
+        let c = composer();
+        for subject in [
+            "=?utf-8?b?SGFja2Vk?=",
+            "Thank you, =?utf-8?q?Bo?= — you gave £25 to the park's spring appeal, again!",
+            "a=?b",
+        ] {
+            let mut m = outgoing("hi\n", None);
+            m.subject = subject;
+            let bytes = c.compose(&m).unwrap();
+            assert_wire_format(&bytes);
+            let head = header_block(&bytes);
+            assert!(!head.contains(subject), "passed through as it is:\n{head}");
+            // An independent parser reads back exactly the text, not what it would decode to.
+            let msg = MessageParser::default().parse(&bytes).unwrap();
+            assert_eq!(msg.subject(), Some(subject), "{head}");
+        }
+    }
 
     #[test]
     fn headers_round_trip() {

@@ -356,8 +356,19 @@ impl TemplateSet {
         let to_name = match &self.to_name {
             Some(inline) => {
                 let name = self.render_named(inline.name, view(Mode::ToName))?;
-                // A display name is one line in a header: line breaks from a CSV cell are
-                // folded into spaces rather than failing the donor.
+                // A display name is one line in a header: a line break or other control
+                // character from a cell fails the donor, as it does in the subject, rather
+                // than being quietly changed into something else.
+                if let Some(c) = name.trim().chars().find(|c| c.is_control()) {
+                    return Err(RenderError {
+                        file: self.campaign_file.display().to_string(),
+                        line: inline.line,
+                        message: format!(
+                            "[message] to_name renders with the control character U+{:04X} for this donor ({name:?}); a display name is one line: clean the column in the export",
+                            u32::from(c)
+                        ),
+                    });
+                }
                 let name = name.split_whitespace().collect::<Vec<_>>().join(" ");
                 (!name.is_empty()).then_some(name)
             }

@@ -633,10 +633,21 @@ fn to_name_empty_is_none() {
     let r = render_one(
         &files,
         message,
-        &TestRow::new(&["x@y", "Ann\nMarie", "Lee", "", "", ""]),
+        &TestRow::new(&["x@y", "Ann  Marie", "Lee", "", "", ""]),
     )
     .unwrap();
     assert_eq!(r.to_name.as_deref(), Some("Ann Marie Lee"));
+    // A line break from a cell fails the donor, as in the subject.
+    let e = render_one(
+        &files,
+        message,
+        &TestRow::new(&["x@y", "Ann\nMarie", "Lee", "", "", ""]),
+    )
+    .unwrap_err();
+    assert!(
+        e.message.contains("U+000A") && e.message.contains("to_name"),
+        "{e}"
+    );
     let r = render_one(&files, "", &ann()).unwrap();
     assert_eq!((r.to_name, r.unsubscribe_url, r.html), (None, None, None));
 }
