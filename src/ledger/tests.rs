@@ -763,3 +763,29 @@ fn hot_path_throughput() {
         start.elapsed()
     );
 }
+
+/// A full disk is named by every refusal after the first failed write, not only the first.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_write_is_named_by_every_later_refusal() {
+    let run = run_dir();
+    let mut l = ChunkLedger::open(run.path(), CHUNK, &session("s1", Some(BOOT))).unwrap();
+    l.write_to(
+        fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap(),
+    );
+    let now = ts("2026-11-29T23:40:00Z");
+    let first = l.reserve(&[key(1)], now).unwrap_err().to_string();
+    assert!(first.contains("No space left on device"), "{first}");
+    for later in [
+        l.sent(key(1), now, 250, "ok").unwrap_err().to_string(),
+        l.sync().unwrap_err().to_string(),
+    ] {
+        assert!(
+            later.contains("No space left on device") && later.contains("an earlier write"),
+            "{later}"
+        );
+    }
+}

@@ -33,8 +33,8 @@ pub struct ChunkLedger {
     session: String,
     /// Reused for formatting records, so the hot path does not allocate.
     buf: String,
-    /// A write or fsync failed: the file's tail is uncertain.
-    poisoned: bool,
+    /// A write or fsync failed, and how: the file's tail is uncertain.
+    poisoned: Option<Poison>,
     /// Records were written since the last fsync.
     dirty: bool,
 }
@@ -97,7 +97,7 @@ impl ChunkLedger {
             states,
             session: session.id.clone(),
             buf: String::with_capacity(256),
-            poisoned: false,
+            poisoned: None,
             dirty: false,
         };
         let start = Record {
@@ -258,8 +258,8 @@ impl ChunkLedger {
 
     /// Makes every record written so far durable (fsync).
     pub fn sync(&mut self) -> Result<(), LedgerError> {
-        if self.poisoned {
-            return Err(self.err(poisoned_error()));
+        if let Some(p) = &self.poisoned {
+            return Err(self.err(p.error()));
         }
         match self.file.sync_data() {
             Ok(()) => {
@@ -269,7 +269,7 @@ impl ChunkLedger {
             Err(e) => {
                 // After a failed fsync the kernel may have dropped the dirty pages: nothing
                 // written since the last good fsync can be trusted to be on disk.
-                self.poisoned = true;
+                self.poisoned = Some(Poison::from(&e));
                 Err(self.err(e))
             }
         }
@@ -279,6 +279,12 @@ impl ChunkLedger {
     /// its last outcomes are durable before the worker moves on.
     pub fn close(mut self) -> Result<(), LedgerError> {
         if self.dirty { self.sync() } else { Ok(()) }
+    }
+
+    /// Points the ledger at another file, to make its writes fail (`/dev/full`).
+    #[cfg(test)]
+    pub(super) fn write_to(&mut self, file: File) {
+        self.file = file;
     }
 
     /// Writes one record for a key and applies it.
@@ -342,7 +348,7 @@ impl ChunkLedger {
 
 impl Drop for ChunkLedger {
     fn drop(&mut self) {
-        if self.dirty && !self.poisoned {
+        if self.dirty && self.poisoned.is_none() {
             // Best effort: errors surface only through `close`.
             let _ = self.file.sync_data();
         }
@@ -351,12 +357,41 @@ impl Drop for ChunkLedger {
 
 /// Appends `buf` with one `write(2)` (more only if the kernel writes it short), poisoning the
 /// ledger on failure.
-fn write_all(file: &mut File, buf: &str, poisoned: &mut bool) -> io::Result<()> {
-    if *poisoned {
-        return Err(poisoned_error());
+fn write_all(file: &mut File, buf: &str, poisoned: &mut Option<Poison>) -> io::Result<()> {
+    if let Some(p) = poisoned {
+        return Err(p.error());
     }
     file.write_all(buf.as_bytes())
-        .inspect_err(|_| *poisoned = true)
+        .inspect_err(|e| *poisoned = Some(Poison::from(e)))
+}
+
+/// The first failed write or fsync, kept so every later refusal names it (a full disk says
+/// "No space left on device" each time, not only the first).
+#[derive(Debug)]
+struct Poison {
+    kind: io::ErrorKind,
+    what: String,
+}
+
+impl From<&io::Error> for Poison {
+    fn from(e: &io::Error) -> Poison {
+        Poison {
+            kind: e.kind(),
+            what: e.to_string(),
+        }
+    }
+}
+
+impl Poison {
+    fn error(&self) -> io::Error {
+        io::Error::new(
+            self.kind,
+            format!(
+                "an earlier write to this ledger failed ({}); nothing more is written to it. Fix that (free disk space, for one), then run again: the ledger is reopened and a torn last line cut off",
+                self.what
+            ),
+        )
+    }
 }
 
 /// Applies a record this ledger wrote. Only an `H` can be refused, and `open` applies its own
@@ -364,10 +399,6 @@ fn write_all(file: &mut File, buf: &str, poisoned: &mut bool) -> io::Result<()> 
 fn apply(states: &mut ChunkStates, rec: &Record<'_>) {
     let result = states.apply(rec);
     debug_assert!(result.is_ok(), "{result:?}");
-}
-
-fn poisoned_error() -> io::Error {
-    io::Error::other("an earlier write to this ledger failed; reopen it to continue")
 }
 
 /// Refuses session ids and boot ids that would break the line format.
