@@ -93,13 +93,15 @@ fn looks_like_throttling(code: u16, subject: Option<u16>, text: &str) -> bool {
 ///   suppressing donors for them would lose good addresses.
 /// * Other 4xx: [`Outcome::Deferred`], `throttle` per [`Outcome::Deferred`]'s rules.
 /// * Other 5xx on connect or MAIL FROM: [`Outcome::Halt`] (every message would fail alike).
-/// * 5xx on RCPT, DATA or after the dot that is the recipient's (5.1.x, 5.2.x; without an
-///   enhanced code, 550/551/553 at RCPT), or about this message's content (other 5xx after
-///   the dot, other 5xx at RCPT without an enhanced code): [`Outcome::Bounced`].
-/// * 5xx that is the relay's, not the donor's: syntax and sequence errors (500–504), system
-///   errors (5.3.x, 5.4.x, 5.5.x), and the DATA command refused for no reason of the
-///   recipient's: [`Outcome::Deferred`]. Failing donors for them would burn the list; the
-///   send loop's circuit breaker halts the run when they repeat ([`health`]).
+/// * 5xx that is the recipient's: 5.1.x or 5.2.x anywhere, and at RCPT any other refusal
+///   but the relay's own errors below (550/551/553 without an enhanced code mean a bad
+///   address): [`Outcome::Bounced`].
+/// * 5xx that is not the donor's: syntax and sequence errors (500–504), system errors
+///   (5.3.x, 5.4.x, 5.5.x), the DATA command refused, and anything refused after the dot
+///   that does not name the recipient (content, an abort before the body was read): the
+///   same for every donor of the template, so [`Outcome::Deferred`]. Failing donors for it
+///   would burn the list; the send loop's circuit breaker halts the run when it repeats
+///   ([`health`]).
 pub fn classify(stage: Stage, code: u16, text: &str) -> Outcome {
     if code < 400 {
         return Outcome::Accepted {
@@ -145,8 +147,8 @@ pub fn classify(stage: Stage, code: u16, text: &str) -> Outcome {
         Some((_, 2, _)) => bounced(false),
         _ if (500..=504).contains(&code) => relays(),
         Some((_, 3..=5, _)) => relays(),
-        _ if stage == Stage::Data => relays(),
-        None => bounced(stage == Stage::Rcpt && matches!(code, 550 | 551 | 553)),
+        _ if stage != Stage::Rcpt => relays(),
+        None => bounced(matches!(code, 550 | 551 | 553)),
         Some(_) => bounced(false),
     }
 }
@@ -429,13 +431,20 @@ mod tests {
                 Message,
                 554,
                 "Transaction failed",
-                bounced(554, false, "Transaction failed"),
+                deferred(554, false, "Transaction failed"),
             ),
             (
                 Message,
                 550,
                 "Content rejected",
-                bounced(550, false, "Content rejected"),
+                deferred(550, false, "Content rejected"),
+            ),
+            // smtp-sink -A: 550 after DATA, before the body was read.
+            (
+                Message,
+                550,
+                "This violates SMTP",
+                deferred(550, false, "This violates SMTP"),
             ),
             (
                 Data,
@@ -447,7 +456,13 @@ mod tests {
                 Message,
                 554,
                 "5.6.0 Malformed content",
-                bounced(554, false, "5.6.0 Malformed content"),
+                deferred(554, false, "5.6.0 Malformed content"),
+            ),
+            (
+                Rcpt,
+                554,
+                "5.6.0 Not for this one",
+                bounced(554, false, "5.6.0 Not for this one"),
             ),
             // The sender's problem.
             (

@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# The system-tools test lane: `campaign send` against postfix's real smtp-sink with its fault
+# flags (soft and hard rejects, 421 and disconnects at each stage, a server that exits
+# mid-run, no PIPELINING, no enhanced codes, slow replies). For every case: the exit code,
+# the ledger (status) against the report and against the messages the sink received, and a
+# re-run against a healthy sink that finishes the rest with nobody mailed twice.
+#
+#   bash tests/system/faults.sh          # installs postfix if smtp-sink is missing
+#   KEEP=1 bash tests/system/faults.sh   # keep the temp dirs (printed by failing cases)
+#
+# Only 127.0.0.1 is contacted; every sink is killed and every temp dir removed on exit.
+# Ends with a line "N passed, M failed" and exits non-zero if any case failed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if ! command -v smtp-sink >/dev/null && [[ ! -x /usr/sbin/smtp-sink ]]; then
+    echo "installing postfix (for smtp-sink) and iproute2 (for ss)" >&2
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    echo "postfix postfix/mailname string localhost" | debconf-set-selections
+    apt-get update -qq >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix iproute2 >/dev/null
+fi
+SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
+
+cargo build --locked --quiet
+BIN=$PWD/target/debug/campaign
+TOP=$(mktemp -d)
+# smtp-sink runs as nobody when started by root: it must reach the case directories.
+chmod 755 "$TOP"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$TOP"
+}
+trap cleanup EXIT
+[[ -n ${KEEP:-} ]] && trap - EXIT
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# start_sink DIR [FLAGS...]: a sink on a free port appending every message to a dump file in
+# DIR/dumps/ (smtp-sink adds a random suffix to the name); sets PORT.
+start_sink() {
+    local dir=$1 user=()
+    shift
+    [[ $(id -u) == 0 ]] && user=(-u nobody)
+    PORT=$(free_port)
+    mkdir -p "$dir/dumps" && chmod 777 "$dir/dumps"
+    "$SINK" "${user[@]}" -D "$dir/dumps/dump-" -S 'From sink\n' "$@" "127.0.0.1:$PORT" 256 2>>"$TOP/sink.err" &
+    PIDS+=($!)
+    for _ in $(seq 100); do
+        ss -Hltn "sport = :$PORT" | grep -q . && return 0
+        sleep 0.05
+    done
+    echo "smtp-sink did not start" >&2
+    return 1
+}
+
+# new_run DIR N: a campaign, its templates and N donors, segmented into DIR/run.
+new_run() {
+    local dir=$1 n=$2
+    mkdir -p "$dir/templates/all"
+    cat >"$dir/campaign.toml" <<'TOML'
+[campaign]
+id = "faults-2026"
+[message]
+from = "Friends of the Park <appeal@park.example>"
+unsubscribe_url = "https://park.example/u?t={{ unsubscribe_token }}"
+[[segment]]
+name = "all"
+TOML
+    printf 'Hello {{ name }}\n' >"$dir/templates/all/subject.txt"
+    printf 'Dear {{ name }},\nthank you.\n' >"$dir/templates/all/body.txt"
+    { echo "email,name"; for ((i = 0; i < n; i++)); do echo "d$i@example.org,Donor $i"; done; } >"$dir/donors.csv"
+    (cd "$dir" && "$BIN" segment donors.csv --campaign campaign.toml --out run --as-of 2026-11-29 --chunk-size 10 >/dev/null)
+}
+
+# send DIR PORT ARGS...: runs a send; sets CODE.
+send() {
+    local dir=$1 port=$2
+    shift 2
+    set +e
+    (cd "$dir" && CAMPAIGN_SMTP_URL="smtp://127.0.0.1:$port" \
+        CAMPAIGN_UNSUBSCRIBE_SECRET=faults-secret-0123456789abcdef \
+        "$BIN" send run --retry-delay 0.05 --json --quiet "$@" >"$dir/out.json" 2>"$dir/err.txt")
+    CODE=$?
+    set -e
+}
+
+# check DIR EXPECT...: compares the ledger (status), the report and the sinks' dumps.
+# EXPECT is field=value pairs over: code, sent, failed, deferred, unknown, pending, stop,
+# received (messages in the dumps), once (1: nobody received twice), accounted (1: the
+# dumps hold exactly the messages the ledger calls sent or unknown).
+check() {
+    local dir=$1
+    shift
+    (cd "$dir" && "$BIN" status run --json >"$dir/status.json")
+    python3 - "$dir" "$CODE" "$@" <<'PY'
+import json, sys, glob, collections, os
+d, code, *expect = sys.argv[1:]
+status = json.load(open(f"{d}/status.json"))
+got = {k: sum(s[k] for s in status) for k in ("sent", "failed", "deferred", "unknown", "pending")}
+got["code"] = int(code)
+rcpts = collections.Counter()
+for dump in glob.glob(f"{d}/dumps/dump-*"):
+    for line in open(dump, errors="replace"):
+        if line.startswith("X-Rcpt-Args: <"):
+            rcpts[line.split("<", 1)[1].split(">", 1)[0]] += 1
+got["received"] = sum(rcpts.values())
+got["once"] = int(all(c == 1 for c in rcpts.values()))
+# Every message the sinks got is one the ledger calls sent, or unknown (the reply was lost).
+got["accounted"] = int(got["received"] == got["sent"] + got["unknown"])
+report = json.load(open(f"{d}/run/report.json")) if os.path.exists(f"{d}/run/report.json") else None
+if report:
+    got["stop"] = report["stop"]["kind"]
+    out = json.load(open(f"{d}/out.json")) if os.path.getsize(f"{d}/out.json") else None
+    # What the process says it did agrees with the report it wrote.
+    if out and out["session"] != report["session"]:
+        print(f"session counts differ: stdout {out['session']} report {report['session']}"); sys.exit(1)
+bad = []
+for e in expect:
+    k, v = e.split("=", 1)
+    if str(got.get(k)) != v:
+        bad.append(f"{k}: expected {v}, got {got.get(k)}")
+if bad:
+    print("; ".join(bad), "| all:", got, "| stderr:", open(f"{d}/err.txt").read().strip()[-400:])
+    sys.exit(1)
+PY
+}
+
+PASSED=0
+FAILED=0
+# case NAME: runs the function case_NAME in a fresh directory and counts the result.
+case_() {
+    local name=$1 dir="$TOP/$1"
+    mkdir -p "$dir"
+    if (set -e; "case_$name" "$dir") >"$dir/case.log" 2>&1; then
+        PASSED=$((PASSED + 1))
+        echo "ok   $name"
+    else
+        FAILED=$((FAILED + 1))
+        echo "FAIL $name ($dir): $(tail -n 3 "$dir/case.log")"
+    fi
+}
+
+# The healthy re-run that every fault case ends with: the rest is sent, nobody twice.
+rerun_healthy() {
+    local dir=$1
+    shift 2
+    start_sink "$dir"
+    send "$dir" "$PORT"
+    check "$dir" code=0 pending=0 deferred=0 once=1 accounted=1 "$@"
+}
+
+case_healthy() {
+    new_run "$1" 30
+    start_sink "$1"
+    send "$1" "$PORT" --concurrency 2
+    check "$1" code=0 sent=30 received=30 once=1 stop=finished
+}
+
+case_soft_reject_at_rcpt() { # 450 at every RCPT: all deferred, nothing received
+    new_run "$1" 30
+    start_sink "$1" -r RCPT
+    send "$1" "$PORT" --concurrency 2 --max-attempts 2
+    check "$1" code=5 sent=0 failed=0 deferred=30 received=0
+    rerun_healthy "$1" 30 sent=30 received=30
+}
+
+case_hard_reject_at_rcpt() { # 500 5.3.0 at every RCPT: the relay's fault, the breaker halts
+    new_run "$1" 30
+    start_sink "$1" -f RCPT
+    send "$1" "$PORT" --concurrency 1 --halt-after 5
+    check "$1" code=6 failed=0 deferred=5 pending=25 received=0 stop=relay_failing
+    rerun_healthy "$1" 30 sent=30 received=30
+}
+
+case_sequence_error_at_data() { # 503 at DATA: never a donor's failure
+    new_run "$1" 20
+    start_sink "$1" -f DATA -B '503 5.5.1 Error: bad sequence of commands'
+    send "$1" "$PORT" --concurrency 1 --halt-after 5
+    check "$1" code=6 failed=0 deferred=5 received=0 stop=relay_failing
+    rerun_healthy "$1" 20 sent=20 received=20
+}
+
+case_abort_after_data() { # 550 after the DATA reply, before the body is read
+    new_run "$1" 20
+    start_sink "$1" -A 0
+    send "$1" "$PORT" --concurrency 1 --halt-after 5
+    check "$1" code=6 failed=0 deferred=5 received=0 stop=relay_failing
+    rerun_healthy "$1" 20 sent=20 received=20
+}
+
+case_421_at_rcpt() { # 421 and disconnect at RCPT: deferred, each reconnect after a pause
+    new_run "$1" 3
+    start_sink "$1" -Q RCPT
+    send "$1" "$PORT" --concurrency 1 --max-attempts 1
+    check "$1" code=5 failed=0 deferred=3 received=0
+    rerun_healthy "$1" 3 sent=3 received=3
+}
+
+case_421_at_mail() {
+    new_run "$1" 3
+    start_sink "$1" -Q MAIL
+    send "$1" "$PORT" --concurrency 1 --max-attempts 1
+    check "$1" code=5 failed=0 deferred=3 received=0
+    rerun_healthy "$1" 3 sent=3 received=3
+}
+
+case_drop_after_the_dot() { # the body arrives, the reply never does: unknown; the breaker halts
+    new_run "$1" 30
+    start_sink "$1" -q .
+    send "$1" "$PORT" --concurrency 1 --halt-after 5
+    check "$1" code=6 unknown=5 failed=0 pending=25 stop=relay_failing
+    # The unknown ones are skipped, not resent: everyone else arrives once.
+    rerun_healthy "$1" 30 sent=25 unknown=5 received=30
+}
+
+case_server_exits_mid_run() { # the sink stops after 10 messages (a relay crash)
+    new_run "$1" 30
+    start_sink "$1" -M 10
+    send "$1" "$PORT" --concurrency 1 --halt-after 5
+    # The tenth may be sent or unknown (the sink may exit before its reply); then the
+    # connections are refused, and the breaker halts after five of them.
+    check "$1" code=6 failed=0 received=10 once=1 accounted=1 deferred=5 stop=relay_failing
+    rerun_healthy "$1" 30 received=30
+}
+
+case_no_pipelining() {
+    new_run "$1" 20
+    start_sink "$1" -p
+    send "$1" "$PORT" --concurrency 2
+    check "$1" code=0 sent=20 received=20 once=1
+}
+
+case_no_enhanced_codes_bounce() { # 550 without an enhanced code at RCPT: the address's
+    new_run "$1" 10
+    start_sink "$1" -E -f RCPT -B '550 No such user here'
+    send "$1" "$PORT" --concurrency 1
+    check "$1" code=0 failed=10 received=0 stop=finished
+    [[ $(grep -c '@example.org' "$1/run/suppress-bounced.txt") == 10 ]]
+}
+
+case_slow_replies() { # a second before every RCPT reply: slower, nothing lost
+    new_run "$1" 4
+    # Without PIPELINING: smtp-sink answers a pipelined DATA with 503 while it waits.
+    start_sink "$1" -p -W RCPT:1
+    send "$1" "$PORT" --concurrency 2
+    check "$1" code=0 sent=4 received=4 once=1
+}
+
+for c in healthy soft_reject_at_rcpt hard_reject_at_rcpt sequence_error_at_data \
+    abort_after_data 421_at_rcpt 421_at_mail drop_after_the_dot server_exits_mid_run \
+    no_pipelining no_enhanced_codes_bounce slow_replies; do
+    case_ "$c"
+done
+echo
+echo "faults: $PASSED passed, $FAILED failed"
+((FAILED == 0))
