@@ -35,15 +35,15 @@ pub(super) struct Worker<'s, 'a> {
 }
 
 /// This worker's wait before reopening a connection the relay closed with 421: only this
-/// connection waits, the others go on. Doubles from 1 s to 30 s while the relay keeps
-/// closing, and resets when a message is accepted.
+/// connection waits, the others go on. Doubles from a quarter of a second to 30 s while the
+/// relay keeps closing, and resets when a message is accepted.
 struct Pause {
     until: Option<Duration>,
     delay: Duration,
 }
 
 impl Pause {
-    const FIRST: Duration = Duration::from_secs(1);
+    const FIRST: Duration = Duration::from_millis(250);
     const LONGEST: Duration = Duration::from_secs(30);
 }
 
