@@ -21,8 +21,9 @@
 //!   [`State::Unknown`]: those reserved in the batches in flight.
 //!
 //! This assumes each worker transmits one message at a time, writes `T` before the body and
-//! does not send when that write fails, and calls [`ChunkLedger::close`] (or drops the
-//! ledger) before moving to its next chunk. Unknown recipients need a human decision (check
+//! does not send when that write fails, and syncs a chunk's ledger ([`ChunkLedger::sync`],
+//! [`ChunkLedger::close`], or dropping it) before moving to other work: its next chunk, or a
+//! retry of another chunk's donors. Unknown recipients need a human decision (check
 //! the relay's logs); `send` must skip them, and everything else not
 //! [`State::is_sendable`].
 //!

@@ -281,7 +281,12 @@ impl WorkSource for InProcessPlan<'_> {
                 self.summarise(lease.segment, lease.chunk, states);
                 Ok(())
             }
-            LeaseLedger::Open(_) => self.release(lease.segment, lease.chunk),
+            LeaseLedger::Open(l) => {
+                // Durable now, though retries may keep the ledger open: the worker moves on
+                // to another chunk, and a power cut must not take this one's outcomes with it.
+                lock(l).sync()?;
+                self.release(lease.segment, lease.chunk)
+            }
         }
     }
 

@@ -199,6 +199,8 @@ impl<'s, 'a> Worker<'s, 'a> {
             };
             let offered = batch.len();
             let left = self.send_batch(&ledger, seg, batch)?;
+            // Durable before the worker turns to other work (see the ledger's guarantee).
+            lock(&ledger).sync()?;
             let kept = left.deferred.len() + left.unsent.len();
             for p in left.deferred {
                 self.schedule(seg, chunk, &ledger, p, true)?;
