@@ -287,6 +287,9 @@ pub struct RawReader<R> {
     ends: Vec<usize>,
     /// Physical line at `start`.
     line: u64,
+    /// The last byte consumed was a CR: an LF right after it ends no further line (CRLF is
+    /// one line break; a CR alone, as old Mac exports write, is one too).
+    after_cr: bool,
     bytes_read: u64,
     /// SHA-256 of every byte read, when asked for.
     sha256: Option<Sha256>,
@@ -314,6 +317,7 @@ impl<R: Read> RawReader<R> {
             sha256: None,
             first: true,
             plain: true,
+            after_cr: false,
         }
     }
 
@@ -373,7 +377,9 @@ impl<R: Read> RawReader<R> {
         if self.first {
             self.skip_bom()?;
         }
+        // A line right after a lone CR may start with that CR's LF: csv_core decides.
         if self.plain
+            && !self.after_cr
             && let Some(nend) = self.plain_line()?
         {
             let raw = &self.buf[self.start..self.pos];
@@ -381,6 +387,7 @@ impl<R: Read> RawReader<R> {
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
             let line = self.line;
             self.line += u64::from(self.buf[self.pos - 1] == b'\n');
+            self.after_cr = false;
             self.start = self.pos;
             return Ok(Some(RawRecord {
                 raw,
@@ -475,28 +482,30 @@ impl<R: Read> RawReader<R> {
         let mut raw = &self.buf[self.start..self.pos];
         self.start = self.pos;
         // Blank lines before a record and the terminator's halves land at either end of
-        // the raw slice depending on where a read boundary fell; trim both ends. The ends are
-        // a few bytes, so a plain loop counts their line breaks.
-        let count = |s: &[u8]| s.iter().filter(|&&b| b == b'\n').count() as u64;
+        // the raw slice depending on where a read boundary fell; trim both ends.
+        let mut after_cr = self.after_cr;
         let lead = raw
             .iter()
             .take_while(|&&b| b == b'\r' || b == b'\n')
             .count();
-        let skipped = count(&raw[..lead]);
+        let skipped = line_breaks(&raw[..lead], &mut after_cr);
         raw = &raw[lead..];
         let trail = raw
             .iter()
             .rev()
             .take_while(|&&b| b == b'\r' || b == b'\n')
             .count();
-        let trailing = count(&raw[raw.len() - trail..]);
-        raw = &raw[..raw.len() - trail];
+        let (body, ending) = raw.split_at(raw.len() - trail);
         // Only a quoted field can hold a line break, so most records need no count at all.
-        let inner = if memchr::memchr(b'"', raw).is_some() {
-            memchr::memchr_iter(b'\n', raw).count() as u64
+        let inner = if memchr::memchr(b'"', body).is_some() {
+            line_breaks(body, &mut after_cr)
         } else {
+            after_cr &= body.is_empty();
             0
         };
+        let trailing = line_breaks(ending, &mut after_cr);
+        self.after_cr = after_cr;
+        raw = body;
         let line = self.line + skipped;
         self.line = line + inner + trailing;
         RawRecord {
@@ -508,6 +517,21 @@ impl<R: Read> RawReader<R> {
             lines: inner + 1,
         }
     }
+}
+
+/// Line breaks in `s`: an LF, a CRLF (one), and a CR alone, as old Mac exports end lines.
+/// `after_cr` says whether the byte before `s` was a CR, and is left saying whether `s`'s last
+/// byte is one.
+fn line_breaks(s: &[u8], after_cr: &mut bool) -> u64 {
+    let mut n = 0;
+    for i in memchr::memchr2_iter(b'\r', b'\n', s) {
+        let cr_before = if i == 0 { *after_cr } else { s[i - 1] == b'\r' };
+        n += u64::from(s[i] == b'\r' || !cr_before);
+    }
+    if let Some(&last) = s.last() {
+        *after_cr = last == b'\r';
+    }
+    n
 }
 
 /// What [`scan_plain`] found at the start of some bytes.
@@ -791,6 +815,25 @@ mod tests {
         while rdr.next_record().unwrap().is_some() {}
         assert_eq!(rdr.sha256(), Some(crate::digest::sha256_hex(TRICKY)));
         assert_eq!(RawReader::new(TRICKY).sha256(), None);
+    }
+
+    /// Line numbers count a CR alone (old Mac exports) as a line break, CRLF as one, LF as one.
+    #[test]
+    fn a_cr_alone_ends_a_line_for_line_numbers() {
+        for (data, lines) in [
+            (&b"a,b\r1,2\r3,4\r"[..], &[1, 2, 3][..]),
+            (b"a,b\r\n1,2\r3,4\n5,6\r\n", &[1, 2, 3, 4]),
+            (b"a,b\r\r1,2\r\n\r\n3,4", &[1, 3, 5]),
+            (b"a,b\r\"x\ry\",2\r3,4\r", &[1, 2, 4]),
+        ] {
+            for plain in [true, false] {
+                let got: Vec<u64> = collect_with(data, plain).iter().map(|r| r.0).collect();
+                assert_eq!(got, lines, "{data:?} plain={plain}");
+            }
+            let ragged = Ragged { data, step: 1 };
+            let got: Vec<u64> = collect_with(ragged, true).iter().map(|r| r.0).collect();
+            assert_eq!(got, lines, "{data:?} read a byte at a time");
+        }
     }
 
     #[test]
