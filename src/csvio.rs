@@ -19,9 +19,16 @@ use crate::digest::hex;
 /// How much input is read per system call. Big enough that syscalls vanish from profiles.
 const READ_SIZE: usize = 256 * 1024;
 
-/// A record longer than this is almost always an unclosed quote swallowing the rest of the
-/// file; stopping early beats buffering a gigabyte to report it.
+/// The longest donor row: a longer one is rejected, with its line (no donor needs more).
 pub const MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// A record still growing past this is an unclosed quote swallowing the rest of the file:
+/// stopping here beats buffering a gigabyte to report it.
+const BUFFER_LIMIT: usize = 64 * MAX_RECORD_BYTES;
+
+/// A record over [`MAX_RECORD_BYTES`] that spans more lines than this is an unclosed quote
+/// too, not one long row.
+const MAX_LONG_RECORD_LINES: u64 = 1000;
 
 /// One CSV row's fields after CSV unescaping, borrowed from the parser's buffers: the field
 /// text, either concatenated (as csv_core writes it) or a plain line with its commas, and each
@@ -260,9 +267,9 @@ pub enum CsvError {
     /// The underlying reader failed.
     #[error("read failed: {0}")]
     Io(#[from] io::Error),
-    /// A record grew past [`MAX_RECORD_BYTES`].
+    /// A record grew past [`MAX_RECORD_BYTES`] over many lines, or past the buffer's limit.
     #[error(
-        "line {line}: a record longer than {} bytes starts here; this is almost always a quote (\") that is never closed, so check the quoting on that line",
+        "line {line}: a record longer than {} bytes starts here and runs on over many lines; this is almost always a quote (\") that is never closed, so check the quoting on that line",
         MAX_RECORD_BYTES
     )]
     RecordTooLong {
@@ -348,7 +355,7 @@ impl<R: Read> RawReader<R> {
             self.pos -= self.start;
             self.start = 0;
         }
-        if self.len > MAX_RECORD_BYTES {
+        if self.len > BUFFER_LIMIT {
             return Err(CsvError::RecordTooLong { line: self.line });
         }
         if self.buf.len() - self.len < READ_SIZE {
@@ -423,7 +430,13 @@ impl<R: Read> RawReader<R> {
                     self.ends.resize(n, 0);
                 }
                 R::End => return Ok(None),
-                R::Record => return Ok(Some(self.take_record(nout, nend))),
+                R::Record => {
+                    let rec = self.take_record(nout, nend);
+                    if rec.raw.len() > MAX_RECORD_BYTES && rec.lines > MAX_LONG_RECORD_LINES {
+                        return Err(CsvError::RecordTooLong { line: rec.line });
+                    }
+                    return Ok(Some(rec));
+                }
             }
         }
     }
@@ -817,6 +830,22 @@ mod tests {
         assert_eq!(RawReader::new(TRICKY).sha256(), None);
     }
 
+    /// A well-formed record over the row limit is handed over (the caller rejects it); only
+    /// one that runs on over many lines is taken for an unclosed quote.
+    #[test]
+    fn a_long_record_on_one_line_is_read_whole() {
+        let mut data = b"a,b\n1,\"".to_vec();
+        data.extend(std::iter::repeat_n(b'y', 2 * MAX_RECORD_BYTES));
+        data.extend_from_slice(b"\"\n2,3\n");
+        let mut rdr = RawReader::new(&data[..]);
+        assert!(rdr.next_record().unwrap().is_some());
+        let long = rdr.next_record().unwrap().unwrap();
+        assert_eq!((long.line, long.lines), (2, 1));
+        assert!(long.raw.len() > 2 * MAX_RECORD_BYTES);
+        let next = rdr.next_record().unwrap().unwrap();
+        assert_eq!(next.line, 3);
+    }
+
     /// Line numbers count a CR alone (old Mac exports) as a line break, CRLF as one, LF as one.
     #[test]
     fn a_cr_alone_ends_a_line_for_line_numbers() {
@@ -839,7 +868,11 @@ mod tests {
     #[test]
     fn unclosed_quote_is_reported_with_its_line() {
         let mut data = b"a,b\n1,\"open\n".to_vec();
-        data.extend(std::iter::repeat_n(b'x', MAX_RECORD_BYTES + READ_SIZE * 2));
+        let line = [b'x'; 1023];
+        while data.len() < MAX_RECORD_BYTES + READ_SIZE * 2 {
+            data.extend_from_slice(&line);
+            data.push(b'\n');
+        }
         let mut rdr = RawReader::new(&data[..]);
         assert!(rdr.next_record().unwrap().is_some());
         match rdr.next_record() {

@@ -5,7 +5,7 @@
 //! a problem is worded the same in `dropped/rejected.csv` and in a send's failures. It never
 //! decides what happens to a row (reject, fail, skip: the caller does) and never keeps one.
 
-use crate::csvio::{Fields, RawRecord};
+use crate::csvio::{Fields, MAX_RECORD_BYTES, RawRecord};
 use crate::email::Address;
 use crate::schema::{Schema, TypedRow};
 
@@ -42,8 +42,17 @@ impl DonorReader {
         &self.schema
     }
 
-    /// The row's fields: valid UTF-8, as many as the header.
+    /// The row's fields: at most [`MAX_RECORD_BYTES`], valid UTF-8, as many as the header.
     pub fn fields<'r>(&self, rec: &RawRecord<'r>) -> Result<Fields<'r>, RowProblem> {
+        if rec.raw.len() > MAX_RECORD_BYTES {
+            return Err(RowProblem {
+                kind: "row too long".into(),
+                reason: format!(
+                    "the row is {} bytes, longer than the limit of {MAX_RECORD_BYTES} bytes (1 MiB); no donor row needs that much: check that column in the export",
+                    rec.raw.len()
+                ),
+            });
+        }
         let fields = rec.fields().map_err(|_| {
             // Counted in the line as written, which is what an editor shows.
             let at = std::str::from_utf8(rec.raw)

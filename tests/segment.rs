@@ -678,3 +678,29 @@ fn an_old_run_left_aside_by_a_crash_is_restored() {
     assert_code(&segment(&w, &[]), 3);
     assert_eq!(w.entries(), ["campaign.toml", "donors.csv", "run"]);
 }
+
+/// A well-formed row over the 1 MiB limit is rejected with its line and the limit; the
+/// rows after it are read as usual.
+#[test]
+fn a_row_over_the_size_limit_is_rejected_not_the_export() {
+    let mut csv = b"email,total,last\n".to_vec();
+    for i in 0..40 {
+        csv.extend_from_slice(format!("d{i}@example.org,{i},2026-06-01\n").as_bytes());
+    }
+    csv.extend_from_slice(b"big@example.org,1,\"");
+    csv.extend(std::iter::repeat_n(b'z', 2 * 1024 * 1024));
+    csv.extend_from_slice(b"\"\n");
+    for i in 40..60 {
+        csv.extend_from_slice(format!("d{i}@example.org,{i},2026-06-01\n").as_bytes());
+    }
+    let w = setup(&csv);
+    let o = segment(&w, &[]);
+    assert_code(&o, 0);
+    let m = manifest(&w.path("run"));
+    assert_eq!(m["dropped"]["rejected"], 1);
+    assert_eq!(m["input"]["data_rows"], 61);
+    let rejected = w.read("run/dropped/rejected.csv");
+    let row = rejected.lines().nth(1).unwrap();
+    assert!(row.starts_with("42,"), "{}", &row[..80]);
+    assert!(row.contains("1 MiB"), "{}", &row[..200]);
+}
