@@ -12,6 +12,7 @@ pub mod segment;
 pub mod send;
 pub mod status;
 mod summary;
+mod values;
 
 use std::io::Write;
 

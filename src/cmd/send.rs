@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use campaign::campaign::{MAX_CONCURRENCY, Rate, SendSettings};
+use campaign::campaign::{Rate, SendSettings};
 use campaign::exit::{Code, Error};
-use campaign::send::OnUnknown;
+
+use super::values;
 
 /// Flags of `campaign send`.
 #[derive(Debug, ClapArgs)]
@@ -41,7 +42,7 @@ pub struct Args {
     /// Worker threads; for a real send, SMTP connections (1 to 1024; never more than there
     /// are pieces of work). Default: [send] concurrency, else 8 for sending and the number of
     /// CPUs for a dry run.
-    #[arg(long, value_name = "N", value_parser = parse_concurrency)]
+    #[arg(long, value_name = "N", value_parser = values::concurrency)]
     pub concurrency: Option<usize>,
 
     /// Print the message for this donor to stdout (with --dry-run) instead of rendering the
@@ -62,8 +63,8 @@ pub struct Args {
     /// Donors whose last attempt has an unknown outcome (the connection or the process died
     /// after the message was sent): skip them and list them in RUN_DIR/unknown.csv, or send
     /// again (they may get two messages).
-    #[arg(long, value_enum, default_value_t = UnknownFlag::Skip)]
-    pub on_unknown: UnknownFlag,
+    #[arg(long, value_enum, default_value_t = values::UnknownFlag::Skip)]
+    pub on_unknown: values::UnknownFlag,
 
     /// Delivery attempts per donor within this run before leaving them deferred for the next
     /// (default: [send] max_attempts, else 3).
@@ -72,13 +73,13 @@ pub struct Args {
 
     /// Seconds before the first retry of a deferred donor; doubles each time, plus jitter
     /// (default: [send] retry_delay_seconds, else 30).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = values::seconds)]
     pub retry_delay: Option<Duration>,
 
     /// Once nothing else is left, wait at most this long for deferred donors' retries to
     /// fall due; later ones stay deferred for the next run (default: [send]
     /// max_wait_seconds, else 300).
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = values::seconds)]
     pub max_wait: Option<Duration>,
 
     /// Halt (exit 6) when this many donors in a row fail alike for a reason that is the
@@ -94,40 +95,6 @@ pub struct Args {
     /// No progress bar, and only the summary.
     #[arg(long)]
     pub quiet: bool,
-}
-
-/// `--on-unknown`'s values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UnknownFlag {
-    /// Leave them out and list them in `unknown.csv` (nobody gets two messages).
-    Skip,
-    /// Send them again (a donor may get the message twice).
-    Resend,
-}
-
-impl From<UnknownFlag> for OnUnknown {
-    fn from(f: UnknownFlag) -> OnUnknown {
-        match f {
-            UnknownFlag::Skip => OnUnknown::Skip,
-            UnknownFlag::Resend => OnUnknown::Resend,
-        }
-    }
-}
-
-fn parse_concurrency(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(n),
-        _ => Err(format!(
-            "{s:?} is not a number of connections from 1 to {MAX_CONCURRENCY}"
-        )),
-    }
-}
-
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number of seconds (for example 30)"))?;
-    campaign::campaign::seconds(s, secs)
 }
 
 impl Args {
