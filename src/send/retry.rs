@@ -20,6 +20,9 @@ pub(super) struct Pending {
     pub(super) key: RecipientKey,
     /// Attempts in this process.
     pub(super) tries: u32,
+    /// When the relay last deferred it, on the clock's monotonic time: its backoff counts
+    /// from then, not from when its batch was done.
+    pub(super) deferred_at: Duration,
     /// The donor's row, kept so a retry renders it again.
     pub(super) row: OwnedRecord,
 }

@@ -149,6 +149,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             pending.push(Pending {
                 key,
                 tries: 0,
+                deferred_at: Duration::ZERO,
                 row: rec.to_owned_record(),
             });
             Ok(())
@@ -243,7 +244,7 @@ impl<'s, 'a> Worker<'s, 'a> {
         if !held {
             sh.source.retain(seg, chunk, ledger);
         }
-        let due = sh.clock.elapsed() + Duration::from_secs_f64(backoff);
+        let due = p.deferred_at + Duration::from_secs_f64(backoff);
         sh.retries.push(due, seg, chunk, Arc::clone(ledger), p);
         Ok(())
     }
@@ -313,8 +314,11 @@ impl<'s, 'a> Worker<'s, 'a> {
             sh.source.give_back((keys.len() - started) as u64);
         }
         let mut batch: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
-        for r in deferred {
-            out.deferred.extend(batch[ready[r].0].take());
+        for (r, at) in deferred {
+            out.deferred.extend(batch[ready[r].0].take().map(|mut p| {
+                p.deferred_at = at;
+                p
+            }));
         }
         for (i, _) in &ready[started..] {
             out.unsent.extend(batch[*i].take());
@@ -331,8 +335,8 @@ struct BatchJournal<'j, 's, 'a> {
     pause: &'j mut Pause,
     /// The reserved keys, one per message offered.
     keys: &'j [RecipientKey],
-    /// Messages deferred by the relay, to retry.
-    deferred: Vec<usize>,
+    /// Messages deferred by the relay, to retry, and when.
+    deferred: Vec<(usize, Duration)>,
     /// A ledger write failed: nothing more is sent, and the worker stops with this.
     error: Option<anyhow::Error>,
 }
@@ -387,7 +391,7 @@ impl BatchJournal<'_, '_, '_> {
                     self.pause.until = Some(sh.clock.elapsed() + self.pause.delay);
                     self.pause.delay = (self.pause.delay * 2).min(Pause::LONGEST);
                 }
-                self.deferred.push(i);
+                self.deferred.push((i, sh.clock.elapsed()));
             }
             Outcome::Unknown { text } => {
                 ledger.unknown(key, now, &text)?;
