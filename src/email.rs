@@ -460,6 +460,19 @@ impl<'a> Address<'a> {
         &self.0[self.at() + 1..]
     }
 
+    /// The address as SMTP without SMTPUTF8 can carry it, when only its domain is not ASCII:
+    /// the domain in its ASCII (Punycode) form, as in DNS (`bob@bücher.example` →
+    /// `bob@xn--bcher-kva.example`). `None` when the address is ASCII already, or when its
+    /// local part is not (that needs SMTPUTF8), or the domain has no ASCII form.
+    pub fn ascii_domain_form(&self) -> Option<String> {
+        let (local, domain) = (self.local(), self.domain());
+        if self.0.is_ascii() || !local.is_ascii() {
+            return None;
+        }
+        let ascii = idna::domain_to_ascii(domain).ok()?;
+        Some(format!("{local}@{ascii}"))
+    }
+
     /// The dedupe / ledger key: case-insensitive identity of the address.
     #[must_use]
     pub fn key(&self) -> RecipientKey {
@@ -1216,5 +1229,24 @@ mod tests {
         assert!(batched.contains(RecipientKey(0)));
         assert!(batched.contains(key("D2999@example.org")));
         assert!(!batched.contains(key("d3000@example.org")));
+    }
+
+    #[test]
+    fn an_international_domain_has_an_ascii_form() {
+        let form = |s: &str| Address::parse(s).unwrap().ascii_domain_form();
+        assert_eq!(
+            form("bob@bücher.example").as_deref(),
+            Some("bob@xn--bcher-kva.example")
+        );
+        assert_eq!(
+            form("bob@München.de").as_deref(),
+            Some("bob@xn--mnchen-3ya.de")
+        );
+        assert_eq!(form("bob@example.org"), None, "ASCII already");
+        assert_eq!(
+            form("łukasz@bücher.example"),
+            None,
+            "the local part needs SMTPUTF8"
+        );
     }
 }

@@ -211,10 +211,14 @@ impl Preparer {
                 },
             )
             .map_err(|e| fail(&email, e.to_string()))?;
+        // A domain with an ASCII form goes out in it, in the envelope and in To alike, so the
+        // donor needs no SMTPUTF8 of the relay; the ledger keeps the address as given.
+        let ascii = addr.ascii_domain_form();
+        let wire_to = ascii.as_deref().unwrap_or(addr.as_str());
         let bytes = self
             .composer
             .compose(&Outgoing {
-                to: addr.as_str(),
+                to: wire_to,
                 to_name: rendered.to_name.as_deref(),
                 subject: &rendered.subject,
                 text: &rendered.text,
@@ -224,7 +228,7 @@ impl Preparer {
                 date: self.now,
             })
             .map_err(|e| fail(&email, e.to_string()))?;
-        let to = Envelope::recipient(addr.as_str()).map_err(|o| fail(&email, format!("{o:?}")))?;
+        let to = Envelope::recipient(wire_to).map_err(|o| fail(&email, format!("{o:?}")))?;
         Ok(Prepared {
             key,
             envelope: Envelope::new(self.composer.sender().clone(), to),

@@ -146,6 +146,29 @@ fn deferred_donors_wait_on_the_schedule_while_the_rest_are_sent() {
     assert!(retried.iter().all(|r| DEFERRED.contains(&r.to[0].as_str())));
 }
 
+/// A donor whose domain alone is international needs no SMTPUTF8: the domain goes out in
+/// its ASCII form, envelope and To alike (the test server offers no SMTPUTF8).
+#[test]
+fn an_international_domain_is_sent_in_its_ascii_form() {
+    let server = TestServer::start();
+    let w = setup("email,name,total\nbob@bücher.example,Bob,10\nann@example.org,Ann,20\n");
+    segment(&w);
+    let o = send(&w, &server, &[]);
+    assert_code(&o, 0);
+    let received = server.received();
+    let bob = received
+        .iter()
+        .find(|r| r.to == ["bob@xn--bcher-kva.example"])
+        .unwrap_or_else(|| panic!("{:?}", received.iter().map(|r| &r.to).collect::<Vec<_>>()));
+    let text = String::from_utf8_lossy(&bob.data);
+    assert!(
+        text.contains("To: bob@xn--bcher-kva.example")
+            || text.contains("<bob@xn--bcher-kva.example>"),
+        "{text}"
+    );
+    assert_eq!(total(&status(&w), "sent"), 2);
+}
+
 #[test]
 fn a_donor_still_failing_after_max_attempts_is_deferred_for_the_next_run() {
     let server = TestServer::with_policy(Arc::new(|step, rcpt, n| {
