@@ -69,7 +69,6 @@ ensure_aiosmtpd() {
 # start_fault_server EVERY: starts bench/fault_server.py (--throttle-every EVERY) on a free
 # port of 127.0.0.1; sets FAULT_PORT, FAULT_PID and FAULT_STATS.
 start_fault_server() {
-    local i
     FAULT_PORT=$(free_port)
     FAULT_STATS=$WORK/server-stats.json
     rm -f "$FAULT_STATS"
@@ -77,16 +76,7 @@ start_fault_server() {
         --stats "$FAULT_STATS" --throttle-every "$1" >/dev/null 2>"$WORK/server.err" &
     FAULT_PID=$!
     SERVER_PIDS+=("$FAULT_PID")
-    for ((i = 0; i < 200; i++)); do
-        if ss -Hltn "sport = :$FAULT_PORT" | grep -q .; then
-            return 0
-        fi
-        kill -0 "$FAULT_PID" 2>/dev/null || break
-        sleep 0.05
-    done
-    log "fault_server.py did not start on 127.0.0.1:$FAULT_PORT"
-    cat "$WORK/server.err" >&2
-    exit 1
+    wait_listening "$FAULT_PORT" "$FAULT_PID" fault_server.py "$WORK/server.err"
 }
 # stop_fault_server: SIGTERM, wait for its counts, and forget its pid (so the exit trap never
 # signals a pid that may have been reused).

@@ -220,20 +220,26 @@ free_port() { # an unused TCP port on 127.0.0.1
 # start_sink [SMTP-SINK OPTIONS...]: starts smtp-sink on 127.0.0.1 at a free port (discarding
 # every message), sets SINK_PORT, and registers it to be killed on exit.
 start_sink() {
-    local user=() i pid
+    local user=() pid
     [[ $(id -u) == 0 ]] && user=(-u nobody)
     SINK_PORT=$(free_port)
     "$SMTP_SINK" "${user[@]}" "$@" "127.0.0.1:$SINK_PORT" 256 >/dev/null 2>"$WORK/sink.err" &
     pid=$!
     SERVER_PIDS+=("$pid")
-    for ((i = 0; i < 100; i++)); do
-        if ss -Hltn "sport = :$SINK_PORT" | grep -q .; then
+    wait_listening "$SINK_PORT" "$pid" smtp-sink "$WORK/sink.err"
+}
+# wait_listening PORT PID NAME ERRFILE: waits (up to 10 s) until PID listens on 127.0.0.1:PORT;
+# exits the script with ERRFILE shown if it dies or never does.
+wait_listening() {
+    local i
+    for ((i = 0; i < 200; i++)); do
+        if ss -Hltn "sport = :$1" | grep -q .; then
             return 0
         fi
-        kill -0 "$pid" 2>/dev/null || break
+        kill -0 "$2" 2>/dev/null || break
         sleep 0.05
     done
-    log "smtp-sink did not start on 127.0.0.1:$SINK_PORT"
-    cat "$WORK/sink.err" >&2
+    log "$3 did not start on 127.0.0.1:$1"
+    cat "$4" >&2
     exit 1
 }

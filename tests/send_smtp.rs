@@ -20,10 +20,17 @@ fn donors(n: usize) -> String {
 }
 
 fn send(w: &Workdir, server: &TestServer, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--retry-delay", "0.05"];
+    args.extend_from_slice(extra);
+    send_to(w, &server.url(), &args)
+}
+
+/// `campaign send run ARGS` to the relay at `url`, with the unsubscribe secret set.
+fn send_to(w: &Workdir, url: &str, args: &[&str]) -> std::process::Output {
     w.command()
-        .args(["send", "run", "--retry-delay", "0.05"])
-        .args(extra)
-        .env("CAMPAIGN_SMTP_URL", server.url())
+        .args(["send", "run"])
+        .args(args)
+        .env("CAMPAIGN_SMTP_URL", url)
         .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
         .output()
         .unwrap()
@@ -126,13 +133,11 @@ fn deferred_donors_wait_on_the_schedule_while_the_rest_are_sent() {
     let w = setup(&donors(300));
     segment(&w);
     // A retry delay far longer than sending the rest takes, so the order says it all.
-    let o = w
-        .command()
-        .args(["send", "run", "--concurrency", "1", "--retry-delay", "2"])
-        .env("CAMPAIGN_SMTP_URL", server.url())
-        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
-        .output()
-        .unwrap();
+    let o = send_to(
+        &w,
+        &server.url(),
+        &["--concurrency", "1", "--retry-delay", "2"],
+    );
     assert_code(&o, 0);
     let received = server.received();
     assert_eq!(received.len(), 300);
@@ -300,13 +305,11 @@ fn a_relay_that_drops_after_every_message_is_halted_not_burnt() {
     let (addr, _) = raw_server(|_| false, usize::MAX);
     let w = setup(&donors(40));
     segment(&w);
-    let o = w
-        .command()
-        .args(["send", "run", "--concurrency", "1", "--halt-after", "5"])
-        .env("CAMPAIGN_SMTP_URL", format!("smtp://{addr}"))
-        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
-        .output()
-        .unwrap();
+    let o = send_to(
+        &w,
+        &format!("smtp://{addr}"),
+        &["--concurrency", "1", "--halt-after", "5"],
+    );
     assert_code(&o, 6);
     assert!(
         stdout(&o).contains("lost after the message was sent"),
@@ -325,14 +328,7 @@ fn a_finished_send_with_unknown_outcomes_exits_8_and_names_them() {
     let (addr, _) = raw_server(|n| n != 3, usize::MAX);
     let w = setup(&donors(6));
     segment(&w);
-    let send = || {
-        w.command()
-            .args(["send", "run", "--concurrency", "1"])
-            .env("CAMPAIGN_SMTP_URL", format!("smtp://{addr}"))
-            .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
-            .output()
-            .unwrap()
-    };
+    let send = || send_to(&w, &format!("smtp://{addr}"), &["--concurrency", "1"]);
     let o = send();
     assert_code(&o, 8);
     let out = stdout(&o);
@@ -487,13 +483,7 @@ fn an_unreachable_relay_sends_nothing_and_says_so() {
         .local_addr()
         .unwrap()
         .port();
-    let o = w
-        .command()
-        .args(["send", "run"])
-        .env("CAMPAIGN_SMTP_URL", format!("smtp://127.0.0.1:{port}"))
-        .env("CAMPAIGN_UNSUBSCRIBE_SECRET", SECRET)
-        .output()
-        .unwrap();
+    let o = send_to(&w, &format!("smtp://127.0.0.1:{port}"), &[]);
     assert_code(&o, 5);
     assert!(
         stderr(&o).contains("cannot reach the relay"),
