@@ -378,3 +378,21 @@ fn a_421_pauses_that_connection_before_it_reopens() {
         "no pause after an accepted one"
     );
 }
+
+/// A spent budget ends the run even with retries waiting: they stay deferred, counted once.
+#[test]
+fn a_spent_budget_leaves_the_retries_deferred() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = segmented(tmp.path());
+    let clock = Arc::new(ManualClock::new("2026-12-01T09:00:00Z".parse().unwrap()));
+    let relay = Relay::default();
+    // 15 messages a day: every first attempt is deferred, the budget is gone, and the retries
+    // are due at once (no delay), which must not keep a worker taking and putting them back.
+    let mut opts = options();
+    opts.retry_delay = Duration::ZERO;
+    let report = send_once(&run, &clock, &opts, Some(15), &relay, defer_first(1));
+    assert_eq!(report.stop, Stop::DailyCap);
+    assert_eq!(report.session.sent, 0);
+    assert_eq!(report.session.deferred, 15);
+    assert_eq!(relay.log.lock().unwrap().len(), 15);
+}

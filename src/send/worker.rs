@@ -87,7 +87,9 @@ impl<'s, 'a> Worker<'s, 'a> {
     fn work_all(&mut self) -> Result<()> {
         let sh = self.sh;
         loop {
-            if sh.halted() {
+            // With the budget spent nothing more can be sent, retries included: they stay
+            // deferred (a retry put back for want of budget would be taken again at once).
+            if sh.halted() || sh.source.spent() {
                 return Ok(());
             }
             let now = sh.clock.elapsed();
@@ -96,9 +98,7 @@ impl<'s, 'a> Worker<'s, 'a> {
                 self.retry(due)?;
                 continue;
             }
-            if !sh.source.spent()
-                && let Some(lease) = sh.source.next_lease()?
-            {
+            if let Some(lease) = sh.source.next_lease()? {
                 self.work(lease)?;
                 continue;
             }
@@ -106,7 +106,7 @@ impl<'s, 'a> Worker<'s, 'a> {
             let Some(next) = sh.retries.next_due() else {
                 return Ok(());
             };
-            if sh.source.spent() || next > sh.wait_deadline(now) {
+            if next > sh.wait_deadline(now) {
                 return Ok(());
             }
             // In short steps, so a signal or a halt is noticed.
