@@ -163,6 +163,9 @@ pub struct SmtpTable {
     pub password_file: Option<PathBuf>,
     /// Allow AUTH over an unencrypted connection to a host that is not loopback.
     pub allow_insecure_auth: Option<bool>,
+    /// A PEM file of certificate authorities to trust besides the built-in ones (an internal
+    /// CA), relative to the campaign file.
+    pub ca_file: Option<PathBuf>,
     /// The name sent in EHLO.
     pub hello_name: Option<String>,
     /// Seconds to wait for any server reply.

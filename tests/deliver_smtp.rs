@@ -163,6 +163,7 @@ fn settings(port: u16) -> SmtpSettings {
         timeout: Duration::from_secs(5),
         reconnect_after: 1000,
         allow_insecure_auth: false,
+        ca_certificates: Vec::new(),
     }
 }
 
@@ -697,7 +698,7 @@ fn pipelining_sends_mail_rcpt_and_data_in_one_write() {
     t.close();
     let log = server.log();
     assert_eq!(log.connections, 1);
-    assert_eq!(log.ehlos, 2, "one EHLO by lettre, one to read PIPELINING");
+    assert_eq!(log.ehlos, 1, "PIPELINING is read from the one EHLO");
     for to in ["ann@donor.example", "bob@donor.example"] {
         let group = format!("MAIL FROM:<{FROM}>\r\nRCPT TO:<{to}>\r\nDATA\r\n");
         assert!(

@@ -15,6 +15,7 @@
 //! outcome), builds or changes messages, records anything, or puts a password in an outcome,
 //! error or `Debug`.
 
+pub mod connection;
 pub mod reply;
 pub mod settings;
 pub mod smtp;

@@ -25,6 +25,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rustls::pki_types::CertificateDer;
+
 use crate::campaign;
 
 /// The environment variable that overrides the `[smtp]` table's relay: see the module docs.
@@ -122,6 +124,8 @@ pub struct SmtpSettings {
     pub reconnect_after: usize,
     /// AUTH over an unencrypted connection to a host that is not loopback was allowed.
     pub allow_insecure_auth: bool,
+    /// Certificate authorities trusted besides the built-in roots (`[smtp] ca_file`).
+    pub ca_certificates: Vec<CertificateDer<'static>>,
 }
 
 /// Why the SMTP settings cannot be used. Messages say what to change; none contains the
@@ -176,6 +180,17 @@ pub enum SmtpConfigError {
     EmptyPasswordFile {
         /// The file.
         path: PathBuf,
+    },
+    /// The certificate authority file cannot be used.
+    #[error(
+        "[smtp] ca_file {}: {reason}; it must hold one or more PEM certificates (-----BEGIN CERTIFICATE-----), e.g. your internal CA's",
+        path.display()
+    )]
+    CaFile {
+        /// The file, resolved against the campaign file's directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// A username without any password source.
     #[error(
@@ -366,6 +381,23 @@ fn parse_url(url: &str) -> Result<UrlParts, SmtpConfigError> {
     })
 }
 
+/// Reads the PEM certificates of a certificate authority file.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, SmtpConfigError> {
+    use rustls::pki_types::pem::PemObject as _;
+    let failed = |reason: String| SmtpConfigError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| failed(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failed(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(failed("it holds no certificate".into()));
+    }
+    Ok(certs)
+}
+
 /// Reads the first line of the password file (trailing CR/LF removed, nothing else trimmed:
 /// a password may legitimately start or end with a space).
 fn read_password_file(path: &Path) -> Result<Password, SmtpConfigError> {
@@ -487,12 +519,17 @@ impl SmtpSettings {
             });
         }
 
+        let ca_certificates = match &table.ca_file {
+            Some(file) => read_ca_file(&base_dir.join(file))?,
+            None => Vec::new(),
+        };
         let settings = SmtpSettings {
             host,
             port,
             tls,
             username,
             password,
+            ca_certificates,
             hello_name: hello_name.to_owned(),
             timeout: Duration::from_secs(timeout_secs),
             reconnect_after,
@@ -788,6 +825,31 @@ mod tests {
         let e = SmtpSettings::resolve(&t, None, Some(""), dir.path()).unwrap_err();
         assert!(matches!(e, SmtpConfigError::MissingPassword { .. }), "{e}");
         assert!(e.to_string().contains(PASSWORD_ENV), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_is_read_as_pem_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "nothing here\n").unwrap();
+        let mut t = table("relay.example");
+        t.ca_file = Some("ca.pem".into());
+        let s = SmtpSettings::resolve(&t, None, None, dir.path()).unwrap();
+        assert_eq!(s.ca_certificates.len(), 1);
+        for (file, says) in [
+            ("missing.pem", "missing.pem"),
+            ("empty.pem", "no certificate"),
+        ] {
+            t.ca_file = Some(file.into());
+            let e = SmtpSettings::resolve(&t, None, None, dir.path()).unwrap_err();
+            assert!(matches!(e, SmtpConfigError::CaFile { .. }), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains("[smtp] ca_file") && e.contains(says) && e.contains("PEM"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

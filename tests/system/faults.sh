@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The system-tools test lane: `campaign send` against postfix's real smtp-sink with its fault
 # flags (soft and hard rejects, 421 and disconnects at each stage, a server that exits
-# mid-run, no PIPELINING, no enhanced codes, slow replies). For every case: the exit code,
+# mid-run, no ESMTP, no PIPELINING, no enhanced codes, slow replies). For every case: the exit code,
 # the ledger (status) against the report and against the messages the sink received, and a
 # re-run against a healthy sink that finishes the rest with nobody mailed twice.
 #
@@ -226,6 +226,14 @@ case_server_exits_mid_run() { # the sink stops after 10 messages (a relay crash)
     rerun_healthy "$1" 30 received=30
 }
 
+case_no_esmtp() { # EHLO refused: greeted with HELO, sent without extensions
+    new_run "$1" 10
+    start_sink "$1" -e
+    send "$1" "$PORT" --concurrency 2
+    check "$1" code=0 sent=10 received=10 once=1
+    grep -q "greeted with HELO" "$1/err.txt"
+}
+
 case_no_pipelining() {
     new_run "$1" 20
     start_sink "$1" -p
@@ -251,7 +259,7 @@ case_slow_replies() { # a second before every RCPT reply: slower, nothing lost
 
 for c in healthy soft_reject_at_rcpt hard_reject_at_rcpt sequence_error_at_data \
     abort_after_data 421_at_rcpt 421_at_mail drop_after_the_dot server_exits_mid_run \
-    no_pipelining no_enhanced_codes_bounce slow_replies; do
+    no_esmtp no_pipelining no_enhanced_codes_bounce slow_replies; do
     case_ "$c"
 done
 echo

@@ -1,0 +1,509 @@
+//! The lowest layer of the SMTP conversation: one TCP or TLS (rustls) stream, the greeting,
+//! commands written and replies read.
+//!
+//! Owns the greeting (EHLO, and HELO when the relay refuses EHLO with 500 or 502, as RFC 5321
+//! §4.1.4 allows: no extensions then), reading the extensions a relay offers, STARTTLS, AUTH
+//! PLAIN and LOGIN, TLS with the roots it is given, and reading replies, single- and
+//! multi-line. lettre's `SmtpConnection` sends EHLO as part of connecting and drops the
+//! connection when it is refused, which left no way to fall back, and keeps its stream
+//! private. It never decides what a reply means (see [`super::reply`]) and never puts the
+//! password in an error.
+
+use std::fmt;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use lettre::transport::smtp::commands::{Ehlo, Quit, Starttls};
+use lettre::transport::smtp::extension::ClientId;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+
+use super::settings::Password;
+
+/// The longest reply line read, and the most lines, before the reply is taken as garbage.
+const MAX_REPLY_LINE: usize = 4096;
+const MAX_REPLY_LINES: usize = 200;
+
+/// One reply: its code and its lines' text (without code and separator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The three-digit code.
+    pub code: u16,
+    /// The text of each line.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// The text, lines joined by spaces.
+    pub fn text(&self) -> String {
+        self.lines.join(" ")
+    }
+}
+
+/// Why a command got no positive reply.
+#[derive(Debug)]
+pub enum SmtpError {
+    /// The server answered with a 4xx or 5xx.
+    Refused(Reply),
+    /// The connection could not be opened, or TLS could not be set up on it (lettre's words;
+    /// `tls` says it was the TLS handshake).
+    Connect {
+        /// What went wrong.
+        text: String,
+        /// The TLS handshake failed (a bad certificate, or a server not speaking TLS).
+        tls: bool,
+    },
+    /// Reading or writing failed, timed out, or the server closed the connection.
+    Io(io::Error),
+    /// The server sent something that is not an SMTP reply.
+    Garbled(String),
+}
+
+impl SmtpError {
+    /// The reply code, when the server replied.
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            SmtpError::Refused(r) => Some(r.code),
+            _ => None,
+        }
+    }
+
+    /// The server's text for a refusal, else what went wrong.
+    pub fn text(&self) -> String {
+        match self {
+            SmtpError::Refused(r) => r.text(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The TLS handshake failed, or a server not speaking TLS answered one.
+    pub fn is_tls(&self) -> bool {
+        match self {
+            SmtpError::Connect { tls, .. } => *tls,
+            SmtpError::Io(e) => e.kind() == io::ErrorKind::InvalidData,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for SmtpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SmtpError::Refused(r) => write!(f, "{} {}", r.code, r.text()),
+            SmtpError::Connect { text, .. } => f.write_str(text),
+            SmtpError::Io(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                write!(f, "no reply before the timeout ({e})")
+            }
+            SmtpError::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                f.write_str("the server closed the connection")
+            }
+            SmtpError::Io(e) => write!(f, "{e}"),
+            SmtpError::Garbled(what) => write!(f, "the server's reply is not SMTP: {what}"),
+        }
+    }
+}
+
+/// How TLS is set up for one relay: the roots its certificate must chain to, and the name it
+/// must carry.
+#[derive(Clone)]
+pub struct TlsSetup {
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl fmt::Debug for TlsSetup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSetup")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSetup {
+    /// TLS to `host`, trusting the built-in Mozilla roots and `extra` (an internal CA).
+    pub fn new(host: &str, extra: &[CertificateDer<'static>]) -> Result<TlsSetup, String> {
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in extra {
+            roots
+                .add(cert.clone())
+                .map_err(|e| format!("a certificate authority cannot be used: {e}"))?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsSetup {
+            config: Arc::new(config),
+            name,
+        })
+    }
+}
+
+/// The connection's bytes: plain TCP, or TLS over it.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+    /// Only while a TCP stream is being upgraded.
+    Gone,
+}
+
+impl Stream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(t) => Some(t),
+            Stream::Tls(t) => Some(&t.sock),
+            Stream::Gone => None,
+        }
+    }
+
+    /// TLS over `tcp`, with the handshake done now, so its failure is the connection's.
+    fn tls(tcp: TcpStream, setup: &TlsSetup) -> Result<Stream, SmtpError> {
+        let failed = |text: String| SmtpError::Connect { text, tls: true };
+        let conn = ClientConnection::new(Arc::clone(&setup.config), setup.name.clone())
+            .map_err(|e| failed(e.to_string()))?;
+        let mut tls = StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| failed(format!("TLS failed: {e}")))?;
+        }
+        Ok(Stream::Tls(Box::new(tls)))
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(t) => t.read(buf),
+            Stream::Tls(t) => t.read(buf),
+            Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(t) => t.write(buf),
+            Stream::Tls(t) => t.write(buf),
+            Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(t) => t.flush(),
+            Stream::Tls(t) => t.flush(),
+            Stream::Gone => Ok(()),
+        }
+    }
+}
+
+/// A TCP connection to `host:port`, trying each address it resolves to.
+fn connect_tcp(host: &str, port: u16, timeout: Duration) -> Result<TcpStream, SmtpError> {
+    let failed = |text: String| SmtpError::Connect { text, tls: false };
+    let addrs = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| failed(format!("cannot resolve {host}: {e}")))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(tcp) => {
+                tcp.set_read_timeout(Some(timeout))
+                    .and_then(|()| tcp.set_write_timeout(Some(timeout)))
+                    .map_err(SmtpError::Io)?;
+                return Ok(tcp);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(failed(match last {
+        Some(e) => format!("Connection error: {e}"),
+        None => format!("{host} resolves to no address"),
+    }))
+}
+
+/// What the relay offers, from its EHLO reply (nothing after a HELO).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// PIPELINING (RFC 2920).
+    pub pipelining: bool,
+    /// SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// 8BITMIME (RFC 6152).
+    pub eight_bit_mime: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
+    /// The AUTH mechanisms offered, upper case.
+    pub auth: Vec<String>,
+    /// The relay refused EHLO and was greeted with HELO.
+    pub helo_only: bool,
+}
+
+impl Extensions {
+    /// Reads the extension lines of an EHLO reply (every line after the first).
+    pub fn from_ehlo(reply: &Reply) -> Extensions {
+        let mut ext = Extensions::default();
+        for line in reply.lines.iter().skip(1) {
+            let mut words = line.split([' ', '=']).filter(|w| !w.is_empty());
+            let Some(keyword) = words.next() else {
+                continue;
+            };
+            match keyword.to_ascii_uppercase().as_str() {
+                "PIPELINING" => ext.pipelining = true,
+                "SMTPUTF8" => ext.smtputf8 = true,
+                "8BITMIME" => ext.eight_bit_mime = true,
+                "STARTTLS" => ext.starttls = true,
+                "AUTH" => ext.auth.extend(words.map(|w| w.to_ascii_uppercase())),
+                _ => {}
+            }
+        }
+        ext
+    }
+}
+
+/// One connection to the relay.
+pub struct Connection {
+    stream: BufReader<Stream>,
+    extensions: Extensions,
+    /// A read or write failed: the conversation's state is unknown, so it is not reused.
+    broken: bool,
+}
+
+impl Connection {
+    /// Connects (TLS from the first byte when `implicit_tls` is given), reads the greeting
+    /// and greets the relay.
+    pub fn connect(
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        implicit_tls: Option<&TlsSetup>,
+        hello: &ClientId,
+    ) -> Result<Connection, SmtpError> {
+        let tcp = connect_tcp(host, port, timeout)?;
+        let stream = match implicit_tls {
+            Some(setup) => Stream::tls(tcp, setup)?,
+            None => Stream::Tcp(tcp),
+        };
+        let mut conn = Connection {
+            stream: BufReader::new(stream),
+            extensions: Extensions::default(),
+            broken: false,
+        };
+        conn.read_reply()?;
+        conn.greet(hello)?;
+        Ok(conn)
+    }
+
+    /// EHLO, or HELO when the relay refuses EHLO with 500 or 502.
+    fn greet(&mut self, hello: &ClientId) -> Result<(), SmtpError> {
+        match self.command(Ehlo::new(hello.clone())) {
+            Ok(reply) => self.extensions = Extensions::from_ehlo(&reply),
+            Err(SmtpError::Refused(r)) if matches!(r.code, 500 | 502) => {
+                self.command(format_args!("HELO {hello}\r\n"))?;
+                self.extensions = Extensions {
+                    helo_only: true,
+                    ..Extensions::default()
+                };
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// What the relay offered when greeted.
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Upgrades the connection with STARTTLS and greets the relay again, as RFC 3207 asks.
+    pub fn starttls(&mut self, tls: &TlsSetup, hello: &ClientId) -> Result<(), SmtpError> {
+        self.command(Starttls)?;
+        let plain = std::mem::replace(&mut self.stream, BufReader::new(Stream::Gone));
+        let Stream::Tcp(tcp) = plain.into_inner() else {
+            self.broken = true;
+            return Err(SmtpError::Garbled(
+                "STARTTLS on a connection already encrypted".into(),
+            ));
+        };
+        match Stream::tls(tcp, tls) {
+            Ok(stream) => self.stream = BufReader::new(stream),
+            Err(e) => {
+                self.broken = true;
+                return Err(e);
+            }
+        }
+        self.greet(hello)
+    }
+
+    /// Logs in with PLAIN, else LOGIN, whichever the relay offers first in that order; `None`
+    /// when it offers neither.
+    pub fn auth(&mut self, user: &str, password: &Password) -> Option<Result<(), SmtpError>> {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let offers = |m: &str| self.extensions.auth.iter().any(|a| a == m);
+        let (plain, login) = (offers("PLAIN"), offers("LOGIN"));
+        if plain {
+            let token = b64(&format!("\0{user}\0{}", password.expose()));
+            return Some(
+                self.command(format_args!("AUTH PLAIN {token}\r\n"))
+                    .map(drop),
+            );
+        }
+        if login {
+            let steps = ["AUTH LOGIN".to_owned(), b64(user), b64(password.expose())];
+            for step in steps {
+                if let Err(e) = self.command(format_args!("{step}\r\n")) {
+                    return Some(Err(e));
+                }
+            }
+            return Some(Ok(()));
+        }
+        None
+    }
+
+    /// Writes `command` and reads its reply; a 4xx or 5xx is [`SmtpError::Refused`].
+    pub fn command(&mut self, command: impl fmt::Display) -> Result<Reply, SmtpError> {
+        self.write(command.to_string().as_bytes())?;
+        self.read_reply()
+    }
+
+    /// Writes bytes as they are.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), SmtpError> {
+        let stream = self.stream.get_mut();
+        stream
+            .write_all(bytes)
+            .and_then(|()| stream.flush())
+            .map_err(|e| {
+                self.broken = true;
+                SmtpError::Io(e)
+            })
+    }
+
+    /// Reads one reply; a 4xx or 5xx is [`SmtpError::Refused`].
+    pub fn read_reply(&mut self) -> Result<Reply, SmtpError> {
+        let mut lines = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let read =
+                io::Read::take(&mut self.stream, MAX_REPLY_LINE as u64).read_until(b'\n', &mut buf);
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(SmtpError::Io(e));
+                }
+            };
+            if n == 0 {
+                self.broken = true;
+                return Err(SmtpError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\r', '\n']);
+            let code = line
+                .get(..3)
+                .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|c| (200..600).contains(c));
+            let (Some(code), Some(sep)) = (code, line.as_bytes().get(3).copied().or(Some(b' ')))
+            else {
+                self.broken = true;
+                return Err(SmtpError::Garbled(format!("{line:?}")));
+            };
+            lines.push(line.get(4..).unwrap_or("").to_owned());
+            if sep != b'-' {
+                let reply = Reply { code, lines };
+                return if code < 400 {
+                    Ok(reply)
+                } else {
+                    Err(SmtpError::Refused(reply))
+                };
+            }
+            if lines.len() >= MAX_REPLY_LINES || !buf.ends_with(b"\n") {
+                self.broken = true;
+                return Err(SmtpError::Garbled(
+                    "a reply of too many or too long lines".into(),
+                ));
+            }
+        }
+    }
+
+    /// A read or write failed: do not reuse the connection.
+    pub fn has_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Says goodbye; a failure changes nothing (the connection is dropped either way).
+    pub fn quit(&mut self) {
+        if !self.broken {
+            let _ = self.command(Quit);
+        }
+    }
+
+    /// Drops the connection without a word (mid-DATA a QUIT would become body text).
+    pub fn abort(&mut self) {
+        self.broken = true;
+        if let Some(tcp) = self.stream.get_ref().tcp() {
+            let _ = tcp.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("extensions", &self.extensions)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extensions_are_read_from_ehlo_lines() {
+        let reply = Reply {
+            code: 250,
+            lines: [
+                "relay.test greets you PIPELINING",
+                "8BITMIME",
+                "pipelining",
+                "AUTH=LOGIN PLAIN",
+                "SMTPUTF8",
+                "STARTTLS",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let ext = Extensions::from_ehlo(&reply);
+        assert!(ext.pipelining && ext.eight_bit_mime && ext.smtputf8 && ext.starttls);
+        assert_eq!(ext.auth, ["LOGIN", "PLAIN"]);
+        assert!(!ext.helo_only);
+        // The first line is the server's name, not an extension; a keyword is a whole word.
+        for lines in [
+            &["PIPELINING is what I say"][..],
+            &["sink.test", "8BITMIME", "XPIPELINING", "AUTH PIPELINING"],
+        ] {
+            let reply = Reply {
+                code: 250,
+                lines: lines.iter().map(|l| (*l).to_owned()).collect(),
+            };
+            assert!(!Extensions::from_ehlo(&reply).pipelining, "{lines:?}");
+        }
+    }
+}

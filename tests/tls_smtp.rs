@@ -1,0 +1,297 @@
+//! `transport::SmtpTransport` over TLS, against an in-process SMTP server speaking rustls with
+//! a certificate authority made at test time: STARTTLS and implicit TLS sessions that log in
+//! and deliver, a relay whose certificate chains to no trusted root, and a relay that refuses
+//! EHLO and is greeted with HELO.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use campaign::transport::settings::Password;
+use campaign::transport::{Outcome, SmtpSettings, SmtpTransport, TlsMode, Transport, send_one};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+
+const FROM: &str = "appeal@park.example";
+const USER: &str = "appeal";
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A certificate authority and a server certificate for 127.0.0.1 and localhost it signed.
+struct TestCa {
+    ca: CertificateDer<'static>,
+    server: Arc<ServerConfig>,
+}
+
+fn test_ca() -> TestCa {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "campaign test CA");
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params
+        .subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    TestCa {
+        ca: ca.der().clone(),
+        server: Arc::new(server),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    StartTls,
+    Implicit,
+    /// Plain, and EHLO refused with 500 (a server without ESMTP).
+    HeloOnly,
+}
+
+/// What the server saw: each accepted message with whether it came over TLS, and the users
+/// that logged in.
+#[derive(Default)]
+struct Seen {
+    messages: Vec<(String, bool)>,
+    logins: Vec<String>,
+}
+
+/// The server: one connection at a time on a free port; lives until the test process ends.
+fn serve(mode: Mode, tls: Arc<ServerConfig>) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let log = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(tcp) = tcp else { return };
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+            match mode {
+                Mode::Implicit => {
+                    let conn = ServerConnection::new(Arc::clone(&tls)).unwrap();
+                    session(
+                        BufReader::new(StreamOwned::new(conn, tcp)),
+                        mode,
+                        true,
+                        &log,
+                    );
+                }
+                _ => {
+                    if let Some(tcp) = session(BufReader::new(tcp), mode, false, &log) {
+                        let conn = ServerConnection::new(Arc::clone(&tls)).unwrap();
+                        session(
+                            BufReader::new(StreamOwned::new(conn, tcp)),
+                            mode,
+                            true,
+                            &log,
+                        );
+                    }
+                }
+            }
+        }
+    });
+    (addr, seen)
+}
+
+/// Speaks SMTP on `s` until QUIT, a closed connection or, on a plain STARTTLS connection,
+/// STARTTLS: then the TCP stream is handed back to be wrapped in TLS.
+fn session<S: Read + Write + IntoTcp>(
+    mut s: BufReader<S>,
+    mode: Mode,
+    encrypted: bool,
+    seen: &Mutex<Seen>,
+) -> Option<TcpStream> {
+    let reply = |s: &mut BufReader<S>, text: &str| {
+        let _ = s.get_mut().write_all(text.as_bytes());
+        let _ = s.get_mut().flush();
+    };
+    if !(mode == Mode::StartTls && encrypted) {
+        reply(&mut s, "220 tls.test ESMTP\r\n");
+    }
+    let mut data: Option<String> = None;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if s.read_line(&mut line).unwrap_or(0) == 0 {
+            return None;
+        }
+        let cmd = line.trim_end().to_owned();
+        if let Some(body) = &mut data {
+            if cmd == "." {
+                seen.lock()
+                    .unwrap()
+                    .messages
+                    .push((std::mem::take(body), encrypted));
+                data = None;
+                reply(&mut s, "250 2.0.0 Ok: queued as TLS1\r\n");
+            } else {
+                body.push_str(&cmd);
+                body.push('\n');
+            }
+            continue;
+        }
+        let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("EHLO") {
+            if mode == Mode::HeloOnly {
+                reply(&mut s, "500 5.5.1 Command unrecognized\r\n");
+            } else if encrypted {
+                reply(
+                    &mut s,
+                    "250-tls.test\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n",
+                );
+            } else {
+                reply(&mut s, "250-tls.test\r\n250 STARTTLS\r\n");
+            }
+        } else if upper.starts_with("HELO") {
+            reply(&mut s, "250 tls.test\r\n");
+        } else if upper == "STARTTLS" && !encrypted {
+            reply(&mut s, "220 2.0.0 Ready to start TLS\r\n");
+            return Some(s.into_inner().into_tcp());
+        } else if let Some(token) = cmd.strip_prefix("AUTH PLAIN ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(token)
+                .unwrap_or_default();
+            if decoded == format!("\0{USER}\0{PASSWORD}").as_bytes() {
+                seen.lock().unwrap().logins.push(USER.to_owned());
+                reply(&mut s, "235 2.7.0 Authentication successful\r\n");
+            } else {
+                reply(&mut s, "535 5.7.8 Authentication credentials invalid\r\n");
+            }
+        } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
+            reply(&mut s, "250 2.1.0 Ok\r\n");
+        } else if upper == "DATA" {
+            data = Some(String::new());
+            reply(&mut s, "354 End data with <CR><LF>.<CR><LF>\r\n");
+        } else if upper == "QUIT" {
+            reply(&mut s, "221 2.0.0 Bye\r\n");
+            return None;
+        } else {
+            reply(&mut s, "502 5.5.2 Error: command not recognized\r\n");
+        }
+    }
+}
+
+/// The TCP stream under a plain or TLS server stream.
+trait IntoTcp {
+    fn into_tcp(self) -> TcpStream;
+}
+impl IntoTcp for TcpStream {
+    fn into_tcp(self) -> TcpStream {
+        self
+    }
+}
+impl IntoTcp for StreamOwned<ServerConnection, TcpStream> {
+    fn into_tcp(self) -> TcpStream {
+        self.sock
+    }
+}
+
+fn settings(addr: SocketAddr, tls: TlsMode, ca: Option<&TestCa>) -> SmtpSettings {
+    SmtpSettings {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        tls,
+        username: (tls != TlsMode::None).then(|| USER.to_owned()),
+        password: (tls != TlsMode::None).then(|| Password::new(PASSWORD.to_owned())),
+        hello_name: "client.test".into(),
+        timeout: Duration::from_secs(5),
+        reconnect_after: 1000,
+        allow_insecure_auth: false,
+        ca_certificates: ca.map(|c| vec![c.ca.clone()]).unwrap_or_default(),
+    }
+}
+
+fn message(to: &str) -> Vec<u8> {
+    format!("From: <{FROM}>\r\nTo: <{to}>\r\nSubject: test\r\nMessage-ID: <1@park.example>\r\n\r\nhi\r\n")
+        .into_bytes()
+}
+
+fn send(t: &mut SmtpTransport, to: &str) -> Outcome {
+    send_one(t, FROM, to, &message(to), &mut || Ok(()))
+}
+
+#[test]
+fn starttls_with_an_internal_ca_logs_in_and_delivers_encrypted() {
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::StartTls, Arc::clone(&ca.server));
+    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::StartTls, Some(&ca))));
+    for to in ["ann@donor.example", "bob@donor.example"] {
+        match send(&mut t, to) {
+            Outcome::Accepted { reply } => assert!(reply.contains("TLS1"), "{reply}"),
+            other => panic!("expected Accepted, got {other:?}"),
+        }
+    }
+    t.close();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.logins, [USER]);
+    assert_eq!(seen.messages.len(), 2);
+    assert!(seen.messages.iter().all(|(_, encrypted)| *encrypted));
+}
+
+#[test]
+fn implicit_tls_with_an_internal_ca_delivers() {
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::Implicit, Arc::clone(&ca.server));
+    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::Implicit, Some(&ca))));
+    assert!(matches!(
+        send(&mut t, "ann@donor.example"),
+        Outcome::Accepted { .. }
+    ));
+    t.close();
+    assert_eq!(seen.lock().unwrap().messages.len(), 1);
+}
+
+#[test]
+fn a_certificate_from_an_unknown_authority_halts_and_names_the_fix() {
+    let ca = test_ca();
+    for (mode, tls) in [
+        (Mode::StartTls, TlsMode::StartTls),
+        (Mode::Implicit, TlsMode::Implicit),
+    ] {
+        let (addr, seen) = serve(mode, Arc::clone(&ca.server));
+        // Without ca_file: only the built-in roots, which the test CA is not among.
+        let mut t = SmtpTransport::new(Arc::new(settings(addr, tls, None)));
+        match t.connect_now() {
+            Err(Outcome::Halt { code: None, text }) => {
+                assert!(text.contains("UnknownIssuer"), "{text}");
+                assert!(text.contains("ca_file"), "{text}");
+            }
+            other => panic!("expected Halt, got {other:?}"),
+        }
+        assert!(seen.lock().unwrap().logins.is_empty(), "no password sent");
+    }
+}
+
+#[test]
+fn a_relay_that_refuses_ehlo_is_greeted_with_helo() {
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::HeloOnly, Arc::clone(&ca.server));
+    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::None, None)));
+    assert_eq!(t.helo_only(), None);
+    assert!(matches!(
+        send(&mut t, "ann@donor.example"),
+        Outcome::Accepted { .. }
+    ));
+    assert_eq!(t.helo_only(), Some(true));
+    // Without extensions, an international address cannot go (no SMTPUTF8).
+    match send(&mut t, "josé@donor.example") {
+        Outcome::Bounced { text, .. } => assert!(text.contains("SMTPUTF8"), "{text}"),
+        other => panic!("expected Bounced, got {other:?}"),
+    }
+    t.close();
+    assert_eq!(seen.lock().unwrap().messages.len(), 1);
+}
