@@ -9,7 +9,8 @@
 //! or pulls work from elsewhere, implements the same trait; the loop is testable with a fake.
 //!
 //! The folder holds the trait with its envelope and journal (here), the reading of replies
-//! ([`reply`]), the SMTP session ([`smtp`]) and the relay's settings ([`settings`]).
+//! ([`reply`]), the SMTP session ([`smtp`]) on its connection ([`connection`]: the stream,
+//! TLS, the greeting, commands and replies) and the relay's settings ([`settings`]).
 //!
 //! Nothing here decides what to do next (retry, suppress, stop: the send loop does, from the
 //! outcome), builds or changes messages, records anything, or puts a password in an outcome,
