@@ -8,9 +8,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod common;
+
 use base64::Engine as _;
 use campaign::transport::settings::Password;
 use campaign::transport::{Outcome, SmtpSettings, SmtpTransport, TlsMode, Transport, send_one};
+use common::{Workdir, assert_code, segment, setup, stderr};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -22,6 +25,7 @@ const PASSWORD: &str = "correct horse battery staple";
 /// A certificate authority and a server certificate for 127.0.0.1 and localhost it signed.
 struct TestCa {
     ca: CertificateDer<'static>,
+    ca_pem: String,
     server: Arc<ServerConfig>,
 }
 
@@ -50,6 +54,7 @@ fn test_ca() -> TestCa {
         .unwrap();
     TestCa {
         ca: ca.der().clone(),
+        ca_pem: ca.pem(),
         server: Arc::new(server),
     }
 }
@@ -294,4 +299,66 @@ fn a_relay_that_refuses_ehlo_is_greeted_with_helo() {
     }
     t.close();
     assert_eq!(seen.lock().unwrap().messages.len(), 1);
+}
+
+/// The binary checks a relay against the operating system's trust store: with the test CA in
+/// it (SSL_CERT_FILE, which the store reader honours), a real send over implicit TLS logs in
+/// and delivers; without, it stops before sending, naming the reason and the setting.
+#[test]
+fn a_send_trusts_the_systems_store() {
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::Implicit, Arc::clone(&ca.server));
+    let w: Workdir = setup("email,name,total\nann@example.org,Ann,10\nbob@example.org,Bob,20\n");
+    segment(&w);
+    let store = w.write("system-ca.pem", &ca.ca_pem);
+    let send = |store: &std::path::Path| {
+        w.command()
+            .args(["send", "run"])
+            .env("CAMPAIGN_SMTP_URL", format!("smtps://{USER}@{addr}"))
+            .env("CAMPAIGN_SMTP_PASSWORD", PASSWORD)
+            .env(
+                "CAMPAIGN_UNSUBSCRIBE_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            )
+            .env("SSL_CERT_FILE", store)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap()
+    };
+    let empty = w.write("empty.pem", "");
+    let o = send(&empty);
+    assert_code(&o, 6);
+    assert!(
+        stderr(&o).contains("UnknownIssuer") && stderr(&o).contains("ca_file"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("refused the sender"), "{}", stderr(&o));
+    let o = send(&store);
+    assert_code(&o, 0);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.messages.len(), 2);
+    assert!(seen.messages.iter().all(|(_, encrypted)| *encrypted));
+    // The probe's session and the one worker's: two donors are one lease, so one worker.
+    assert_eq!(seen.logins.len(), 2);
+}
+
+#[test]
+fn a_refused_login_halts_with_the_servers_words() {
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::StartTls, Arc::clone(&ca.server));
+    let mut s = settings(addr, TlsMode::StartTls, Some(&ca));
+    s.password = Some(Password::new("wrong".to_owned()));
+    let mut t = SmtpTransport::new(Arc::new(s));
+    match t.connect_now() {
+        Err(Outcome::Halt {
+            code: Some(535),
+            text,
+        }) => assert!(
+            text.contains("log in as") && text.contains("credentials invalid"),
+            "{text}"
+        ),
+        other => panic!("expected Halt, got {other:?}"),
+    }
+    assert!(seen.lock().unwrap().logins.is_empty());
 }

@@ -128,12 +128,12 @@ impl fmt::Debug for TlsSetup {
 }
 
 impl TlsSetup {
-    /// TLS to `host`, trusting the built-in Mozilla roots and `extra` (an internal CA).
+    /// TLS to `host`, trusting the operating system's store (the built-in Mozilla roots where
+    /// it has none) and `extra` (an internal CA).
     pub fn new(host: &str, extra: &[CertificateDer<'static>]) -> Result<TlsSetup, String> {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
-        let mut roots = RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let mut roots = system_roots().clone();
         for cert in extra {
             roots
                 .add(cert.clone())
@@ -150,6 +150,21 @@ impl TlsSetup {
             name,
         })
     }
+}
+
+/// The operating system's trust store, read once per process; the built-in Mozilla roots
+/// where it yields none (a minimal container without ca-certificates).
+fn system_roots() -> &'static RootCertStore {
+    static ROOTS: std::sync::OnceLock<RootCertStore> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        }
+        roots
+    })
 }
 
 /// The connection's bytes: plain TCP, or TLS over it.
