@@ -25,7 +25,7 @@ use crate::rules::{self, Rule};
 use crate::run::OpenedRun;
 use crate::schema::{ColumnType, Schema};
 use crate::segment;
-use crate::transport::settings::{PASSWORD_ENV, SmtpSettings, URL_ENV};
+use crate::transport::settings::{PASSWORD_ENV, SmtpSettings, URL_ENV, default_hello_name};
 use crate::unsubscribe::UnsubscribeSecret;
 
 /// The environment variables the pre-flight looks at, read once.
@@ -413,7 +413,16 @@ fn smtp(
         env.smtp_password.as_deref(),
         base_dir,
     ) {
-        Ok(s) => Some(s),
+        Ok(mut s) => {
+            if campaign.smtp.hello_name.is_none() {
+                let from = campaign
+                    .message
+                    .as_ref()
+                    .and_then(|m| m.from.parse::<lettre::message::Mailbox>().ok());
+                s.hello_name = default_hello_name(from.as_ref().map(|m| m.email.domain()));
+            }
+            Some(s)
+        }
         Err(e) if e.depends_on_environment() => {
             f.environmental(purpose, format!("{}: {e}", campaign.path.display()));
             None

@@ -116,7 +116,8 @@ pub struct SmtpSettings {
     pub username: Option<String>,
     /// Password for AUTH; always present when `username` is.
     pub password: Option<Password>,
-    /// The name sent in EHLO.
+    /// The name sent in EHLO: `[smtp] hello_name`, or `localhost` here; `send` and `check`
+    /// put [`default_hello_name`] in its place when the table names none.
     pub hello_name: String,
     /// How long to wait for a connection or any server reply.
     pub timeout: Duration,
@@ -412,6 +413,28 @@ fn read_password_file(path: &Path) -> Result<Password, SmtpConfigError> {
         });
     }
     Ok(Password(line.to_owned()))
+}
+
+/// The name to greet a relay with when `[smtp] hello_name` is not set: this machine's host
+/// name when it is a full domain name, else the domain of the sender (`[message] from`),
+/// else `localhost`. Relays and receivers penalise `localhost` and bare host names.
+pub fn default_hello_name(from_domain: Option<&str>) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host = host.trim().trim_end_matches('.');
+    let usable = |name: &str| {
+        name.contains('.')
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    };
+    if usable(host) {
+        return host.to_ascii_lowercase();
+    }
+    match from_domain {
+        Some(d) if usable(d) => d.to_ascii_lowercase(),
+        _ => "localhost".to_owned(),
+    }
 }
 
 impl SmtpSettings {
@@ -850,6 +873,17 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_default_hello_name_is_never_a_bare_host() {
+        let name = default_hello_name(Some("Park.Example"));
+        // This machine's full name, or the sender's domain: never localhost when a domain is
+        // known, never a name without a dot.
+        assert!(name.contains('.'), "{name}");
+        assert_ne!(name, "localhost");
+        let name = default_hello_name(Some("not a domain"));
+        assert!(name.contains('.') || name == "localhost", "{name}");
     }
 
     #[test]

@@ -157,6 +157,8 @@ case_healthy() {
     start_sink "$1"
     send "$1" "$PORT" --concurrency 2
     check "$1" code=0 sent=30 received=30 once=1 stop=finished
+    # Greeted with this machine's full name or the sender's domain, never localhost.
+    grep -h '^X-Helo-Args:' "$1"/dumps/dump-* | sort -u | grep -qv 'localhost'
 }
 
 case_soft_reject_at_rcpt() { # 450 at every RCPT: all deferred, nothing received
