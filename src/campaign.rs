@@ -166,6 +166,8 @@ pub struct SmtpTable {
     /// A PEM file of certificate authorities to trust besides the built-in ones (an internal
     /// CA), relative to the campaign file.
     pub ca_file: Option<PathBuf>,
+    /// Do not check the relay's certificate at all. Warned about on every run.
+    pub dangerous_skip_certificate_check: Option<bool>,
     /// The name sent in EHLO.
     pub hello_name: Option<String>,
     /// Seconds to wait for any server reply.

@@ -414,6 +414,14 @@ fn smtp(
         base_dir,
     ) {
         Ok(mut s) => {
+            if s.skip_certificate_check && s.tls != crate::transport::TlsMode::None {
+                // On every run, for every command: this is how a setting like it stays rare.
+                f.notes.push(format!(
+                    "{}: [smtp] dangerous_skip_certificate_check = true: the relay's certificate is NOT checked, so anyone on the way to {} can read every message and the password. Install the relay's CA in the system store or name it in [smtp] ca_file instead",
+                    campaign.path.display(),
+                    s.describe()
+                ));
+            }
             if campaign.smtp.hello_name.is_none() {
                 let from = campaign
                     .message

@@ -164,6 +164,7 @@ fn settings(port: u16) -> SmtpSettings {
         reconnect_after: 1000,
         allow_insecure_auth: false,
         ca_certificates: Vec::new(),
+        skip_certificate_check: false,
     }
 }
 

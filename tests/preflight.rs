@@ -230,3 +230,27 @@ fn numbers_on_the_command_line_are_bounded() {
         stderr(&o)
     );
 }
+
+#[test]
+fn skipping_the_certificate_check_is_warned_about_on_every_run() {
+    let w = setup(DONORS);
+    w.write(
+        "campaign.toml",
+        with("[smtp]\nhost = \"relay.example\"\ndangerous_skip_certificate_check = true\n"),
+    );
+    let o = check(&w);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("certificate is NOT checked"),
+        "{}",
+        stdout(&o)
+    );
+    segment(&w);
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 0);
+    assert!(
+        stderr(&o).contains("certificate is NOT checked"),
+        "{}",
+        stderr(&o)
+    );
+}

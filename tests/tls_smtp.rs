@@ -217,6 +217,7 @@ fn settings(addr: SocketAddr, tls: TlsMode, ca: Option<&TestCa>) -> SmtpSettings
         reconnect_after: 1000,
         allow_insecure_auth: false,
         ca_certificates: ca.map(|c| vec![c.ca.clone()]).unwrap_or_default(),
+        skip_certificate_check: false,
     }
 }
 
@@ -361,4 +362,19 @@ fn a_refused_login_halts_with_the_servers_words() {
         other => panic!("expected Halt, got {other:?}"),
     }
     assert!(seen.lock().unwrap().logins.is_empty());
+}
+
+#[test]
+fn skipping_the_certificate_check_takes_any_certificate() {
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::Implicit, Arc::clone(&ca.server));
+    let mut s = settings(addr, TlsMode::Implicit, None);
+    s.skip_certificate_check = true;
+    let mut t = SmtpTransport::new(Arc::new(s));
+    assert!(matches!(
+        send(&mut t, "ann@donor.example"),
+        Outcome::Accepted { .. }
+    ));
+    t.close();
+    assert_eq!(seen.lock().unwrap().messages.len(), 1);
 }

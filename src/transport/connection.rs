@@ -129,26 +129,87 @@ impl fmt::Debug for TlsSetup {
 
 impl TlsSetup {
     /// TLS to `host`, trusting the operating system's store (the built-in Mozilla roots where
-    /// it has none) and `extra` (an internal CA).
-    pub fn new(host: &str, extra: &[CertificateDer<'static>]) -> Result<TlsSetup, String> {
+    /// it has none) and `extra` (an internal CA); with `check_certificate` false, trusting any
+    /// certificate at all.
+    pub fn new(
+        host: &str,
+        extra: &[CertificateDer<'static>],
+        check_certificate: bool,
+    ) -> Result<TlsSetup, String> {
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("{host:?} cannot be checked against a certificate: {e}"))?;
-        let mut roots = system_roots().clone();
-        for cert in extra {
-            roots
-                .add(cert.clone())
-                .map_err(|e| format!("a certificate authority cannot be used: {e}"))?;
-        }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
+        let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .map_err(|e| e.to_string())?;
+        let config = if check_certificate {
+            let mut roots = system_roots().clone();
+            for cert in extra {
+                roots
+                    .add(cert.clone())
+                    .map_err(|e| format!("a certificate authority cannot be used: {e}"))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth()
+        };
         Ok(TlsSetup {
             config: Arc::new(config),
             name,
         })
+    }
+}
+
+/// Accepts any certificate (`[smtp] dangerous_skip_certificate_check`), still checking that
+/// the relay holds the key of the certificate it shows.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -127,6 +127,8 @@ pub struct SmtpSettings {
     pub allow_insecure_auth: bool,
     /// Certificate authorities trusted besides the built-in roots (`[smtp] ca_file`).
     pub ca_certificates: Vec<CertificateDer<'static>>,
+    /// The relay's certificate is not checked (`[smtp] dangerous_skip_certificate_check`).
+    pub skip_certificate_check: bool,
 }
 
 /// Why the SMTP settings cannot be used. Messages say what to change; none contains the
@@ -553,6 +555,7 @@ impl SmtpSettings {
             username,
             password,
             ca_certificates,
+            skip_certificate_check: table.dangerous_skip_certificate_check.unwrap_or(false),
             hello_name: hello_name.to_owned(),
             timeout: Duration::from_secs(timeout_secs),
             reconnect_after,

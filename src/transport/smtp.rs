@@ -146,13 +146,15 @@ impl SmtpTransport {
         if let Some(p) = &self.tls {
             return Ok(p.clone());
         }
-        let p =
-            TlsSetup::new(&self.settings.host, &self.settings.ca_certificates).map_err(|e| {
-                Outcome::Halt {
-                    code: None,
-                    text: format!("cannot set up TLS for {}: {e}", self.relay),
-                }
-            })?;
+        let p = TlsSetup::new(
+            &self.settings.host,
+            &self.settings.ca_certificates,
+            !self.settings.skip_certificate_check,
+        )
+        .map_err(|e| Outcome::Halt {
+            code: None,
+            text: format!("cannot set up TLS for {}: {e}", self.relay),
+        })?;
         self.tls = Some(p.clone());
         Ok(p)
     }
