@@ -420,12 +420,12 @@ fn addresses_the_client_cannot_send() {
         "josé@donor.example",
         &message("x@donor.example", "hi\r\n"),
     ) {
-        Outcome::Bounced {
-            code: CLIENT_REFUSED,
+        Outcome::Deferred {
+            code: Some(CLIENT_REFUSED),
             text,
-            suppress: false,
+            throttle: false,
         } => assert!(text.contains("SMTPUTF8"), "{text}"),
-        other => panic!("expected Bounced, got {other:?}"),
+        other => panic!("expected Deferred, got {other:?}"),
     }
     match send(
         &mut t,

@@ -65,6 +65,8 @@ enum Mode {
     Implicit,
     /// Plain, and EHLO refused with 500 (a server without ESMTP).
     HeloOnly,
+    /// Plain, offering SMTPUTF8.
+    Utf8,
 }
 
 /// What the server saw: each accepted message with whether it came over TLS, and the users
@@ -72,6 +74,7 @@ enum Mode {
 #[derive(Default)]
 struct Seen {
     messages: Vec<(String, bool)>,
+    recipients: Vec<String>,
     logins: Vec<String>,
 }
 
@@ -128,19 +131,20 @@ fn session<S: Read + Write + IntoTcp>(
         reply(&mut s, "220 tls.test ESMTP\r\n");
     }
     let mut data: Option<String> = None;
+    let mut rcpt = String::new();
     let mut line = String::new();
     loop {
         line.clear();
         if s.read_line(&mut line).unwrap_or(0) == 0 {
+            // (read_line needs UTF-8: SMTPUTF8 addresses are UTF-8.)
             return None;
         }
         let cmd = line.trim_end().to_owned();
         if let Some(body) = &mut data {
             if cmd == "." {
-                seen.lock()
-                    .unwrap()
-                    .messages
-                    .push((std::mem::take(body), encrypted));
+                let mut seen = seen.lock().unwrap();
+                seen.messages.push((std::mem::take(body), encrypted));
+                seen.recipients.push(std::mem::take(&mut rcpt));
                 data = None;
                 reply(&mut s, "250 2.0.0 Ok: queued as TLS1\r\n");
             } else {
@@ -153,6 +157,8 @@ fn session<S: Read + Write + IntoTcp>(
         if upper.starts_with("EHLO") {
             if mode == Mode::HeloOnly {
                 reply(&mut s, "500 5.5.1 Command unrecognized\r\n");
+            } else if mode == Mode::Utf8 {
+                reply(&mut s, "250-tls.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n");
             } else if encrypted {
                 reply(
                     &mut s,
@@ -177,6 +183,9 @@ fn session<S: Read + Write + IntoTcp>(
                 reply(&mut s, "535 5.7.8 Authentication credentials invalid\r\n");
             }
         } else if upper.starts_with("MAIL") || upper.starts_with("RCPT") || upper == "RSET" {
+            if upper.starts_with("RCPT") {
+                rcpt = cmd.split(['<', '>']).nth(1).unwrap_or_default().to_owned();
+            }
             reply(&mut s, "250 2.1.0 Ok\r\n");
         } else if upper == "DATA" {
             data = Some(String::new());
@@ -295,8 +304,8 @@ fn a_relay_that_refuses_ehlo_is_greeted_with_helo() {
     assert_eq!(t.helo_only(), Some(true));
     // Without extensions, an international address cannot go (no SMTPUTF8).
     match send(&mut t, "josé@donor.example") {
-        Outcome::Bounced { text, .. } => assert!(text.contains("SMTPUTF8"), "{text}"),
-        other => panic!("expected Bounced, got {other:?}"),
+        Outcome::Deferred { text, .. } => assert!(text.contains("SMTPUTF8"), "{text}"),
+        other => panic!("expected Deferred, got {other:?}"),
     }
     t.close();
     assert_eq!(seen.lock().unwrap().messages.len(), 1);
@@ -377,4 +386,43 @@ fn skipping_the_certificate_check_takes_any_certificate() {
     ));
     t.close();
     assert_eq!(seen.lock().unwrap().messages.len(), 1);
+}
+
+/// A donor whose address needs SMTPUTF8 waits (deferred, not failed) while the relay lacks
+/// it, and a later run through a relay that offers it sends them, once.
+#[test]
+fn a_donor_needing_smtputf8_waits_for_a_relay_that_has_it() {
+    let ca = test_ca();
+    let (plain, _) = serve(Mode::HeloOnly, Arc::clone(&ca.server));
+    let (utf8, seen) = serve(Mode::Utf8, Arc::clone(&ca.server));
+    let w: Workdir = setup("email,name,total\njosé@example.org,José,10\nann@example.org,Ann,20\n");
+    segment(&w);
+    let send = |addr: SocketAddr| {
+        w.command()
+            .args(["send", "run", "--retry-delay", "0"])
+            .env("CAMPAIGN_SMTP_URL", format!("smtp://{addr}"))
+            .env(
+                "CAMPAIGN_UNSUBSCRIBE_SECRET",
+                "0123456789abcdef0123456789abcdef",
+            )
+            .output()
+            .unwrap()
+    };
+    let o = send(plain);
+    assert_code(&o, 5);
+    let status = w.run(&["status", "run", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let sum = |k: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[k].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!((sum("sent"), sum("deferred"), sum("failed")), (1, 1, 0));
+    let o = send(utf8);
+    assert_code(&o, 0);
+    let got = seen.lock().unwrap();
+    assert_eq!(got.recipients, ["josé@example.org"]);
 }

@@ -27,8 +27,10 @@ pub use reply::{Stage, classify, enhanced_code};
 pub use settings::{SmtpSettings, TlsMode};
 pub use smtp::SmtpTransport;
 
-/// The `code` of an [`Outcome::Bounced`] that this client decided without asking the server
-/// (an address lettre cannot write, a relay lacking SMTPUTF8 or 8BITMIME).
+/// The `code` of an outcome this client decided without asking the server: an
+/// [`Outcome::Bounced`] for an address SMTP cannot carry or 8-bit content a relay without
+/// 8BITMIME cannot take, an [`Outcome::Deferred`] for an address that needs SMTPUTF8 from a
+/// relay without it.
 pub const CLIENT_REFUSED: u16 = 0;
 
 /// What happened to one message, by what the server said (RFC 5321 / RFC 3463).

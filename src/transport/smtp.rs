@@ -407,14 +407,16 @@ impl SmtpTransport {
             let mut params = Vec::new();
             if !from.is_ascii() || !to.is_ascii() {
                 if !conn.extensions().smtputf8 {
+                    // Not the donor's fault, nor for good: a relay that offers SMTPUTF8 takes
+                    // the address, so the donor waits for one (deferred, not failed).
                     return if from.is_ascii() {
-                        Outcome::Bounced {
-                            code: CLIENT_REFUSED,
+                        Outcome::Deferred {
+                            code: Some(CLIENT_REFUSED),
                             text: format!(
-                                "the address {to:?} has non-ASCII characters and {} does not offer SMTPUTF8",
+                                "the address {to:?} has non-ASCII characters before the @, and {} does not offer SMTPUTF8: a run through a relay that does will send it",
                                 self.relay
                             ),
-                            suppress: false,
+                            throttle: false,
                         }
                     } else {
                         Outcome::Halt {
