@@ -19,6 +19,7 @@
 //! [message]                      # needed by `check` and `send`, not by `segment`
 //! from = "Friends of the Park <appeal@park.example>"
 //! reply_to = "supporters@park.example"          # optional
+//! return_path = "bounces@park.example"          # optional: the envelope sender, for bounces
 //! to_name = "{{ first_name }} {{ last_name }}"   # optional template for the To display name
 //! unsubscribe_url = "https://park.example/u?e={{ email | urlencode }}&t={{ unsubscribe_token }}"
 //! unsubscribe_mailto = "unsubscribe@park.example"
@@ -136,6 +137,9 @@ pub struct MessageSettings {
     pub from: String,
     /// An optional Reply-To address in the same form.
     pub reply_to: Option<String>,
+    /// The envelope sender (MAIL FROM), where bounces go: a bare address; default the From
+    /// address.
+    pub return_path: Option<String>,
     /// A template for the donor's display name in To; without it To is the bare address.
     pub to_name: Option<String>,
     /// A template for the one-click unsubscribe URL (https), per donor.

@@ -151,6 +151,30 @@ fn deferred_donors_wait_on_the_schedule_while_the_rest_are_sent() {
     assert!(retried.iter().all(|r| DEFERRED.contains(&r.to[0].as_str())));
 }
 
+/// `[message] return_path` is the envelope sender the relay sees; From stays as it is.
+#[test]
+fn the_return_path_is_the_envelope_sender() {
+    let server = TestServer::start();
+    let w = setup(&donors(2));
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace(
+            "[message]\n",
+            "[message]\nreturn_path = \"bounces@riverside-park.example\"\n",
+        ),
+    );
+    segment(&w);
+    assert_code(&send(&w, &server, &[]), 0);
+    for r in server.received() {
+        assert_eq!(r.from, "bounces@riverside-park.example");
+        let text = String::from_utf8_lossy(&r.data);
+        assert!(
+            text.contains("From: \"Friends of Riverside Park\" <appeal@riverside-park.example>"),
+            "{text}"
+        );
+    }
+}
+
 /// A donor whose domain alone is international needs no SMTPUTF8: the domain goes out in
 /// its ASCII form, envelope and To alike (the test server offers no SMTPUTF8).
 #[test]

@@ -30,6 +30,8 @@ use crate::email::RecipientKey;
 pub struct Composer {
     campaign_id: String,
     from: Mailbox,
+    /// The envelope sender: `[message] return_path`, else From's address.
+    sender: lettre::Address,
     reply_to: Option<Mailbox>,
     /// `<mailto:...?subject=unsubscribe>`, ready for List-Unsubscribe.
     mailto: Option<String>,
@@ -78,8 +80,24 @@ impl Composer {
             .as_deref()
             .map(mailto_uri)
             .transpose()?;
+        let sender = match settings.return_path.as_deref() {
+            None => from.email.clone(),
+            Some(raw) => {
+                let mailbox = parse_mailbox("[message] return_path", raw)?;
+                if mailbox.name.is_some() {
+                    return Err(MessageError::BadAddress {
+                        field: "[message] return_path",
+                        value: raw.to_owned(),
+                        reason: "the envelope sender is a bare address; remove the display name"
+                            .into(),
+                    });
+                }
+                mailbox.email
+            }
+        };
         Ok(Composer {
             campaign_id: campaign_id.to_owned(),
+            sender,
             from,
             reply_to,
             mailto,
@@ -87,9 +105,10 @@ impl Composer {
         })
     }
 
-    /// The envelope sender (MAIL FROM): the address of `[message] from`, parsed once.
+    /// The envelope sender (MAIL FROM), parsed once: `[message] return_path`, else the
+    /// address of `[message] from`.
     pub fn sender(&self) -> &lettre::Address {
-        &self.from.email
+        &self.sender
     }
 
     /// The Message-ID for a donor: deterministic, unique per (campaign, recipient):
@@ -152,7 +171,7 @@ impl Composer {
 
         // The envelope is given rather than derived: lettre would otherwise re-parse the From
         // and To headers it has just written.
-        let envelope = Envelope::new(Some(self.from.email.clone()), vec![to_addr.clone()])
+        let envelope = Envelope::new(Some(self.sender.clone()), vec![to_addr.clone()])
             .map_err(|e| MessageError::Build(e.to_string()))?;
         let mut builder = lettre::Message::builder()
             .envelope(envelope)
@@ -272,6 +291,24 @@ mod tests {
     use crate::message::fixtures::{
         assert_wire_format, composer, header_block, key, outgoing, settings,
     };
+
+    #[test]
+    fn the_envelope_sender_is_the_return_path_else_from() {
+        assert_eq!(composer().sender().to_string(), "appeal@Park.Example");
+        let mut with = settings();
+        with.return_path = Some(" bounces@park.example ".into());
+        let c = Composer::new("gala-2026", &with).unwrap();
+        assert_eq!(c.sender().to_string(), "bounces@park.example");
+        with.return_path = Some("Bounces <bounces@park.example>".into());
+        let e = Composer::new("gala-2026", &with).unwrap_err().to_string();
+        assert!(
+            e.contains("[message] return_path") && e.contains("bare address"),
+            "{e}"
+        );
+        with.return_path = Some("not an address".into());
+        let e = Composer::new("gala-2026", &with).unwrap_err().to_string();
+        assert!(e.contains("[message] return_path"), "{e}");
+    }
 
     #[test]
     fn bodies_round_trip_in_order() {

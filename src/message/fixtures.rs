@@ -13,6 +13,7 @@ pub(super) fn settings() -> MessageSettings {
     MessageSettings {
         from: "Friends of the Park — Łódź <appeal@Park.Example>".into(),
         reply_to: Some("\"Supporters, Park\" <supporters@park.example>".into()),
+        return_path: None,
         to_name: None,
         unsubscribe_url: None,
         unsubscribe_mailto: Some("unsubscribe@park.example".into()),
