@@ -500,14 +500,19 @@ fn silent_server_times_out_as_deferred() {
     let mut s = settings(port);
     s.timeout = Duration::from_millis(300);
     let mut t = SmtpTransport::new(Arc::new(s));
-    assert!(matches!(
-        send(
-            &mut t,
-            "ann@donor.example",
-            &message("ann@donor.example", "hi\r\n")
+    match send(
+        &mut t,
+        "ann@donor.example",
+        &message("ann@donor.example", "hi\r\n"),
+    ) {
+        Outcome::Deferred {
+            code: None, text, ..
+        } => assert!(
+            text.contains("no SMTP greeting") && text.contains("within 0.3 s"),
+            "{text}"
         ),
-        Outcome::Deferred { code: None, .. }
-    ));
+        other => panic!("expected Deferred, got {other:?}"),
+    }
 }
 
 #[test]

@@ -379,7 +379,25 @@ impl Connection {
             extensions: Extensions::default(),
             broken: false,
         };
-        conn.read_reply()?;
+        match conn.read_reply() {
+            // A port that never greets is most often not an SMTP port, or the wrong TLS mode.
+            Err(SmtpError::Io(e))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(SmtpError::Connect {
+                    text: format!(
+                        "no SMTP greeting from {host}:{port} within {} s; is this an SMTP port? (587 is STARTTLS, 465 implicit TLS: tls = \"tls\")",
+                        timeout.as_secs_f64()
+                    ),
+                    tls: false,
+                });
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
         conn.greet(hello)?;
         Ok(conn)
     }
