@@ -128,3 +128,36 @@ pub(crate) fn fallback(value: &Value, replacement: Value) -> Value {
     };
     if empty { replacement } else { value.clone() }
 }
+
+/// `urlencode`, as minijinja's, but with lower-case hex (`%c3%a9`): SpamAssassin's
+/// UNRESOLVED_TEMPLATE rule (+3.0) takes upper-case `%XY` runs in a URL for an unfilled
+/// template placeholder.
+pub(super) fn urlencode(value: &Value) -> Result<String, Error> {
+    let encoded = minijinja::filters::urlencode(value)?;
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if hex_left > 0 {
+            out.push(c.to_ascii_lowercase());
+            hex_left -= 1;
+        } else {
+            out.push(c);
+            if c == '%' {
+                hex_left = 2;
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urlencode_writes_lower_case_escapes() {
+        let got = urlencode(&Value::from("zoë+ann@park.example/ x")).unwrap();
+        assert_eq!(got, "zo%c3%ab%2bann%40park.example/%20x");
+        assert_eq!(urlencode(&Value::from(())).unwrap(), "");
+    }
+}

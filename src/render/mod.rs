@@ -61,7 +61,8 @@
 //! * `fallback(x)`: `{{ first_name | fallback("friend") }}` gives `x` when the value is empty
 //!   or only spaces.
 //! * All of minijinja's built-in filters remain, e.g. `upper`, `title`, `trim`, `default`,
-//!   `urlencode`.
+//!   `urlencode` (which writes its `%xx` escapes in lower case: upper-case runs look like an
+//!   unfilled placeholder to spam filters).
 //!
 //! # Checking
 //!
@@ -646,6 +647,7 @@ fn new_environment(run: &RunInfo) -> Environment<'static> {
     });
     env.add_filter("date", filters::date);
     env.add_filter("fallback", filters::fallback);
+    env.add_filter("urlencode", filters::urlencode);
     env
 }
 
