@@ -335,6 +335,16 @@ fn made_up_row(campaign: &Campaign, header: &[String], today: Date) -> Option<Ow
     rdr.next_record().ok()?.map(|r| r.to_owned_record())
 }
 
+/// `[smtp]` resolved as `send` resolves it, everything `send` would refuse a problem: the
+/// relay `campaign check --smtp` connects to.
+pub fn relay(campaign: &Campaign, env: &Environment) -> Result<SmtpSettings, Findings> {
+    let mut f = Findings::default();
+    match smtp(campaign, env, Purpose::Send, &mut f) {
+        Some(s) if f.problems.is_empty() => Ok(s),
+        _ => Err(f),
+    }
+}
+
 /// The rules: compiled against the export's columns, or checked for syntax without one.
 fn rules(campaign: &Campaign, header: Option<&[String]>, today: Date, f: &mut Findings) {
     match header {

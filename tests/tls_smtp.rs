@@ -13,7 +13,7 @@ mod common;
 use base64::Engine as _;
 use campaign::transport::settings::Password;
 use campaign::transport::{Outcome, SmtpSettings, SmtpTransport, TlsMode, Transport, send_one};
-use common::{Workdir, assert_code, segment, setup, stderr};
+use common::{Workdir, assert_code, segment, setup, stderr, stdout};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
@@ -425,4 +425,54 @@ fn a_donor_needing_smtputf8_waits_for_a_relay_that_has_it() {
     assert_code(&o, 0);
     let got = seen.lock().unwrap();
     assert_eq!(got.recipients, ["josé@example.org"]);
+}
+
+/// `check --smtp` opens the session `send` would, says what the relay offers, and sends
+/// nothing; a refusal exits 6, an unreachable relay 5.
+#[test]
+fn check_smtp_reports_the_relay_without_sending() {
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::StartTls, Arc::clone(&ca.server));
+    let w: Workdir = setup("email,name,total\nann@example.org,Ann,10\n");
+    let store = w.write("system-ca.pem", &ca.ca_pem);
+    let check = |url: String, store: &std::path::Path| {
+        w.command()
+            .args(["check", "campaign.toml", "--smtp"])
+            .env("CAMPAIGN_SMTP_URL", url)
+            .env("CAMPAIGN_SMTP_PASSWORD", PASSWORD)
+            .env("SSL_CERT_FILE", store)
+            .env_remove("SSL_CERT_DIR")
+            .output()
+            .unwrap()
+    };
+    let o = check(format!("smtp+starttls://{USER}@{addr}"), &store);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    for want in [
+        "ready; nothing was sent",
+        "TLS: yes, certificate verified",
+        "login: accepted as \"appeal\"",
+        "PIPELINING",
+        "AUTH PLAIN LOGIN",
+    ] {
+        assert!(out.contains(want), "{want:?} not in {out}");
+    }
+    assert!(seen.lock().unwrap().messages.is_empty());
+    let o = check(
+        format!("smtp+starttls://{USER}@{addr}"),
+        &w.write("none.pem", ""),
+    );
+    assert_code(&o, 6);
+    assert!(stderr(&o).contains("UnknownIssuer"), "{}", stderr(&o));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let o = check(format!("smtp://{dead}"), &store);
+    assert_code(&o, 5);
+    assert!(
+        stderr(&o).contains("cannot reach the relay"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -8,7 +8,10 @@ use clap::Args as ClapArgs;
 use campaign::campaign::Campaign;
 use campaign::clock::{Clock, SystemClock};
 use campaign::exit::{Code, Error, escape_controls};
+use std::sync::Arc;
+
 use campaign::preflight::{self, Environment};
+use campaign::transport::smtp;
 
 /// Flags of `campaign check`.
 #[derive(Debug, ClapArgs)]
@@ -22,6 +25,11 @@ pub struct Args {
     /// Without it only syntax is checked, and a made-up donor is used.
     #[arg(long, value_name = "DONORS.csv")]
     pub donors: Option<PathBuf>,
+
+    /// Also connect to the relay exactly as `send` would (TLS, EHLO, AUTH), print what it
+    /// offers, and QUIT without sending. Exit 6 when it refuses, 5 when it cannot be reached.
+    #[arg(long)]
+    pub smtp: bool,
 }
 
 /// Runs `campaign check`, printing every problem found.
@@ -29,13 +37,8 @@ pub fn run(args: Args) -> Result<Code, Error> {
     let campaign = Campaign::load(&args.campaign).map_err(super::usage)?;
     let clock = SystemClock::new();
     let today = jiff::ZonedDateTime::now().date();
-    let found = preflight::campaign(
-        &campaign,
-        args.donors.as_deref(),
-        &Environment::from_process(),
-        today,
-        clock.now(),
-    );
+    let env = Environment::from_process();
+    let found = preflight::campaign(&campaign, args.donors.as_deref(), &env, today, clock.now());
     let mut out = String::new();
     for n in &found.notes {
         out.push_str(&format!("note: {n}\n"));
@@ -49,7 +52,11 @@ pub fn run(args: Args) -> Result<Code, Error> {
             campaign.templates_dir.display()
         ));
         super::print_bytes(escape_controls(&out).as_bytes())?;
-        return Ok(Code::Success);
+        return if args.smtp {
+            check_relay(&campaign, &env)
+        } else {
+            Ok(Code::Success)
+        };
     }
     for p in problems {
         out.push_str(p);
@@ -63,4 +70,62 @@ pub fn run(args: Args) -> Result<Code, Error> {
     ));
     super::print_bytes(escape_controls(&out).as_bytes())?;
     Ok(Code::Usage)
+}
+
+/// `--smtp`: one session with the relay, as `send` opens it, and what it offers.
+fn check_relay(campaign: &Campaign, env: &Environment) -> Result<Code, Error> {
+    let settings = preflight::relay(campaign, env).map_err(|f| {
+        super::usage(anyhow::anyhow!(
+            "cannot check the relay: {}",
+            f.problems.join("; ")
+        ))
+    })?;
+    let report = smtp::probe(&Arc::new(settings.clone())).map_err(super::probe_error)?;
+    let ext = &report.extensions;
+    let mut offers: Vec<String> = [
+        ("STARTTLS", ext.starttls),
+        ("PIPELINING", ext.pipelining),
+        ("SMTPUTF8", ext.smtputf8),
+        ("8BITMIME", ext.eight_bit_mime),
+        ("CHUNKING", ext.chunking),
+    ]
+    .iter()
+    .filter(|(_, on)| *on)
+    .map(|(name, _)| (*name).to_owned())
+    .collect();
+    offers.extend(ext.size.map(|n| format!("SIZE {n}")));
+    if !ext.auth.is_empty() {
+        offers.push(format!("AUTH {}", ext.auth.join(" ")));
+    }
+    let tls = match (report.encrypted, settings.skip_certificate_check) {
+        (false, _) => "none",
+        (true, false) => "yes, certificate verified",
+        (true, true) => "yes, certificate NOT checked (dangerous_skip_certificate_check)",
+    };
+    let login = match &settings.username {
+        Some(user) => format!("accepted as {user:?}"),
+        None => "none configured".to_owned(),
+    };
+    let mut out = format!("relay {}: ready; nothing was sent\n", report.relay);
+    out.push_str(&format!(
+        "  greeted with: {} as {}\n",
+        if ext.helo_only {
+            "HELO (the relay refused EHLO: no extensions)"
+        } else {
+            "EHLO"
+        },
+        settings.hello_name
+    ));
+    out.push_str(&format!("  TLS: {tls}\n  login: {login}\n"));
+    out.push_str(&format!(
+        "  offers: {}\n",
+        if offers.is_empty() {
+            "nothing".to_owned()
+        } else {
+            offers.join(", ")
+        }
+    ));
+    super::warn(report.note().as_slice());
+    super::print_bytes(escape_controls(&out).as_bytes())?;
+    Ok(Code::Success)
 }

@@ -11,7 +11,7 @@ use campaign::exit::{Code, Error};
 use campaign::preflight::{self, Environment, Purpose};
 use campaign::run::OpenedRun;
 use campaign::send::{self, Context, InProcessPlan, PlanError, SendOptions, Stop};
-use campaign::transport::smtp::{self, ProbeError};
+use campaign::transport::smtp;
 use campaign::transport::{SmtpTransport, Transport};
 
 use super::send::Args;
@@ -36,11 +36,8 @@ pub fn run(args: &Args) -> Result<Code, Error> {
     // Check the relay and the login once before anything is written or any worker starts:
     // a typo in the host or a wrong password stops the run with one clear message (and no
     // RUN/ledger/, so the run can still be segmented again), not a deferral of every donor.
-    let relay_note = smtp::probe(&settings).map_err(|e| match e {
-        ProbeError::Refused(_) => Error::new(Code::Halted, e),
-        ProbeError::Unreachable(_) => Error::new(Code::Remaining, e),
-    })?;
-    super::warn(relay_note.as_slice());
+    let relay = smtp::probe(&settings).map_err(super::probe_error)?;
+    super::warn(relay.note().as_slice());
     let flags = args.send_settings();
     let table = &run.campaign.send;
     let opts = SendOptions::new(&flags, table, args.on_unknown.into());

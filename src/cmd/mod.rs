@@ -51,6 +51,16 @@ fn refused(run: &OpenedRun, f: Findings) -> Error {
     ))
 }
 
+/// A probe that failed: 6 when the relay refused (fix the settings), 5 when it could not be
+/// reached (try later).
+fn probe_error(e: campaign::transport::smtp::ProbeError) -> Error {
+    use campaign::transport::smtp::ProbeError;
+    match e {
+        ProbeError::Refused(_) => Error::new(Code::Halted, e),
+        ProbeError::Unreachable(_) => Error::new(Code::Remaining, e),
+    }
+}
+
 /// Prints warnings on stderr, with donor data's control characters escaped.
 fn warn(notes: &[String]) {
     for n in notes {

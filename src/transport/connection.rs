@@ -325,6 +325,10 @@ pub struct Extensions {
     pub starttls: bool,
     /// The AUTH mechanisms offered, upper case.
     pub auth: Vec<String>,
+    /// CHUNKING (RFC 3030).
+    pub chunking: bool,
+    /// SIZE (RFC 1870): the largest message the relay takes, when it says.
+    pub size: Option<u64>,
     /// The relay refused EHLO and was greeted with HELO.
     pub helo_only: bool,
 }
@@ -343,6 +347,8 @@ impl Extensions {
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "STARTTLS" => ext.starttls = true,
+                "CHUNKING" => ext.chunking = true,
+                "SIZE" => ext.size = words.next().and_then(|n| n.parse().ok()).filter(|&n| n > 0),
                 "AUTH" => ext.auth.extend(words.map(|w| w.to_ascii_uppercase())),
                 _ => {}
             }
@@ -421,6 +427,11 @@ impl Connection {
     /// What the relay offered when greeted.
     pub fn extensions(&self) -> &Extensions {
         &self.extensions
+    }
+
+    /// The connection is TLS.
+    pub fn encrypted(&self) -> bool {
+        matches!(self.stream.get_ref(), Stream::Tls(_))
     }
 
     /// Upgrades the connection with STARTTLS and greets the relay again, as RFC 3207 asks.
@@ -580,6 +591,8 @@ mod tests {
                 "AUTH=LOGIN PLAIN",
                 "SMTPUTF8",
                 "STARTTLS",
+                "CHUNKING",
+                "SIZE 10240000",
             ]
             .map(String::from)
             .to_vec(),
@@ -587,6 +600,8 @@ mod tests {
         let ext = Extensions::from_ehlo(&reply);
         assert!(ext.pipelining && ext.eight_bit_mime && ext.smtputf8 && ext.starttls);
         assert_eq!(ext.auth, ["LOGIN", "PLAIN"]);
+        assert!(ext.chunking);
+        assert_eq!(ext.size, Some(10_240_000));
         assert!(!ext.helo_only);
         // The first line is the server's name, not an extension; a keyword is a whole word.
         for lines in [

@@ -511,22 +511,48 @@ pub enum ProbeError {
     Unreachable(String),
 }
 
+/// What a probe of the relay found: what it offers, and how the session went.
+#[derive(Debug, Clone)]
+pub struct RelayReport {
+    /// The relay, as the settings describe it.
+    pub relay: String,
+    /// What it offered when greeted (after STARTTLS, when used).
+    pub extensions: super::connection::Extensions,
+    /// The session was encrypted, the certificate verified (unless the check is skipped).
+    pub encrypted: bool,
+    /// A login was made and accepted.
+    pub logged_in: bool,
+}
+
+impl RelayReport {
+    /// What the operator should hear once, before a run: a relay greeted with HELO.
+    pub fn note(&self) -> Option<String> {
+        self.extensions.helo_only.then(|| {
+            format!(
+                "{} refused EHLO, so it is greeted with HELO (RFC 5321 4.1.4): no PIPELINING, SMTPUTF8 or 8BITMIME, so donors whose address needs SMTPUTF8 wait for another relay",
+                self.relay
+            )
+        })
+    }
+}
+
 /// Opens one session (connect, TLS, AUTH) and closes it, so that a typo in the host or a
-/// wrong password stops a run with one clear message instead of deferring every donor.
-/// `Ok` carries what the operator should hear once, before the run: a relay that refused
-/// EHLO and is greeted with HELO.
-pub fn probe(settings: &Arc<SmtpSettings>) -> Result<Option<String>, ProbeError> {
+/// wrong password stops a run with one clear message instead of deferring every donor; also
+/// `campaign check --smtp`.
+pub fn probe(settings: &Arc<SmtpSettings>) -> Result<RelayReport, ProbeError> {
     let mut t = SmtpTransport::new(Arc::clone(settings));
     match t.connect_now() {
         Ok(()) => {
-            let note = (t.helo_only() == Some(true)).then(|| {
-                format!(
-                    "{} refused EHLO, so it is greeted with HELO (RFC 5321 4.1.4): no PIPELINING, SMTPUTF8 or 8BITMIME, so donors whose address needs SMTPUTF8 are refused here",
-                    settings.describe()
-                )
+            let report = t.conn.as_ref().map(|c| RelayReport {
+                relay: settings.describe(),
+                extensions: c.extensions().clone(),
+                encrypted: c.encrypted(),
+                logged_in: settings.username.is_some(),
             });
             t.close();
-            Ok(note)
+            report.ok_or_else(|| {
+                ProbeError::Unreachable(format!("{}: no session", settings.describe()))
+            })
         }
         // A reply refused the sender or the login; without one, the settings do not fit the
         // relay (a TLS mode that does not match the port, a certificate not trusted).
