@@ -419,8 +419,9 @@ fn read_password_file(path: &Path) -> Result<Password, SmtpConfigError> {
 
 /// The name to greet a relay with when `[smtp] hello_name` is not set: this machine's host
 /// name when it is a full domain name, else the domain of the sender (`[message] from`),
-/// else `localhost`. Relays and receivers penalise `localhost` and bare host names.
-pub fn default_hello_name(from_domain: Option<&str>) -> String {
+/// else `localhost`. Relays and receivers penalise `localhost` and bare host names. The flag
+/// says the host's own name could not be used, which is worth a warning.
+pub fn default_hello_name(from_domain: Option<&str>) -> (String, bool) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     let host = host.trim().trim_end_matches('.');
     let usable = |name: &str| {
@@ -431,11 +432,11 @@ pub fn default_hello_name(from_domain: Option<&str>) -> String {
                 .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
     };
     if usable(host) {
-        return host.to_ascii_lowercase();
+        return (host.to_ascii_lowercase(), false);
     }
     match from_domain {
-        Some(d) if usable(d) => d.to_ascii_lowercase(),
-        _ => "localhost".to_owned(),
+        Some(d) if usable(d) => (d.to_ascii_lowercase(), true),
+        _ => ("localhost".to_owned(), true),
     }
 }
 
@@ -880,12 +881,13 @@ mod tests {
 
     #[test]
     fn the_default_hello_name_is_never_a_bare_host() {
-        let name = default_hello_name(Some("Park.Example"));
+        let (name, fell_back) = default_hello_name(Some("Park.Example"));
         // This machine's full name, or the sender's domain: never localhost when a domain is
         // known, never a name without a dot.
         assert!(name.contains('.'), "{name}");
         assert_ne!(name, "localhost");
-        let name = default_hello_name(Some("not a domain"));
+        assert_eq!(fell_back, name == "park.example");
+        let (name, _) = default_hello_name(Some("not a domain"));
         assert!(name.contains('.') || name == "localhost", "{name}");
     }
 
