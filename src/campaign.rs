@@ -148,6 +148,10 @@ pub struct MessageSettings {
     pub unsubscribe_mailto: Option<String>,
     /// Currency symbol the `money` filter puts before amounts.
     pub currency: Option<String>,
+    /// A template for the List-Id header (RFC 2919), e.g. `Spring appeal <spring.park.example>`.
+    pub list_id: Option<String>,
+    /// A template for Gmail's Feedback-ID header, e.g. `{{ campaign.id }}:{{ segment }}:appeal:park`.
+    pub feedback_id: Option<String>,
 }
 
 /// The `[smtp]` table: where and how to deliver. `CAMPAIGN_SMTP_URL` overrides it; the

@@ -437,8 +437,7 @@ fn smtp(
                     .message
                     .as_ref()
                     .and_then(|m| m.from.parse::<lettre::message::Mailbox>().ok());
-                let (name, fell_back) =
-                    default_hello_name(from.as_ref().map(|m| m.email.domain()));
+                let (name, fell_back) = default_hello_name(from.as_ref().map(|m| m.email.domain()));
                 if fell_back {
                     f.notes.push(format!(
                         "this machine's name is not a full domain name, so the relay is greeted as {name:?}; set [smtp] hello_name to this machine's public name (the one its address resolves back to)"

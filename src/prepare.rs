@@ -224,6 +224,8 @@ impl Preparer {
                 text: &rendered.text,
                 html: rendered.html.as_deref(),
                 unsubscribe_url: rendered.unsubscribe_url.as_deref(),
+                list_id: rendered.list_id.as_deref(),
+                feedback_id: rendered.feedback_id.as_deref(),
                 key,
                 date: self.now,
             })

@@ -318,3 +318,53 @@ fn fixtures_dry_run_renders_every_segmented_donor() {
         }
     }
 }
+
+/// `[message] list_id` and `feedback_id` are templates like the others: rendered per donor
+/// into List-Id and Feedback-ID, checked by `check`, and a value that cannot be a header
+/// fails that donor with the setting named.
+#[test]
+fn list_id_and_feedback_id_are_templated_headers() {
+    let w = setup(DONORS);
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace(
+            "currency = \"£\"\n",
+            "currency = \"£\"\nlist_id = \"Spring appeal <spring.riverside-park.example>\"\nfeedback_id = \"{{ campaign.id }}:{{ segment }}:{{ name }}:rp\"\n",
+        ),
+    );
+    segment(&w);
+    let o = w.run(&["send", "run", "--dry-run", "--print", "ed@example.org"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(
+        out.contains("\r\nList-Id: Spring appeal <spring.riverside-park.example>\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\r\nFeedback-ID: dry-2026:major:Ed:rp\r\n"),
+        "{out}"
+    );
+    // Zoë's name is not ASCII: her Feedback-ID cannot be written, so her message fails.
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 4);
+    let failures = w.read("run/previews/failures.csv");
+    assert!(
+        failures.contains("zoe@example.org") && failures.contains("feedback_id"),
+        "{failures}"
+    );
+    // check finds a misspelt variable in them, at the setting's line.
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace(
+            "currency = \"£\"\n",
+            "currency = \"£\"\nlist_id = \"{{ nmae }}\"\n",
+        ),
+    );
+    let o = w.run(&["check", "campaign.toml", "--donors", "donors.csv"]);
+    assert_code(&o, 2);
+    assert!(
+        stdout(&o).contains("list_id") && stdout(&o).contains("nmae"),
+        "{}",
+        stdout(&o)
+    );
+}

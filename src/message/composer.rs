@@ -16,7 +16,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 
 use super::body::encode_body;
 use super::headers::{
-    EncodedSubject, ListUnsubscribe, ListUnsubscribePost, check_header_value,
+    EncodedSubject, FeedbackId, ListId, ListUnsubscribe, ListUnsubscribePost, check_header_value,
     list_unsubscribe_value, mailto_uri, parse_mailbox,
 };
 use super::{MAX_LINE, MessageError, Outgoing};
@@ -189,6 +189,12 @@ impl Composer {
             builder.subject(m.subject)
         };
         builder = builder.date(date).message_id(Some(self.message_id(m.key)));
+        if let Some(v) = m.list_id {
+            builder = builder.header(ListId::new("list_id", v)?);
+        }
+        if let Some(v) = m.feedback_id {
+            builder = builder.header(FeedbackId::new("feedback_id", v)?);
+        }
         if let Some(value) = list_unsubscribe {
             builder = builder.header(ListUnsubscribe(value));
             // RFC 8058 one-click needs an https URI in List-Unsubscribe; a mailto alone is not

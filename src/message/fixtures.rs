@@ -18,6 +18,8 @@ pub(super) fn settings() -> MessageSettings {
         unsubscribe_url: None,
         unsubscribe_mailto: Some("unsubscribe@park.example".into()),
         currency: None,
+        list_id: None,
+        feedback_id: None,
     }
 }
 
@@ -41,6 +43,8 @@ pub(super) fn outgoing<'a>(text: &'a str, html: Option<&'a str>) -> Outgoing<'a>
         text,
         html,
         unsubscribe_url: Some(URL),
+        list_id: None,
+        feedback_id: None,
         key: key("zoe@example.org"),
         date: date(),
     }

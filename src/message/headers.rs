@@ -43,6 +43,48 @@ pub(super) fn check_header_value(
     }
 }
 
+/// A header whose value is printable ASCII, written verbatim: `List-Id` (RFC 2919) and
+/// Gmail's `Feedback-ID`, rendered from `[message]` templates.
+macro_rules! ascii_header {
+    ($ty:ident, $name:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub struct $ty(String);
+
+        impl $ty {
+            /// Checks `value` is printable ASCII; `field` names the setting in the error.
+            pub(super) fn new(field: &'static str, value: &str) -> Result<$ty, MessageError> {
+                match value.chars().find(|c| !(' '..='~').contains(c)) {
+                    None => Ok($ty(value.to_owned())),
+                    Some(c) => Err(MessageError::NotAscii {
+                        field,
+                        value: value.to_owned(),
+                        what: format!("{} ({})", describe(c), codepoint(c)),
+                    }),
+                }
+            }
+        }
+
+        impl Header for $ty {
+            fn name() -> HeaderName {
+                HeaderName::new_from_ascii_str($name)
+            }
+
+            fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+                Ok($ty(s.to_owned()))
+            }
+
+            fn display(&self) -> HeaderValue {
+                // Safe: checked printable ASCII, no line breaks.
+                HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), self.0.clone())
+            }
+        }
+    };
+}
+
+ascii_header!(ListId, "List-Id", "`List-Id` (RFC 2919).");
+ascii_header!(FeedbackId, "Feedback-ID", "Gmail's `Feedback-ID`.");
+
 /// `List-Unsubscribe` (RFC 2369), written verbatim.
 ///
 /// Its value is built here from a checked URL (printable ASCII, no spaces or angle brackets)

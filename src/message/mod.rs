@@ -39,7 +39,7 @@ mod headers;
 mod fixtures;
 
 pub use composer::Composer;
-pub use headers::{ListUnsubscribe, ListUnsubscribePost};
+pub use headers::{FeedbackId, ListId, ListUnsubscribe, ListUnsubscribePost};
 
 use crate::email::RecipientKey;
 
@@ -74,6 +74,16 @@ pub enum MessageError {
     UnsubscribeUrl {
         /// What is wrong with it, starting with a verb ("does not start with https://").
         reason: String,
+    },
+    /// A header value that must be printable ASCII is not.
+    #[error("the {field} {value:?} has {what}; it must be printable ASCII (it is a header value)")]
+    NotAscii {
+        /// The `[message]` key.
+        field: &'static str,
+        /// The rendered value.
+        value: String,
+        /// What is in it.
+        what: String,
     },
     /// The campaign id cannot be part of a Message-ID.
     #[error("campaign id {value:?} cannot be used in a Message-ID: {reason}")]
@@ -128,6 +138,10 @@ pub struct Outgoing<'a> {
     pub html: Option<&'a str>,
     /// The donor's one-click unsubscribe URL (`https://`, printable ASCII, percent-encoded).
     pub unsubscribe_url: Option<&'a str>,
+    /// The List-Id header's value (`[message] list_id`, rendered): printable ASCII.
+    pub list_id: Option<&'a str>,
+    /// The Feedback-ID header's value (`[message] feedback_id`, rendered): printable ASCII.
+    pub feedback_id: Option<&'a str>,
     /// The donor's recipient key, for the Message-ID.
     pub key: RecipientKey,
     /// The Date header.

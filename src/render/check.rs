@@ -12,7 +12,7 @@ use regex::Regex;
 use crate::campaign::SegmentDef;
 
 use super::context::BUILTINS;
-use super::{Problem, TO_NAME, TemplateSet, UNSUBSCRIBE_URL};
+use super::{FEEDBACK_ID, LIST_ID, Problem, TO_NAME, TemplateSet, UNSUBSCRIBE_URL};
 
 /// `extends`, `include`, `import` or `from` with a literal template name.
 static REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
@@ -241,6 +241,18 @@ pub(super) fn check(set: &TemplateSet, segments: &[SegmentDef], header: &[String
             &mut problems,
         );
     }
+    for (inline, name) in [(&set.list_id, LIST_ID), (&set.feedback_id, FEEDBACK_ID)] {
+        if inline.is_some() {
+            check_closure(
+                set,
+                name,
+                Part::ToName,
+                header,
+                &mut reported,
+                &mut problems,
+            );
+        }
+    }
     if set.unsubscribe_url.is_some() {
         check_closure(
             set,
@@ -311,7 +323,7 @@ fn check_closure(
             continue;
         };
         let source = template.source();
-        let inline = name == TO_NAME || name == UNSUBSCRIBE_URL;
+        let inline = set.is_inline(name);
         for (filter, line) in filters_used(source) {
             if set.filter_exists(&filter) || !reported.insert((name.clone(), format!("|{filter}")))
             {

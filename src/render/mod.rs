@@ -48,7 +48,9 @@
 //!
 //! `[message] unsubscribe_url` sees the same variables plus `unsubscribe_token`.
 //! `[message] to_name` sees the same variables as the bodies except `unsubscribe_url`; when
-//! it renders to nothing (or only spaces) the message goes to the bare address.
+//! it renders to nothing (or only spaces) the message goes to the bare address. So do
+//! `[message] list_id` and `feedback_id`, the List-Id and Feedback-ID headers' values; when
+//! they render to nothing the header is left out.
 //!
 //! # Filters
 //!
@@ -150,6 +152,11 @@ pub struct Rendered {
     pub to_name: Option<String>,
     /// The unsubscribe URL; `None` when `[message] unsubscribe_url` is unset.
     pub unsubscribe_url: Option<String>,
+    /// The List-Id header's value; `None` when `[message] list_id` is unset or renders empty.
+    pub list_id: Option<String>,
+    /// The Feedback-ID header's value; `None` when `[message] feedback_id` is unset or
+    /// renders empty.
+    pub feedback_id: Option<String>,
 }
 
 /// A problem found while loading or checking; Display as `path:line: message` (line omitted
@@ -198,6 +205,9 @@ impl fmt::Display for RenderError {
 const TO_NAME: &str = "[message] to_name";
 /// Template name of the inline `[message] unsubscribe_url`.
 const UNSUBSCRIBE_URL: &str = "[message] unsubscribe_url";
+/// Template names of the inline `[message] list_id` and `feedback_id` (header values).
+const LIST_ID: &str = "[message] list_id";
+const FEEDBACK_ID: &str = "[message] feedback_id";
 
 /// Where an inline template came from, for messages.
 #[derive(Debug, Clone)]
@@ -218,6 +228,8 @@ pub struct TemplateSet {
     files: BTreeMap<String, String>,
     to_name: Option<Inline>,
     unsubscribe_url: Option<Inline>,
+    list_id: Option<Inline>,
+    feedback_id: Option<Inline>,
     run: Arc<RunValues>,
     /// The lookups for the donor file's header, built on first render and reused.
     index: RwLock<Option<Arc<Index>>>,
@@ -297,6 +309,12 @@ impl TemplateSet {
             "unsubscribe_url",
             message.and_then(|m| m.unsubscribe_url.as_ref()),
         );
+        let list_id = inline(LIST_ID, "list_id", message.and_then(|m| m.list_id.as_ref()));
+        let feedback_id = inline(
+            FEEDBACK_ID,
+            "feedback_id",
+            message.and_then(|m| m.feedback_id.as_ref()),
+        );
 
         let set = TemplateSet {
             env,
@@ -305,6 +323,8 @@ impl TemplateSet {
             files,
             to_name,
             unsubscribe_url,
+            list_id,
+            feedback_id,
             run: Arc::new(RunValues {
                 campaign: Value::from_pairs([
                     ("id", run.campaign_id.clone()),
@@ -376,6 +396,17 @@ impl TemplateSet {
             None => None,
         };
 
+        let header = |inline: &Option<Inline>| -> Result<Option<String>, RenderError> {
+            let Some(inline) = inline else {
+                return Ok(None);
+            };
+            let value = self.render_named(inline.name, view(Mode::ToName))?;
+            let value = value.trim();
+            Ok((!value.is_empty()).then(|| value.to_owned()))
+        };
+        let list_id = header(&self.list_id)?;
+        let feedback_id = header(&self.feedback_id)?;
+
         let body = view(Mode::Body(unsubscribe_url.as_deref().map(Value::from)));
         let subject_name = format!("{template}/subject.txt");
         let subject = self.render_named(&subject_name, body.clone())?;
@@ -410,6 +441,8 @@ impl TemplateSet {
             html,
             to_name,
             unsubscribe_url,
+            list_id,
+            feedback_id,
         })
     }
 
@@ -427,7 +460,7 @@ impl TemplateSet {
             part(name.as_bytes());
             part(source.as_bytes());
         }
-        for inline in [&self.to_name, &self.unsubscribe_url].into_iter().flatten() {
+        for inline in self.inlines() {
             part(b"inline");
             part(inline.name.as_bytes());
             part(inline.source.as_bytes());
@@ -500,14 +533,29 @@ impl TemplateSet {
             .collect()
     }
 
+    /// The inline templates of `[message]` that are set.
+    fn inlines(&self) -> impl Iterator<Item = &Inline> {
+        [
+            &self.to_name,
+            &self.unsubscribe_url,
+            &self.list_id,
+            &self.feedback_id,
+        ]
+        .into_iter()
+        .flatten()
+    }
+
+    /// Whether `name` is an inline template (a `[message]` setting, not a file).
+    fn is_inline(&self, name: &str) -> bool {
+        self.inlines().any(|i| i.name == name)
+    }
+
     /// The source of a template file or inline template.
     fn source(&self, name: &str) -> Option<&str> {
         if let Some(s) = self.files.get(name) {
             return Some(s);
         }
-        [&self.to_name, &self.unsubscribe_url]
-            .into_iter()
-            .flatten()
+        self.inlines()
             .find(|i| i.name == name)
             .map(|i| i.source.as_str())
     }
@@ -540,7 +588,7 @@ impl TemplateSet {
         })?;
         template.render(ctx).map_err(|e| {
             let name = e.name().unwrap_or(name);
-            if name == TO_NAME || name == UNSUBSCRIBE_URL {
+            if self.is_inline(name) {
                 // An inline template is one setting: its own line 1 means nothing to the
                 // reader, the setting's line in the campaign file does.
                 RenderError {
@@ -564,11 +612,7 @@ impl TemplateSet {
     }
 
     fn inline_line(&self, name: &str) -> Option<usize> {
-        [&self.to_name, &self.unsubscribe_url]
-            .into_iter()
-            .flatten()
-            .find(|i| i.name == name)
-            .and_then(|i| i.line)
+        self.inlines().find(|i| i.name == name).and_then(|i| i.line)
     }
 
     /// Every `extends`/`include`/`import` of a file that names no file: caught at load so a
@@ -579,19 +623,14 @@ impl TemplateSet {
             .files
             .iter()
             .map(|(n, s)| (n.as_str(), s.as_str(), self.dir.join(n), None))
-            .chain(
-                [&self.to_name, &self.unsubscribe_url]
-                    .into_iter()
-                    .flatten()
-                    .map(|i| {
-                        (
-                            i.name,
-                            i.source.as_str(),
-                            self.campaign_file.clone(),
-                            i.line,
-                        )
-                    }),
-            );
+            .chain(self.inlines().map(|i| {
+                (
+                    i.name,
+                    i.source.as_str(),
+                    self.campaign_file.clone(),
+                    i.line,
+                )
+            }));
         for (_, source, file, inline_line) in sources {
             for r in check::references(source) {
                 if !self.files.contains_key(&r.target) {
