@@ -30,6 +30,11 @@ struct TestCa {
 }
 
 fn test_ca() -> TestCa {
+    ca_for(vec!["localhost".to_owned()], true)
+}
+
+/// A test CA whose server certificate carries `names` (and 127.0.0.1 when `with_ip`).
+fn ca_for(names: Vec<String>, with_ip: bool) -> TestCa {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params
@@ -37,10 +42,12 @@ fn test_ca() -> TestCa {
         .push(DnType::CommonName, "campaign test CA");
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    params
-        .subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let mut params = CertificateParams::new(names).unwrap();
+    if with_ip {
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    }
     let cert = params.signed_by(&key, &ca).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = ServerConfig::builder_with_provider(provider)
@@ -475,4 +482,18 @@ fn check_smtp_reports_the_relay_without_sending() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn a_certificate_for_another_name_halts_and_says_so() {
+    let ca = ca_for(vec!["relay.other.example".to_owned()], false);
+    let (addr, _) = serve(Mode::Implicit, Arc::clone(&ca.server));
+    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::Implicit, Some(&ca))));
+    match t.connect_now() {
+        Err(Outcome::Halt { code: None, text }) => {
+            assert!(text.contains("not valid for name"), "{text}");
+            assert!(text.contains("host name matches"), "{text}");
+        }
+        other => panic!("expected Halt, got {other:?}"),
+    }
 }
