@@ -39,6 +39,9 @@ pub struct SegmentTally {
     pub failed: u64,
     /// Preview files written.
     pub previews: u64,
+    /// Donors whose address has non-ASCII characters before the @: they need a relay that
+    /// offers SMTPUTF8, and wait (deferred) through one that does not.
+    pub need_smtputf8: u64,
 }
 
 /// The result of a dry run.
@@ -55,6 +58,11 @@ pub struct DryRunReport {
 }
 
 impl DryRunReport {
+    /// Donors needing a relay with SMTPUTF8, in all segments.
+    pub fn need_smtputf8(&self) -> u64 {
+        self.segments.iter().map(|s| s.need_smtputf8).sum()
+    }
+
     /// Messages that failed to render, in all segments.
     pub fn failed(&self) -> u64 {
         self.segments.iter().map(|s| s.failed).sum()
@@ -86,6 +94,7 @@ struct JobResult {
     seg: usize,
     rendered: u64,
     previews: u64,
+    need_smtputf8: u64,
     bytes: u64,
     failures: Vec<Failure>,
 }
@@ -127,6 +136,7 @@ fn render_chunk(
         seg: job.seg,
         rendered: 0,
         previews: 0,
+        need_smtputf8: 0,
         bytes: 0,
         failures: Vec::new(),
     };
@@ -142,6 +152,8 @@ fn render_chunk(
         match preparer.prepare(&segment.name, &segment.template, rec, ws) {
             Ok(p) => {
                 out.rendered += 1;
+                let to: &str = p.envelope.to().as_ref();
+                out.need_smtputf8 += u64::from(!to.is_ascii());
                 out.bytes += p.bytes.len() as u64;
                 if (in_seg as usize) < opts.previews {
                     let path = preview_dir.join(format!("{:03}.eml", in_seg + 1));
@@ -211,6 +223,7 @@ pub fn dry_run(
             rendered: 0,
             failed: 0,
             previews: 0,
+            need_smtputf8: 0,
         })
         .collect();
     let mut bytes = 0;
@@ -228,6 +241,7 @@ pub fn dry_run(
         t.rendered += r.rendered;
         t.failed += r.failures.len() as u64;
         t.previews += r.previews;
+        t.need_smtputf8 += r.need_smtputf8;
         bytes += r.bytes;
         for f in r.failures {
             w.write_record([

@@ -415,6 +415,13 @@ fn a_donor_needing_smtputf8_waits_for_a_relay_that_has_it() {
             .output()
             .unwrap()
     };
+    let dry = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&dry, 0);
+    assert!(
+        stdout(&dry).contains("1 donors have non-ASCII characters before the @"),
+        "{}",
+        stdout(&dry)
+    );
     let o = send(plain);
     assert_code(&o, 5);
     let status = w.run(&["status", "run", "--json"]);

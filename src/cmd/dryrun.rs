@@ -1,7 +1,9 @@
 //! `campaign send --dry-run`: output and exit code around [`campaign::dryrun`].
 
 use campaign::clock::{Clock, SystemClock};
-use campaign::dryrun::{self, DryRunOptions};
+use std::fmt::Write as _;
+
+use campaign::dryrun::{self, DryRunOptions, DryRunReport};
 use campaign::exit::{Code, Error};
 use campaign::preflight::{self, Environment, Purpose};
 use campaign::run::OpenedRun;
@@ -51,7 +53,7 @@ pub fn run(args: &Args) -> Result<Code, Error> {
         v["seconds"] = serde_json::json!(secs);
         format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or_default())
     } else {
-        super::summary::dry_run(&report, secs)
+        table(&report, secs)
     };
     super::print_bytes(text.as_bytes())?;
     Ok(if report.failed() > 0 {
@@ -59,4 +61,48 @@ pub fn run(args: &Args) -> Result<Code, Error> {
     } else {
         Code::Success
     })
+}
+
+/// The dry run's table.
+fn table(r: &DryRunReport, secs: f64) -> String {
+    let mut s = String::new();
+    let w = super::segment_column(r.segments.iter().map(|t| t.segment.as_str()));
+    let _ = writeln!(s, "dry run: nothing was sent\n");
+    let _ = writeln!(
+        s,
+        "{:<w$}  {:>9}  {:>7}  {:>8}",
+        "segment", "rendered", "failed", "previews"
+    );
+    for t in &r.segments {
+        let _ = writeln!(
+            s,
+            "{:<w$}  {:>9}  {:>7}  {:>8}",
+            t.segment, t.rendered, t.failed, t.previews
+        );
+    }
+    let _ = writeln!(s, "{:<w$}  {:>9}  {:>7}", "total", r.rendered(), r.failed());
+    let _ = writeln!(
+        s,
+        "\n{} messages in {:.2} s ({:.0}/s); previews in {}",
+        r.rendered(),
+        secs,
+        r.rendered() as f64 / secs.max(1e-9),
+        r.previews_dir.display()
+    );
+    if r.need_smtputf8() > 0 {
+        let _ = writeln!(
+            s,
+            "{} donors have non-ASCII characters before the @: they need a relay that offers SMTPUTF8 (`campaign check --smtp` says), and wait, deferred, through one that does not",
+            r.need_smtputf8()
+        );
+    }
+    if r.failed() > 0 {
+        let _ = writeln!(
+            s,
+            "{} donors cannot be rendered: see {} (line, donor, reason)",
+            r.failed(),
+            r.failures_file.display()
+        );
+    }
+    s
 }

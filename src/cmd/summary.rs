@@ -1,9 +1,8 @@
-//! The tables and summaries `status`, `send` and its dry run print.
+//! The tables and summaries `status` and `send` print.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use campaign::dryrun::DryRunReport;
 use campaign::exit::escape_controls;
 use campaign::rundir::{FAILED_CSV, SUPPRESS_BOUNCED, UNKNOWN_CSV};
 use campaign::send::{SegmentStatus, SendReport, Stop};
@@ -105,43 +104,6 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
         let _ = writeln!(
             s,
             "unknown outcomes (may or may not have been delivered): {run}/{UNKNOWN_CSV}; --on-unknown resend sends them again"
-        );
-    }
-    s
-}
-
-/// The dry run's table.
-pub(super) fn dry_run(r: &DryRunReport, secs: f64) -> String {
-    let mut s = String::new();
-    let w = super::segment_column(r.segments.iter().map(|t| t.segment.as_str()));
-    let _ = writeln!(s, "dry run: nothing was sent\n");
-    let _ = writeln!(
-        s,
-        "{:<w$}  {:>9}  {:>7}  {:>8}",
-        "segment", "rendered", "failed", "previews"
-    );
-    for t in &r.segments {
-        let _ = writeln!(
-            s,
-            "{:<w$}  {:>9}  {:>7}  {:>8}",
-            t.segment, t.rendered, t.failed, t.previews
-        );
-    }
-    let _ = writeln!(s, "{:<w$}  {:>9}  {:>7}", "total", r.rendered(), r.failed());
-    let _ = writeln!(
-        s,
-        "\n{} messages in {:.2} s ({:.0}/s); previews in {}",
-        r.rendered(),
-        secs,
-        r.rendered() as f64 / secs.max(1e-9),
-        r.previews_dir.display()
-    );
-    if r.failed() > 0 {
-        let _ = writeln!(
-            s,
-            "{} donors cannot be rendered: see {} (line, donor, reason)",
-            r.failed(),
-            r.failures_file.display()
         );
     }
     s
