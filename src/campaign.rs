@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::message::dkim::DkimTable;
 use crate::schema::ColumnType;
 
 /// A checked name usable as a directory and file name on any system: ASCII letters, digits,
@@ -339,6 +340,8 @@ pub struct Campaign {
     pub smtp: SmtpTable,
     /// The `[send]` table.
     pub send: SendSettings,
+    /// The `[[dkim]]` tables, one signature each, in order.
+    pub dkim: Vec<DkimTable>,
 }
 
 /// Why a campaign file was refused.
@@ -384,6 +387,8 @@ struct FileToml {
     smtp: SmtpTable,
     #[serde(default)]
     send: SendToml,
+    #[serde(default)]
+    dkim: Vec<DkimTable>,
 }
 
 #[derive(Deserialize)]
@@ -509,6 +514,7 @@ impl Campaign {
             templates_dir,
             smtp: file.smtp,
             send,
+            dkim: file.dkim,
         })
     }
 }

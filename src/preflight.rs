@@ -194,6 +194,7 @@ pub fn campaign(
     }
     let secret = secret(campaign, env, purpose, &mut f);
     smtp(campaign, env, purpose, &mut f);
+    dkim_alignment(campaign, &mut f);
 
     let made_up = header.is_none();
     let header = header.unwrap_or_else(|| declared_header(campaign));
@@ -370,6 +371,35 @@ fn rules(campaign: &Campaign, header: Option<&[String]>, today: Date, f: &mut Fi
             );
         }
     }
+}
+
+/// A note when no `[[dkim]]` domain lines up with the From domain, as DMARC wants. Without the
+/// public-suffix list, "aligned" is the same domain or one inside the other; sibling
+/// subdomains of one organisation are flagged, worded as a maybe.
+fn dkim_alignment(campaign: &Campaign, f: &mut Findings) {
+    let Some(m) = &campaign.message else {
+        return;
+    };
+    let Some(from) = m.from.rsplit_once('@').map(|(_, d)| {
+        d.trim_end_matches(|c: char| c == '>' || c.is_whitespace())
+            .to_ascii_lowercase()
+    }) else {
+        return;
+    };
+    let domains: Vec<String> = campaign
+        .dkim
+        .iter()
+        .map(|t| t.domain.to_ascii_lowercase())
+        .collect();
+    let inside = |a: &str, b: &str| a == b || a.ends_with(&format!(".{b}"));
+    if domains.is_empty() || domains.iter().any(|d| inside(&from, d) || inside(d, &from)) {
+        return;
+    }
+    f.notes.push(format!(
+        "{}: no [[dkim]] domain ({}) is the From domain {from} or a parent or subdomain of it, so DMARC may fail for this mail unless the relay also signs as {from}; sign with {from}",
+        campaign.path.display(),
+        domains.join(", ")
+    ));
 }
 
 /// The unsubscribe secret, and the rule that links carrying a token need it.

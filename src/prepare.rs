@@ -1,9 +1,11 @@
 //! From a chunk row to the exact bytes a donor receives.
 //!
 //! Owns the one code path that turns a donor row into a message: check the row, render the
-//! segment's templates, compose the MIME message. `send --dry-run` and a real send both call
+//! segment's templates, compose the MIME message, sign it (DKIM). `send --dry-run` and a real send both call
 //! [`Preparer::prepare`], so what a preview shows is what is sent. It never sends, and never
 //! writes files.
+
+use std::path::Path;
 
 use jiff::Timestamp;
 use jiff::civil::Date;
@@ -12,6 +14,7 @@ use crate::campaign::{Campaign, SegmentDef};
 use crate::csvio::RawRecord;
 use crate::donor::DonorReader;
 use crate::email::{RecipientKey, normalise};
+use crate::message::dkim::Signers;
 use crate::message::{Composer, Outgoing};
 use crate::render::{Donor, Problem, RunInfo, TemplateSet};
 use crate::schema::{Schema, TypedRow};
@@ -49,6 +52,7 @@ pub struct Preparer {
     reader: DonorReader,
     templates: TemplateSet,
     composer: Composer,
+    dkim: Signers,
     secret: Option<UnsubscribeSecret>,
     campaign_id: String,
     now: Timestamp,
@@ -117,6 +121,14 @@ impl Preparer {
                 }
             },
         };
+        let base = campaign.path.parent().unwrap_or(Path::new(""));
+        let dkim = Signers::load(&campaign.dkim, base).unwrap_or_else(|p| {
+            problems.extend(
+                p.into_iter()
+                    .map(|e| format!("{}: {e}", campaign.path.display())),
+            );
+            Signers::default()
+        });
         let run = RunInfo::new(campaign, inputs.as_of);
         let (templates, load_problems) = TemplateSet::load_with_problems(campaign, run);
         problems.extend(load_problems.iter().map(Problem::to_string));
@@ -133,6 +145,7 @@ impl Preparer {
                 reader,
                 templates,
                 composer,
+                dkim,
                 secret,
                 campaign_id: campaign.id.as_str().to_owned(),
                 now,
@@ -230,6 +243,7 @@ impl Preparer {
                 date: self.now,
             })
             .map_err(|e| fail(&email, e.to_string()))?;
+        let bytes = self.dkim.sign(bytes).map_err(|e| fail(&email, e))?;
         let to = Envelope::recipient(wire_to).map_err(|o| fail(&email, format!("{o:?}")))?;
         Ok(Prepared {
             key,

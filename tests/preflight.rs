@@ -254,3 +254,45 @@ fn skipping_the_certificate_check_is_warned_about_on_every_run() {
         stderr(&o)
     );
 }
+
+/// Writes an Ed25519 private key, made at test time, with `mode`.
+fn dkim_key(w: &Workdir, name: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    w.write(name, key.serialize_pem());
+    std::fs::set_permissions(w.path(name), std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn dkim_table(domain: &str) -> String {
+    format!("[[dkim]]\ndomain = \"{domain}\"\nselector = \"s1\"\nprivate_key_file = \"dkim.pem\"\n")
+}
+
+#[test]
+fn a_dkim_key_others_can_read_is_refused_by_check_and_send() {
+    let w = setup(DONORS);
+    dkim_key(&w, "dkim.pem", 0o640);
+    w.write("campaign.toml", with(&dkim_table("riverside-park.example")));
+    assert_check_refuses(&w, &["dkim.pem", "mode 0640", "chmod 600"]);
+    segment(&w);
+    let o = real_send(&w);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("mode 0640"), "{}", stderr(&o));
+}
+
+#[test]
+fn a_dkim_domain_not_aligned_with_from_is_a_note_and_an_aligned_one_is_not() {
+    let w = setup(DONORS);
+    dkim_key(&w, "dkim.pem", 0o600);
+    w.write("campaign.toml", with(&dkim_table("esp.example")));
+    let o = check(&w);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("DMARC may fail") && stdout(&o).contains("esp.example"),
+        "{}",
+        stdout(&o)
+    );
+    w.write("campaign.toml", with(&dkim_table("riverside-park.example")));
+    let o = check(&w);
+    assert_code(&o, 0);
+    assert!(!stdout(&o).contains("DMARC"), "{}", stdout(&o));
+}

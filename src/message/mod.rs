@@ -9,7 +9,8 @@
 //!
 //! It never renders templates ([`crate::render`]), never computes unsubscribe tokens
 //! ([`crate::unsubscribe`]), never validates donor addresses beyond refusing what would corrupt
-//! a header ([`crate::email`] did that), never signs (DKIM is the relay's job) and never sends.
+//! a header ([`crate::email`] did that), and never sends. Signing is
+//! [`dkim`]'s, applied to the composed bytes.
 //!
 //! Donor data reaches headers (the To display name, the subject, the unsubscribe URL), so any
 //! control character there is refused with [`MessageError::HeaderInjection`], never stripped
@@ -33,6 +34,7 @@
 
 mod body;
 mod composer;
+pub mod dkim;
 mod headers;
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The system-tools test lane: `campaign send` against postfix's real smtp-sink with its fault
 # flags (soft and hard rejects, 421 and disconnects at each stage, a server that exits
-# mid-run, no ESMTP, no PIPELINING, no enhanced codes, slow replies). For every case: the exit code,
+# mid-run, no ESMTP, no PIPELINING, no enhanced codes, slow replies), and DKIM signatures on
+# what the sink received, verified by dkimpy (tests/system/dkim_verify.py) with keys made by
+# openssl at test time. For every case: the exit code,
 # the ledger (status) against the report and against the messages the sink received, and a
 # re-run against a healthy sink that finishes the rest with nobody mailed twice.
 #
@@ -21,6 +23,13 @@ if ! command -v smtp-sink >/dev/null && [[ ! -x /usr/sbin/smtp-sink ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix iproute2 >/dev/null
 fi
 SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
+# dkimpy (and PyNaCl for Ed25519) from Debian, for the system Python: an independent verifier.
+PY=/usr/bin/python3
+if ! "$PY" -c 'import dkim, nacl' 2>/dev/null; then
+    echo "installing dkimpy and PyNaCl (python3-dkim, python3-nacl) and openssl" >&2
+    apt-get update -qq >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-dkim python3-nacl openssl >/dev/null
+fi
 
 cargo build --locked --quiet
 BIN=$PWD/target/debug/campaign
@@ -69,6 +78,7 @@ unsubscribe_url = "https://park.example/u?t={{ unsubscribe_token }}"
 [[segment]]
 name = "all"
 TOML
+    if [[ -n ${EXTRA_TOML:-} ]]; then printf '%s\n' "$EXTRA_TOML" >>"$dir/campaign.toml"; fi
     printf 'Hello {{ name }}\n' >"$dir/templates/all/subject.txt"
     printf 'Dear {{ name }},\nthank you.\n' >"$dir/templates/all/body.txt"
     { echo "email,name"; for ((i = 0; i < n; i++)); do echo "d$i@example.org,Donor $i"; done; } >"$dir/donors.csv"
@@ -134,7 +144,14 @@ FAILED=0
 case_() {
     local name=$1 dir="$TOP/$1"
     mkdir -p "$dir"
-    if (set -e; "case_$name" "$dir") >"$dir/case.log" 2>&1; then
+    # Not in an `if`: there bash ignores `set -e` inside the case, and only its last command
+    # would count.
+    local rc=0
+    set +e
+    (set -e; "case_$name" "$dir") >"$dir/case.log" 2>&1
+    rc=$?
+    set -e
+    if ((rc == 0)); then
         PASSED=$((PASSED + 1))
         echo "ok   $name"
     else
@@ -259,9 +276,68 @@ case_slow_replies() { # a second before every RCPT reply: slower, nothing lost
     check "$1" code=0 sent=4 received=4 once=1
 }
 
+# dkim_key DIR NAME ALGORITHM: a private key DIR/NAME.pem (mode 600) and the TXT record
+# to publish for it in DIR/NAME.txt.
+dkim_key() {
+    local dir=$1 name=$2
+    case $3 in
+    rsa) openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$dir/$name.pem" 2>/dev/null
+        printf 'v=DKIM1; k=rsa; p=%s' "$(openssl pkey -in "$dir/$name.pem" -pubout -outform DER | base64 -w0)" >"$dir/$name.txt" ;;
+    ed25519) openssl genpkey -algorithm ed25519 -out "$dir/$name.pem"
+        # The record holds the bare 32-byte key, the end of the SubjectPublicKeyInfo.
+        printf 'v=DKIM1; k=ed25519; p=%s' "$(openssl pkey -in "$dir/$name.pem" -pubout -outform DER | tail -c 32 | base64 -w0)" >"$dir/$name.txt" ;;
+    rsa1024) openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024 -out "$dir/$name.pem" 2>/dev/null ;;
+    esac
+    chmod 600 "$dir/$name.pem"
+}
+
+dkim_table() { printf '[[dkim]]\ndomain = "park.example"\nselector = "%s"\nprivate_key_file = "%s.pem"\n' "$1" "$1"; }
+
+# dkim_case DIR SIGS SELECTOR...: a run signed with these keys (made beforehand), a text and
+# HTML message whose text ends in whitespace-only lines, sent to a healthy sink; every
+# signature on every message received verifies with dkimpy.
+dkim_case() {
+    local dir=$1 sigs=$2 tables="" keys=()
+    shift 2
+    for s in "$@"; do
+        tables+=$(dkim_table "$s")$'\n'
+        keys+=("$s=$dir/$s.txt")
+    done
+    EXTRA_TOML=$tables new_run "$dir" 20
+    printf 'Dear {{ name }},\nthank you.\n  \n\t\n\n' >"$dir/templates/all/body.txt"
+    printf '<p>Dear {{ name }}, thank you.</p>\n' >"$dir/templates/all/body.html"
+    start_sink "$dir"
+    send "$dir" "$PORT" --concurrency 2
+    check "$dir" code=0 sent=20 received=20 once=1
+    "$PY" tests/system/dkim_verify.py "$dir/dumps" "$sigs" "${keys[@]}"
+}
+
+case_dkim_rsa() { dkim_key "$1" rsa1 rsa; dkim_case "$1" 1 rsa1; }
+case_dkim_ed25519() { dkim_key "$1" ed1 ed25519; dkim_case "$1" 1 ed1; }
+case_dkim_rsa_and_ed25519() {
+    dkim_key "$1" rsa1 rsa
+    dkim_key "$1" ed1 ed25519
+    dkim_case "$1" 2 rsa1 ed1
+}
+
+case_dkim_bad_keys_send_nothing() { # a short RSA key, or one others can read: refused (exit 2), nothing sent
+    dkim_key "$1" short rsa1024
+    EXTRA_TOML=$(dkim_table short) new_run "$1" 3
+    start_sink "$1"
+    send "$1" "$PORT"
+    check "$1" code=2 received=0 sent=0
+    grep -q "receivers want at least 2048 bits" "$1/err.txt"
+    dkim_key "$1" short rsa
+    chmod 644 "$1/short.pem"
+    send "$1" "$PORT"
+    check "$1" code=2 received=0 sent=0
+    grep -q "can be read by other users (mode 0644)" "$1/err.txt"
+}
+
 for c in healthy soft_reject_at_rcpt hard_reject_at_rcpt sequence_error_at_data \
     abort_after_data 421_at_rcpt 421_at_mail drop_after_the_dot server_exits_mid_run \
-    no_esmtp no_pipelining no_enhanced_codes_bounce slow_replies; do
+    no_esmtp no_pipelining no_enhanced_codes_bounce slow_replies \
+    dkim_rsa dkim_ed25519 dkim_rsa_and_ed25519 dkim_bad_keys_send_nothing; do
     case_ "$c"
 done
 echo
