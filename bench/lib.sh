@@ -200,7 +200,7 @@ measure() {
     fi
     t1=$EPOCHREALTIME
     awk -v a="$t0" -v b="$t1" -v l="$(tail -n 1 "$WORK/time.out")" \
-        'BEGIN { split(l, f, " "); printf "%.4f %d %.2f %.2f\n", b - a, f[2], f[3], f[4] }' >>"$WORK/$name"
+        'BEGIN { split(l, f, " "); printf "%.4f %d %.2f %.2f %.2f\n", b - a, f[2], f[3], f[4], f[3] + f[4] }' >>"$WORK/$name"
 }
 median() { # median of column $2 of file $1
     sort -g -k"$2","$2" "$1" | awk -v c="$2" '{ v[NR] = $c } END {

@@ -12,6 +12,8 @@
 #   CONNECTIONS  space-separated connection counts (default "8 1")
 #   RUNS         timed runs per client and connection count (default 3); clients interleaved
 #   SEED         generator seed (default 20261129)
+#   DKIM         off (default), rsa (RSA-2048) or ed25519: sign every message with a key made
+#                by openssl for this run (mode 600, in the work dir, removed on exit)
 #   CAMPAIGN_BIN       campaign binary to benchmark instead of building one from this checkout
 #                      (cargo then builds only the gen_donors example, unless CAMPAIGN_GEN is set)
 #   CAMPAIGN_GEN       gen_donors binary to use instead of building the example
@@ -45,6 +47,25 @@ BASELINE=
 if [[ -n ${CAMPAIGN_BASELINE:-} ]]; then
     BASELINE=$(given_binary CAMPAIGN_BASELINE "$CAMPAIGN_BASELINE")
 fi
+
+case ${DKIM:-off} in
+off) ;;
+rsa | ed25519)
+    if [[ $DKIM == rsa ]]; then
+        openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/dkim.pem" 2>/dev/null
+    else
+        openssl genpkey -algorithm ed25519 -out "$WORK/dkim.pem"
+    fi
+    chmod 600 "$WORK/dkim.pem"
+    signed=$WORK/send-campaign.toml
+    sed "s|^dir = \"send-templates\"|dir = \"$PWD/bench/send-templates\"|" "$SEND_TOML" >"$signed"
+    printf '[[dkim]]\ndomain = "%s"\nselector = "bench"\nprivate_key_file = "%s"\n' \
+        "$(sed -n 's/^from = .*@\([^>"]*\).*/\1/p' "$SEND_TOML" | head -1)" "$WORK/dkim.pem" >>"$signed"
+    SEND_TOML=$signed
+    ;;
+*) echo "DKIM must be off, rsa or ed25519, not $DKIM" >&2; exit 2 ;;
+esac
+echo "DKIM: ${DKIM:-off}" >&2
 
 donors=$(exact_donors "$COUNT")
 segment_run "$donors" "$SEND_TOML" "$WORK/template-run"
@@ -151,7 +172,7 @@ for c in $CONNECTIONS; do
     target=0.8
     ((c == 1)) && target=0.6
     ratio=$(awk -v s="$(median "$WORK/source-$c" 1)" -v m="$(median "$WORK/campaign-$c" 1)" 'BEGIN { printf "%.2f", s / m }')
-    summary+=("$c connection(s): campaign/smtp-source msg/s = $ratio (target >= $target); raw wall s: campaign $(raw "$WORK/campaign-$c" 1), smtp-source $(raw "$WORK/source-$c" 1); campaign peak RSS KB $(raw "$WORK/campaign-$c" 2)")
+    summary+=("$c connection(s): campaign/smtp-source msg/s = $ratio (target >= $target); raw wall s: campaign $(raw "$WORK/campaign-$c" 1), smtp-source $(raw "$WORK/source-$c" 1); campaign peak RSS KB $(raw "$WORK/campaign-$c" 2); campaign CPU (user+sys) per message µs, median $(awk -v c="$(median "$WORK/campaign-$c" 5)" -v n="$COUNT" 'BEGIN { printf "%.0f", c * 1e6 / n }')")
     if [[ -n $BASELINE ]]; then
         summary+=("$c connection(s): campaign/baseline msg/s = $vs_baseline; baseline median wall s $(median "$WORK/baseline-$c" 1), msg/s $(awk -v w="$(median "$WORK/baseline-$c" 1)" -v n="$COUNT" 'BEGIN { printf "%.0f", n / w }'); campaign median wall s $(median "$WORK/campaign-$c" 1), msg/s $(awk -v w="$(median "$WORK/campaign-$c" 1)" -v n="$COUNT" 'BEGIN { printf "%.0f", n / w }'); raw wall s: baseline $(raw "$WORK/baseline-$c" 1); baseline peak RSS KB $(raw "$WORK/baseline-$c" 2)")
     fi
