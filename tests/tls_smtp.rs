@@ -43,6 +43,10 @@ fn ca_for(names: Vec<String>, with_ip: bool) -> TestCa {
     let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(names).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "campaign test relay");
+    params.not_after = rcgen::date_time_ymd(2031, 1, 1);
     if with_ip {
         params
             .subject_alt_names
@@ -467,6 +471,7 @@ fn check_smtp_reports_the_relay_without_sending() {
         "login: accepted as \"appeal\"",
         "PIPELINING",
         "AUTH PLAIN LOGIN",
+        "certificate: CN=campaign test relay, issued by CN=campaign test CA, expires 2031-01-01 (in ",
     ] {
         assert!(out.contains(want), "{want:?} not in {out}");
     }

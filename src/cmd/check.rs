@@ -116,7 +116,14 @@ fn check_relay(campaign: &Campaign, env: &Environment) -> Result<Code, Error> {
         },
         settings.hello_name
     ));
-    out.push_str(&format!("  TLS: {tls}\n  login: {login}\n"));
+    out.push_str(&format!("  TLS: {tls}\n"));
+    let mut notes = Vec::from_iter(report.note());
+    if let Some(c) = &report.certificate {
+        let now = jiff::Timestamp::now();
+        out.push_str(&format!("  certificate: {}\n", c.describe(now)));
+        notes.extend(c.expiry_note(now));
+    }
+    out.push_str(&format!("  login: {login}\n"));
     out.push_str(&format!(
         "  offers: {}\n",
         if offers.is_empty() {
@@ -125,7 +132,7 @@ fn check_relay(campaign: &Campaign, env: &Environment) -> Result<Code, Error> {
             offers.join(", ")
         }
     ));
-    super::warn(report.note().as_slice());
+    super::warn(&notes);
     super::print_bytes(escape_controls(&out).as_bytes())?;
     Ok(Code::Success)
 }

@@ -434,6 +434,15 @@ impl Connection {
         matches!(self.stream.get_ref(), Stream::Tls(_))
     }
 
+    /// The relay's own certificate, when the session is encrypted.
+    pub fn certificate(&self) -> Option<super::certificate::CertificateInfo> {
+        let Stream::Tls(tls) = self.stream.get_ref() else {
+            return None;
+        };
+        let der = tls.conn.peer_certificates()?.first()?;
+        super::certificate::CertificateInfo::from_der(der)
+    }
+
     /// Upgrades the connection with STARTTLS and greets the relay again, as RFC 3207 asks.
     pub fn starttls(&mut self, tls: &TlsSetup, hello: &ClientId) -> Result<(), SmtpError> {
         self.command(Starttls)?;

@@ -10,12 +10,14 @@
 //!
 //! The folder holds the trait with its envelope and journal (here), the reading of replies
 //! ([`reply`]), the SMTP session ([`smtp`]) on its connection ([`connection`]: the stream,
-//! TLS, the greeting, commands and replies) and the relay's settings ([`settings`]).
+//! TLS, the greeting, commands and replies), the relay's certificate as described to the
+//! operator ([`certificate`]) and the relay's settings ([`settings`]).
 //!
 //! Nothing here decides what to do next (retry, suppress, stop: the send loop does, from the
 //! outcome), builds or changes messages, records anything, or puts a password in an outcome,
 //! error or `Debug`.
 
+pub mod certificate;
 pub mod connection;
 pub mod reply;
 pub mod settings;

@@ -522,6 +522,8 @@ pub struct RelayReport {
     pub encrypted: bool,
     /// A login was made and accepted.
     pub logged_in: bool,
+    /// The relay's certificate, when the session is encrypted.
+    pub certificate: Option<super::certificate::CertificateInfo>,
 }
 
 impl RelayReport {
@@ -548,6 +550,7 @@ pub fn probe(settings: &Arc<SmtpSettings>) -> Result<RelayReport, ProbeError> {
                 extensions: c.extensions().clone(),
                 encrypted: c.encrypted(),
                 logged_in: settings.username.is_some(),
+                certificate: c.certificate(),
             });
             t.close();
             report.ok_or_else(|| {
