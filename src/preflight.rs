@@ -5,11 +5,13 @@
 //! campaign file (read by [`Campaign::load`], which already types `[send]`), the rules, the
 //! templates and `[message]` (through [`Preparer::new`]), the unsubscribe-secret rule, and
 //! `[smtp]` resolved exactly as `send` resolves it (TLS mode, port, the password source present
-//! and readable, never its value). `check` also renders each segment's message for one sample
-//! donor. A finding that only depends on the environment of the moment (no relay named
-//! anywhere, no password or secret set) is a note for `check` and a dry run, and a problem for
-//! `send`; everything else is a problem for all three, so `check` passes only what `send`
-//! would start with. It never opens a connection, never writes a file and never reads a
+//! and readable, never its value), and the `[[dkim]]` keys (through [`Preparer::new`]) and
+//! their alignment with the From domain. `check` also renders each segment's message for one
+//! sample donor, and with an export counts the donors whose address needs SMTPUTF8. A
+//! finding that only depends on the environment of the moment (no relay named anywhere, no
+//! password or secret set) is a note for `check` and a dry run, and a problem for `send`;
+//! everything else is a problem for all three, so `check` passes only what `send` would start
+//! with. It never opens a connection, never writes a file and never reads a
 //! variable itself: [`Environment`] is read once, by the caller.
 
 use std::ffi::OsString;
@@ -219,8 +221,18 @@ pub fn campaign(
         }
     };
     let sample = match export {
-        Some((rdr, path)) => first_row(&preparer, rdr)
-            .map(|(rec, line)| (rec, format!("the donor on {}:{line}", path.display()))),
+        Some((rdr, path)) => {
+            let scan = scan_export(&preparer, rdr);
+            if scan.need_smtputf8 > 0 {
+                f.notes.push(format!(
+                    "{}: {} donor rows have an address whose part before the @ is not ASCII: they need a relay that offers SMTPUTF8, and stay deferred until a send goes through one (`check --smtp` says whether yours does)",
+                    path.display(),
+                    scan.need_smtputf8
+                ));
+            }
+            scan.sample
+                .map(|(rec, line)| (rec, format!("the donor on {}:{line}", path.display())))
+        }
         None => made_up_row(campaign, &header, today)
             .map(|rec| (rec, "a sample donor made from [columns]".to_owned())),
     };
@@ -277,21 +289,40 @@ fn render_sample(
     }
 }
 
-/// The first row of an export that is a valid donor, with its line; rows with a bad address
-/// or value are for `segment` to report.
-fn first_row<R: std::io::Read>(
-    preparer: &Preparer,
-    mut rdr: RawReader<R>,
-) -> Option<(OwnedRecord, u64)> {
+/// What one pass over the export finds for `check`.
+struct ExportScan {
+    /// The first row that is a valid donor, with its line; rows with a bad address or value
+    /// are for `segment` to report.
+    sample: Option<(OwnedRecord, u64)>,
+    /// Rows whose address has a non-ASCII local part. A non-ASCII domain is not counted: it
+    /// goes out in its xn-- form. Counted before duplicates and suppressions are dropped.
+    need_smtputf8: u64,
+}
+
+fn scan_export<R: std::io::Read>(preparer: &Preparer, mut rdr: RawReader<R>) -> ExportScan {
     let mut ws = Workspace::default();
-    // A few hundred rows is plenty to find one good donor, and bounds the time on a huge file.
-    for _ in 0..500 {
-        let rec = rdr.next_record().ok()??;
-        if preparer.reads(&rec, &mut ws) {
-            return Some((rec.to_owned_record(), rec.line));
+    let mut scan = ExportScan {
+        sample: None,
+        need_smtputf8: 0,
+    };
+    // A few hundred rows is plenty to find one good donor; the count reads every row.
+    let mut tries = 500;
+    while let Ok(Some(rec)) = rdr.next_record() {
+        if scan.sample.is_none() && tries > 0 {
+            tries -= 1;
+            if preparer.reads(&rec, &mut ws) {
+                scan.sample = Some((rec.to_owned_record(), rec.line));
+            }
+        }
+        if let Some((_, email)) = preparer.key_of(&rec)
+            && email
+                .rsplit_once('@')
+                .is_some_and(|(local, _)| !local.is_ascii())
+        {
+            scan.need_smtputf8 += 1;
         }
     }
-    None
+    scan
 }
 
 /// The header `check` assumes without an export: the email column and the declared columns.

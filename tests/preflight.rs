@@ -296,3 +296,22 @@ fn a_dkim_domain_not_aligned_with_from_is_a_note_and_an_aligned_one_is_not() {
     assert_code(&o, 0);
     assert!(!stdout(&o).contains("DMARC"), "{}", stdout(&o));
 }
+
+#[test]
+fn check_counts_the_donors_who_need_smtputf8() {
+    let w = setup(
+        "email,name,total\n\
+         zoë@example.org,Zoë,2500\n\
+         bob@bücher.example,Bob,10\n\
+         ann@example.org,Ann,5\n",
+    );
+    let o = check(&w);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("1 donor rows have an address whose part before the @ is not ASCII"),
+        "{}",
+        stdout(&o)
+    );
+    w.write("donors.csv", DONORS);
+    assert!(!stdout(&check(&w)).contains("SMTPUTF8"));
+}
