@@ -35,6 +35,11 @@ fn test_ca() -> TestCa {
 
 /// A test CA whose server certificate carries `names` (and 127.0.0.1 when `with_ip`).
 fn ca_for(names: Vec<String>, with_ip: bool) -> TestCa {
+    ca_until(names, with_ip, 2031)
+}
+
+/// [`ca_for`] with a server certificate valid until 1 January of `until_year`.
+fn ca_until(names: Vec<String>, with_ip: bool, until_year: i32) -> TestCa {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params
@@ -46,7 +51,7 @@ fn ca_for(names: Vec<String>, with_ip: bool) -> TestCa {
     params
         .distinguished_name
         .push(DnType::CommonName, "campaign test relay");
-    params.not_after = rcgen::date_time_ymd(2031, 1, 1);
+    params.not_after = rcgen::date_time_ymd(until_year, 1, 1);
     if with_ip {
         params
             .subject_alt_names
@@ -305,6 +310,31 @@ fn a_certificate_from_an_unknown_authority_halts_and_names_the_fix() {
         }
         assert!(seen.lock().unwrap().logins.is_empty(), "no password sent");
     }
+}
+
+/// Each way a TLS session can fail names what failed and the setting to look at.
+#[test]
+fn an_expired_certificate_or_a_plain_port_for_implicit_tls_halts_and_says_so() {
+    let old = ca_until(vec!["localhost".to_owned()], true, 2021);
+    let (addr, _) = serve(Mode::Implicit, Arc::clone(&old.server));
+    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::Implicit, Some(&old))));
+    match t.connect_now() {
+        Err(Outcome::Halt { code: None, text }) => {
+            assert!(text.contains("certificate expired"), "{text}")
+        }
+        other => panic!("expected Halt, got {other:?}"),
+    }
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::StartTls, Arc::clone(&ca.server));
+    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::Implicit, Some(&ca))));
+    match t.connect_now() {
+        Err(Outcome::Halt { code: None, text }) => assert!(
+            text.contains("answered in plain text") && text.contains("tls = \"starttls\""),
+            "{text}"
+        ),
+        other => panic!("expected Halt, got {other:?}"),
+    }
+    assert!(seen.lock().unwrap().messages.is_empty());
 }
 
 #[test]

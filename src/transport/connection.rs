@@ -252,9 +252,27 @@ impl Stream {
             .map_err(|e| failed(e.to_string()))?;
         let mut tls = StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
-            tls.conn
-                .complete_io(&mut tls.sock)
-                .map_err(|e| failed(format!("TLS failed: {e}")))?;
+            tls.conn.complete_io(&mut tls.sock).map_err(|e| {
+                // A plain-text greeting read as a TLS record: the port speaks SMTP first.
+                let plain = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                    .is_some_and(|r| {
+                        matches!(
+                            r,
+                            rustls::Error::InvalidMessage(
+                                rustls::InvalidMessage::InvalidContentType
+                            )
+                        )
+                    });
+                if plain {
+                    failed(format!(
+                        "TLS failed: the relay answered in plain text, so this port does not take implicit TLS; use tls = \"starttls\" (usually port 587) or the relay's implicit-TLS port (usually 465) ({e})"
+                    ))
+                } else {
+                    failed(format!("TLS failed: {e}"))
+                }
+            })?;
         }
         Ok(Stream::Tls(Box::new(tls)))
     }
