@@ -90,6 +90,8 @@ enum Mode {
 #[derive(Default)]
 struct Seen {
     messages: Vec<(String, bool)>,
+    /// Every EHLO or HELO line, as the client sent it.
+    greetings: Vec<String>,
     recipients: Vec<String>,
     logins: Vec<String>,
 }
@@ -170,6 +172,9 @@ fn session<S: Read + Write + IntoTcp>(
             continue;
         }
         let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            seen.lock().unwrap().greetings.push(cmd.clone());
+        }
         if upper.starts_with("EHLO") {
             if mode == Mode::HeloOnly {
                 reply(&mut s, "500 5.5.1 Command unrecognized\r\n");
@@ -335,6 +340,24 @@ fn an_expired_certificate_or_a_plain_port_for_implicit_tls_halts_and_says_so() {
         other => panic!("expected Halt, got {other:?}"),
     }
     assert!(seen.lock().unwrap().messages.is_empty());
+}
+
+/// `tls = "starttls"` never falls back to plain text: a relay that does not offer STARTTLS is
+/// refused before any login or message. The relay saw the configured EHLO name.
+#[test]
+fn starttls_not_offered_is_refused_and_the_hello_name_is_the_configured_one() {
+    let ca = test_ca();
+    let (addr, seen) = serve(Mode::Utf8, Arc::clone(&ca.server));
+    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::StartTls, Some(&ca))));
+    match t.connect_now() {
+        Err(Outcome::Halt { text, .. }) => {
+            assert!(text.contains("does not offer STARTTLS"), "{text}");
+        }
+        other => panic!("expected Halt, got {other:?}"),
+    }
+    let seen = seen.lock().unwrap();
+    assert!(seen.logins.is_empty() && seen.messages.is_empty());
+    assert_eq!(seen.greetings, ["EHLO client.test"]);
 }
 
 #[test]
