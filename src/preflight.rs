@@ -196,7 +196,6 @@ pub fn campaign(
     }
     let secret = secret(campaign, env, purpose, &mut f);
     smtp(campaign, env, purpose, &mut f);
-    dkim_alignment(campaign, &mut f);
 
     let made_up = header.is_none();
     let header = header.unwrap_or_else(|| declared_header(campaign));
@@ -220,6 +219,7 @@ pub fn campaign(
             return f;
         }
     };
+    dkim_alignment(campaign, &preparer, &mut f);
     let sample = match export {
         Some((rdr, path)) => {
             let scan = scan_export(&preparer, rdr);
@@ -407,23 +407,11 @@ fn rules(campaign: &Campaign, header: Option<&[String]>, today: Date, f: &mut Fi
 /// A note when no `[[dkim]]` domain lines up with the From domain, as DMARC wants. Without the
 /// public-suffix list, "aligned" is the same domain or one inside the other; sibling
 /// subdomains of one organisation are flagged, worded as a maybe.
-fn dkim_alignment(campaign: &Campaign, f: &mut Findings) {
-    let Some(m) = &campaign.message else {
-        return;
-    };
-    let Some(from) = m.from.rsplit_once('@').map(|(_, d)| {
-        d.trim_end_matches(|c: char| c == '>' || c.is_whitespace())
-            .to_ascii_lowercase()
-    }) else {
-        return;
-    };
-    let domains: Vec<String> = campaign
-        .dkim
-        .iter()
-        .map(|t| t.domain.to_ascii_lowercase())
-        .collect();
+fn dkim_alignment(campaign: &Campaign, preparer: &Preparer, f: &mut Findings) {
+    let from = preparer.from_domain();
+    let domains: Vec<&str> = preparer.dkim().domains().collect();
     let inside = |a: &str, b: &str| a == b || a.ends_with(&format!(".{b}"));
-    if domains.is_empty() || domains.iter().any(|d| inside(&from, d) || inside(d, &from)) {
+    if domains.is_empty() || domains.iter().any(|d| inside(from, d) || inside(d, from)) {
         return;
     }
     f.notes.push(format!(

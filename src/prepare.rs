@@ -154,6 +154,16 @@ impl Preparer {
         }
     }
 
+    /// The domain of `[message] from`, as parsed for the messages.
+    pub fn from_domain(&self) -> &str {
+        self.composer.from_domain()
+    }
+
+    /// The DKIM keys every message is signed with.
+    pub fn dkim(&self) -> &Signers {
+        &self.dkim
+    }
+
     /// The templates, e.g. for their fingerprint.
     pub fn templates(&self) -> &TemplateSet {
         &self.templates

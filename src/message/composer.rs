@@ -105,6 +105,12 @@ impl Composer {
         })
     }
 
+    /// The domain of `[message] from`, lower case: the Message-ID's right side, and the
+    /// domain DMARC aligns DKIM signatures with.
+    pub fn from_domain(&self) -> &str {
+        &self.id_domain
+    }
+
     /// The envelope sender (MAIL FROM), parsed once: `[message] return_path`, else the
     /// address of `[message] from`.
     pub fn sender(&self) -> &lettre::Address {
