@@ -145,18 +145,17 @@ fn load_one(t: &DkimTable, base: &Path) -> Result<Key, String> {
         }
     };
     let path = base.join(&t.private_key_file);
-    let shown = path.display();
+    let shown = path.display().to_string();
     let pem = read_private(&path)?;
     let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
         format!("{shown} is not a PEM private key ({e}); it should begin with -----BEGIN PRIVATE KEY----- or -----BEGIN RSA PRIVATE KEY-----")
     })?;
-    let shown = shown.to_string();
-    let (is_ed25519, key) = match der {
-        PrivateKeyDer::Pkcs1(_) => (false, rsa(der, &shown, t)?),
+    let key = match der {
+        PrivateKeyDer::Pkcs1(_) => rsa(der, &shown, t)?,
         PrivateKeyDer::Pkcs8(ref pkcs8) => {
             match Ed25519Key::from_pkcs8_maybe_unchecked_der(pkcs8.secret_pkcs8_der()) {
-                Ok(k) => (true, Key::Ed25519(signer(k, t))),
-                Err(_) => (false, rsa(der, &shown, t)?),
+                Ok(k) => Key::Ed25519(signer(k, t)),
+                Err(_) => rsa(der, &shown, t)?,
             }
         }
         _ => {
@@ -165,6 +164,7 @@ fn load_one(t: &DkimTable, base: &Path) -> Result<Key, String> {
             ));
         }
     };
+    let is_ed25519 = matches!(key, Key::Ed25519(_));
     if wanted.is_some_and(|w| w != is_ed25519) {
         let held = if is_ed25519 { "an Ed25519" } else { "an RSA" };
         return Err(format!(
