@@ -285,6 +285,15 @@ fn implicit_tls_with_an_internal_ca_delivers() {
     delivers_one(settings(addr, TlsMode::Implicit, Some(&ca)), &seen);
 }
 
+/// Connecting with `settings` halts the send: the reply code (none when no reply was had) and
+/// the text the operator reads.
+fn halt(settings: SmtpSettings) -> (Option<u16>, String) {
+    match SmtpTransport::new(Arc::new(settings)).connect_now() {
+        Err(Outcome::Halt { code, text }) => (code, text),
+        other => panic!("expected Halt, got {other:?}"),
+    }
+}
+
 /// One message through a transport with `settings` reaches the server, and only one.
 fn delivers_one(settings: SmtpSettings, seen: &Mutex<Seen>) {
     let mut t = SmtpTransport::new(Arc::new(settings));
@@ -305,14 +314,10 @@ fn a_certificate_from_an_unknown_authority_halts_and_names_the_fix() {
     ] {
         let (addr, seen) = serve(mode, Arc::clone(&ca.server));
         // Without ca_file: only the built-in roots, which the test CA is not among.
-        let mut t = SmtpTransport::new(Arc::new(settings(addr, tls, None)));
-        match t.connect_now() {
-            Err(Outcome::Halt { code: None, text }) => {
-                assert!(text.contains("UnknownIssuer"), "{text}");
-                assert!(text.contains("ca_file"), "{text}");
-            }
-            other => panic!("expected Halt, got {other:?}"),
-        }
+        let (code, text) = halt(settings(addr, tls, None));
+        assert_eq!(code, None);
+        assert!(text.contains("UnknownIssuer"), "{text}");
+        assert!(text.contains("ca_file"), "{text}");
         assert!(seen.lock().unwrap().logins.is_empty(), "no password sent");
     }
 }
@@ -322,23 +327,17 @@ fn a_certificate_from_an_unknown_authority_halts_and_names_the_fix() {
 fn an_expired_certificate_or_a_plain_port_for_implicit_tls_halts_and_says_so() {
     let old = ca_until(vec!["localhost".to_owned()], true, 2021);
     let (addr, _) = serve(Mode::Implicit, Arc::clone(&old.server));
-    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::Implicit, Some(&old))));
-    match t.connect_now() {
-        Err(Outcome::Halt { code: None, text }) => {
-            assert!(text.contains("certificate expired"), "{text}")
-        }
-        other => panic!("expected Halt, got {other:?}"),
-    }
+    let (code, text) = halt(settings(addr, TlsMode::Implicit, Some(&old)));
+    assert_eq!(code, None);
+    assert!(text.contains("certificate expired"), "{text}");
     let ca = test_ca();
     let (addr, seen) = serve(Mode::StartTls, Arc::clone(&ca.server));
-    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::Implicit, Some(&ca))));
-    match t.connect_now() {
-        Err(Outcome::Halt { code: None, text }) => assert!(
-            text.contains("answered in plain text") && text.contains("tls = \"starttls\""),
-            "{text}"
-        ),
-        other => panic!("expected Halt, got {other:?}"),
-    }
+    let (code, text) = halt(settings(addr, TlsMode::Implicit, Some(&ca)));
+    assert_eq!(code, None);
+    assert!(
+        text.contains("answered in plain text") && text.contains("tls = \"starttls\""),
+        "{text}"
+    );
     assert!(seen.lock().unwrap().messages.is_empty());
 }
 
@@ -348,13 +347,8 @@ fn an_expired_certificate_or_a_plain_port_for_implicit_tls_halts_and_says_so() {
 fn starttls_not_offered_is_refused_and_the_hello_name_is_the_configured_one() {
     let ca = test_ca();
     let (addr, seen) = serve(Mode::Utf8, Arc::clone(&ca.server));
-    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::StartTls, Some(&ca))));
-    match t.connect_now() {
-        Err(Outcome::Halt { text, .. }) => {
-            assert!(text.contains("does not offer STARTTLS"), "{text}");
-        }
-        other => panic!("expected Halt, got {other:?}"),
-    }
+    let (_, text) = halt(settings(addr, TlsMode::StartTls, Some(&ca)));
+    assert!(text.contains("does not offer STARTTLS"), "{text}");
     let seen = seen.lock().unwrap();
     assert!(seen.logins.is_empty() && seen.messages.is_empty());
     assert_eq!(seen.greetings, ["EHLO client.test"]);
@@ -428,17 +422,12 @@ fn a_refused_login_halts_with_the_servers_words() {
     let (addr, seen) = serve(Mode::StartTls, Arc::clone(&ca.server));
     let mut s = settings(addr, TlsMode::StartTls, Some(&ca));
     s.password = Some(Password::new("wrong".to_owned()));
-    let mut t = SmtpTransport::new(Arc::new(s));
-    match t.connect_now() {
-        Err(Outcome::Halt {
-            code: Some(535),
-            text,
-        }) => assert!(
-            text.contains("log in as") && text.contains("credentials invalid"),
-            "{text}"
-        ),
-        other => panic!("expected Halt, got {other:?}"),
-    }
+    let (code, text) = halt(s);
+    assert_eq!(code, Some(535));
+    assert!(
+        text.contains("log in as") && text.contains("credentials invalid"),
+        "{text}"
+    );
     assert!(seen.lock().unwrap().logins.is_empty());
 }
 
@@ -552,12 +541,8 @@ fn check_smtp_reports_the_relay_without_sending() {
 fn a_certificate_for_another_name_halts_and_says_so() {
     let ca = ca_for(vec!["relay.other.example".to_owned()], false);
     let (addr, _) = serve(Mode::Implicit, Arc::clone(&ca.server));
-    let mut t = SmtpTransport::new(Arc::new(settings(addr, TlsMode::Implicit, Some(&ca))));
-    match t.connect_now() {
-        Err(Outcome::Halt { code: None, text }) => {
-            assert!(text.contains("not valid for name"), "{text}");
-            assert!(text.contains("host name matches"), "{text}");
-        }
-        other => panic!("expected Halt, got {other:?}"),
-    }
+    let (code, text) = halt(settings(addr, TlsMode::Implicit, Some(&ca)));
+    assert_eq!(code, None);
+    assert!(text.contains("not valid for name"), "{text}");
+    assert!(text.contains("host name matches"), "{text}");
 }
