@@ -381,7 +381,7 @@ mod tests {
         );
     }
 
-    /// `cargo test --release --lib -- --ignored compose_speed --nocapture`
+    /// `cargo test --release --lib -- --ignored message_encode_speed --nocapture`
     #[test]
     #[ignore = "timing; run in release"]
     fn message_encode_speed() {
