@@ -58,13 +58,6 @@ SEND_TOML=bench/send-campaign.toml
 THROTTLED=$((COUNT / THROTTLE_EVERY)) # rows i with i % N == N-1, for i < COUNT
 
 AIOSMTPD_VENV=$DATA/venv-aiosmtpd
-ensure_aiosmtpd() {
-    if ! "$AIOSMTPD_VENV/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
-        log "installing aiosmtpd into $AIOSMTPD_VENV"
-        python3 -m venv "$AIOSMTPD_VENV"
-        "$AIOSMTPD_VENV/bin/pip" install --quiet aiosmtpd
-    fi
-}
 
 # start_fault_server EVERY: starts bench/fault_server.py (--throttle-every EVERY) on a free
 # port of 127.0.0.1; sets FAULT_PORT, FAULT_PID and FAULT_STATS.
@@ -145,7 +138,7 @@ run_send() {
 }
 
 ensure_time
-ensure_aiosmtpd
+ensure_venv aiosmtpd aiosmtpd
 build
 
 donors=$(exact_donors "$COUNT")

@@ -66,14 +66,18 @@ ensure_postfix() { # smtp-sink and smtp-source; no mail system configured, no da
         apt_install postfix
     fi
 }
-MAILMERGE_VENV=$DATA/venv-mailmerge
-ensure_mailmerge() {
-    if [[ ! -x $MAILMERGE_VENV/bin/mailmerge ]]; then
-        log "installing mailmerge into $MAILMERGE_VENV"
-        python3 -m venv "$MAILMERGE_VENV"
-        "$MAILMERGE_VENV/bin/pip" install --quiet mailmerge
+# ensure_venv PACKAGE MODULE: a venv at $DATA/venv-PACKAGE whose Python can import MODULE,
+# installing PACKAGE with pip when it cannot.
+ensure_venv() {
+    local venv=$DATA/venv-$1
+    if ! "$venv/bin/python" -c "import $2" 2>/dev/null; then
+        log "installing $1 into $venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install --quiet "$1"
     fi
 }
+MAILMERGE_VENV=$DATA/venv-mailmerge
+ensure_mailmerge() { ensure_venv mailmerge mailmerge; }
 
 given_binary() { # VARIABLE PATH: absolute path of an executable given in VARIABLE, or exit
     if [[ ! -x $2 || -d $2 ]]; then
