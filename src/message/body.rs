@@ -203,7 +203,9 @@ mod tests {
     use mail_parser::MessageParser;
 
     use super::*;
-    use crate::message::fixtures::{assert_wire_format, composer, header_block, outgoing};
+    use crate::message::fixtures::{
+        assert_wire_format, composer, header_block, long_html, outgoing,
+    };
 
     #[test]
     fn transfer_encodings_suit_the_content() {
@@ -385,9 +387,7 @@ mod tests {
     #[test]
     #[ignore = "timing; run in release"]
     fn message_encode_speed() {
-        let para = "<p>Dear Zoë, thank you for your gift of £1,250 to the Friends of the Park. \
-                    Your support planted 40 trees this spring.</p>\n";
-        let html: String = para.repeat(10_240 / para.len() + 1);
+        let html = long_html();
         let n = 20_000u32;
         let start = std::time::Instant::now();
         for _ in 0..n {

@@ -301,7 +301,7 @@ mod tests {
 
     use super::*;
     use crate::message::fixtures::{
-        assert_wire_format, composer, header_block, key, outgoing, settings,
+        assert_wire_format, composer, header_block, key, long_html, outgoing, settings,
     };
 
     #[test]
@@ -416,9 +416,7 @@ mod tests {
     #[test]
     #[ignore = "timing; run in release"]
     fn compose_speed() {
-        let para = "<p>Dear Zoë, thank you for your gift of £1,250 to the Friends of the Park. \
-                    Your support planted 40 trees this spring.</p>\n";
-        let html: String = para.repeat(10_240 / para.len() + 1);
+        let html = long_html();
         let tpara = "Dear Zoë, thank you for your gift of £1,250 to the Friends of the Park.\n";
         let text: String = tpara.repeat(3_072 / tpara.len() + 1);
         let c = composer();

@@ -23,6 +23,13 @@ pub(super) fn settings() -> MessageSettings {
     }
 }
 
+/// A realistic 10 KB HTML body of non-ASCII text, for the speed tests.
+pub(super) fn long_html() -> String {
+    let para = "<p>Dear Zoë, thank you for your gift of £1,250 to the Friends of the Park. \
+                Your support planted 40 trees this spring.</p>\n";
+    para.repeat(10_240 / para.len() + 1)
+}
+
 pub(super) fn composer() -> Composer {
     Composer::new("gala-2026", &settings()).unwrap()
 }
