@@ -196,6 +196,8 @@ struct SendToml {
     retry_delay_seconds: Option<f64>,
     max_wait_seconds: Option<f64>,
     halt_after: Option<usize>,
+    #[serde(default)]
+    suppress: Vec<PathBuf>,
 }
 
 /// The `[send]` table, checked: pacing defaults, overridden by `campaign send` flags.
@@ -215,6 +217,9 @@ pub struct SendSettings {
     pub max_wait: Option<Duration>,
     /// Halt after this many donors in a row failed alike by the relay.
     pub halt_after: Option<usize>,
+    /// Suppression lists `send` honours on top of segment's (relative paths already resolved
+    /// against the campaign file's directory); flags add to them.
+    pub suppress: Vec<PathBuf>,
 }
 
 impl SendToml {
@@ -243,6 +248,7 @@ impl SendToml {
             n => n,
         };
         Ok(SendSettings {
+            suppress: self.suppress,
             rate,
             daily_cap: self.daily_cap,
             concurrency,
@@ -496,8 +502,11 @@ impl Campaign {
                 template,
             });
         }
-        let send = file.send.check().map_err(invalid)?;
+        let mut send = file.send.check().map_err(invalid)?;
         let base = path.parent().unwrap_or(Path::new(""));
+        for p in &mut send.suppress {
+            *p = base.join(&*p);
+        }
         let templates_dir = base.join(
             file.templates
                 .and_then(|t| t.dir)

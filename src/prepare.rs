@@ -18,6 +18,7 @@ use crate::message::dkim::Signers;
 use crate::message::{Composer, Outgoing};
 use crate::render::{Donor, Problem, RunInfo, TemplateSet};
 use crate::schema::{Schema, TypedRow};
+use crate::suppress::{Suppressed, Suppressions};
 use crate::transport::Envelope;
 use crate::unsubscribe::{PLACEHOLDER_TOKEN, UnsubscribeSecret};
 
@@ -183,6 +184,18 @@ impl Preparer {
             self.reader.address(&fields).is_ok()
                 && self.reader.typed(&fields, &mut ws.typed).is_ok()
         })
+    }
+
+    /// Why `suppressions` stop this chunk row's donor, if they do (`None` too when the
+    /// address does not parse: `prepare` then says why).
+    pub fn suppressed(
+        &self,
+        rec: &RawRecord<'_>,
+        suppressions: &Suppressions,
+    ) -> Option<Suppressed> {
+        let fields = self.reader.fields(rec).ok()?;
+        let addr = self.reader.address(&fields).ok()?;
+        suppressions.check(&addr, addr.key())
     }
 
     /// [`Preparer::key`] with the normalised address, for reports.

@@ -13,12 +13,15 @@
 //! RUN/ledger/                    created by `send`; its presence means sending has started
 //! RUN/ledger/lock                the lock a `send` holds on the run
 //! RUN/ledger/templates.sha256     the templates' fingerprint when sending started
+//! RUN/ledger/<segment>/00001.log  a chunk's delivery ledger; see crate::ledger
+//! RUN/ledger/<segment>/00001.feedback  bounces and complaints recorded by `bounces --run`
 //! RUN/previews/<segment>/NNN.eml  written by `send --dry-run`
 //! RUN/previews/failures.csv       donors a dry run could not render
 //! RUN/report.json                 the last send's summary
 //! RUN/failed.csv                  donors who failed for good, from the ledgers
 //! RUN/unknown.csv                 donors whose outcome is unknown, from the ledgers
-//! RUN/suppress-bounced.txt        addresses that bounced for good, for `--suppress`
+//! RUN/suppressed.csv              donors a `send --suppress` list stopped, from the ledgers
+//! RUN/suppress-bounced.txt        addresses that bounced or complained, for `--suppress`
 //! ```
 //!
 //! Every name inside a run is a constant here; other modules join them, never spell them.
@@ -51,6 +54,9 @@ pub const REPORT_JSON: &str = "report.json";
 pub const FAILED_CSV: &str = "failed.csv";
 /// Donors whose outcome is unknown, rewritten from the ledgers after every send.
 pub const UNKNOWN_CSV: &str = "unknown.csv";
+/// Donors a suppression list given to `send` stopped, rewritten from the ledgers after every
+/// send.
+pub const SUPPRESSED_CSV: &str = "suppressed.csv";
 /// Addresses that bounced for good, in the format `--suppress` reads.
 pub const SUPPRESS_BOUNCED: &str = "suppress-bounced.txt";
 

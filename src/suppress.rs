@@ -31,6 +31,18 @@ pub struct IgnoredEntry {
     pub reason: String,
 }
 
+impl std::fmt::Display for IgnoredEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}: suppression entry ignored: {}",
+            self.path.display(),
+            self.line,
+            self.reason
+        )
+    }
+}
+
 /// Why a donor is suppressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Suppressed {

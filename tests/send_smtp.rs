@@ -639,3 +639,56 @@ fn a_rerun_over_a_finished_run_leaves_the_ledgers_untouched() {
     assert_eq!(snapshot(&w), before);
     assert_eq!(server.received().len(), 60);
 }
+
+/// An unsubscribe between two resumes: the donor listed in a `--suppress` file (and in the
+/// campaign's `[send] suppress`) after segment ran is not mailed by the next send, and
+/// `status`, the report and suppressed.csv say so.
+#[test]
+fn donors_suppressed_after_segment_are_not_mailed_on_resume() {
+    let server = TestServer::start();
+    let w = setup(&donors(30));
+    segment(&w);
+    let o = send(&w, &server, &["--concurrency", "1", "--limit", "5"]);
+    assert_code(&o, 5);
+    // d0..d4 went out; d7 unsubscribes through a --suppress list, d9 through the campaign
+    // file's own list, and d2 (already mailed) changes nothing.
+    w.write(
+        "unsubscribed.txt",
+        "# one-click unsubscribes\nD7@Example.org\nd2@example.org\n",
+    );
+    w.write(
+        "lists/bounced.csv",
+        "email,reason\nd9@example.org,complaint\n",
+    );
+    let campaign = w.read("campaign.toml").replace(
+        "[[segment]]\nname = \"major\"",
+        "[send]\nsuppress = [\"lists/bounced.csv\"]\n[[segment]]\nname = \"major\"",
+    );
+    w.write("campaign.toml", &campaign);
+    let o = send(&w, &server, &["--suppress", "unsubscribed.txt"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("2 suppressed"), "{out}");
+    assert!(out.contains("suppressed.csv"), "{out}");
+    let counts = server.counts();
+    assert_eq!(counts.get("d7@example.org"), None, "{counts:?}");
+    assert_eq!(counts.get("d9@example.org"), None, "{counts:?}");
+    assert_eq!(counts.get("d2@example.org"), Some(&1), "{counts:?}");
+    assert_eq!(counts.len(), 28, "{counts:?}");
+    let s = status(&w);
+    assert_eq!(total(&s, "suppressed"), 2, "{s}");
+    assert_eq!(total(&s, "sent"), 28, "{s}");
+    assert_eq!(total(&s, "pending"), 0, "{s}");
+    let listed = w.read("run/suppressed.csv");
+    assert!(
+        listed.contains("d7@example.org") && listed.contains("d9@example.org"),
+        "{listed}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&w.read("run/report.json")).unwrap();
+    assert_eq!(report["session"]["suppressed"], 2, "{report}");
+
+    // A list that cannot be read refuses the send before anything is sent.
+    let o = send(&w, &server, &["--suppress", "missing.txt"]);
+    assert_code(&o, 2);
+    assert!(stderr(&o).contains("missing.txt"), "{}", stderr(&o));
+}

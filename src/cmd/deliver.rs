@@ -10,7 +10,9 @@ use campaign::clock::{Clock, SystemClock};
 use campaign::exit::{Code, Error};
 use campaign::preflight::{self, Environment, Purpose};
 use campaign::run::OpenedRun;
-use campaign::send::{self, Context, InProcessPlan, PlanError, SendOptions, Stop};
+use campaign::send::{
+    self, Context, InProcessPlan, PlanError, SendOptions, Stop, SuppressionWatch,
+};
 use campaign::transport::smtp;
 use campaign::transport::{SmtpTransport, Transport};
 
@@ -40,6 +42,28 @@ pub fn run(args: &Args) -> Result<Code, Error> {
     super::warn(relay.note().as_slice());
     let flags = args.send_settings();
     let table = &run.campaign.send;
+    let lists: Vec<_> = flags
+        .suppress
+        .iter()
+        .chain(&table.suppress)
+        .cloned()
+        .collect();
+    let suppressions = match lists.is_empty() {
+        true => None,
+        false => Some(
+            SuppressionWatch::load(lists, SuppressionWatch::EVERY, clock.elapsed())
+                .map_err(super::usage)?,
+        ),
+    };
+    if let Some(w) = &suppressions {
+        let ignored: Vec<String> = w
+            .current()
+            .ignored
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        super::warn(&ignored);
+    }
     let opts = SendOptions::new(&flags, table, args.on_unknown.into());
     let plan = InProcessPlan::new(
         &run,
@@ -83,6 +107,7 @@ pub fn run(args: &Args) -> Result<Code, Error> {
         clock: &clock,
         progress: &bars,
         stop: &stop,
+        suppressions: suppressions.as_ref(),
     };
     let report = send::send(&cx, &opts, &plan, &new_transport);
     drop(plan);

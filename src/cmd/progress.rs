@@ -54,7 +54,7 @@ impl Bars {
             return Ok(Bars::hidden());
         }
         let status = send::status(run.dir(), &run.manifest, selection)?;
-        let done = |s: &SegmentStatus| s.sent + s.failed + s.unknown;
+        let done = |s: &SegmentStatus| s.sent + s.failed + s.unknown + s.suppressed;
         let multi = MultiProgress::new();
         let overall = multi.add(ProgressBar::new(status.iter().map(|s| s.donors).sum()));
         overall.set_style(bar_style(

@@ -88,6 +88,13 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub halt_after: Option<u64>,
 
+    /// Also never mail the donors on this list, re-read every minute while sending, so an
+    /// unsubscribe made during the send stops a message not sent yet (repeatable; the
+    /// formats of `segment --suppress`: an address list, a CSV with an `email` column, or an
+    /// earlier run directory). Adds to [send] suppress.
+    #[arg(long = "suppress", value_name = "FILE")]
+    pub suppress: Vec<PathBuf>,
+
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -108,6 +115,7 @@ impl Args {
             retry_delay: self.retry_delay,
             max_wait: self.max_wait,
             halt_after: self.halt_after.map(|n| n as usize),
+            suppress: self.suppress.clone(),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use campaign::exit::escape_controls;
-use campaign::rundir::{FAILED_CSV, SUPPRESS_BOUNCED, UNKNOWN_CSV};
+use campaign::rundir::{FAILED_CSV, SUPPRESS_BOUNCED, SUPPRESSED_CSV, UNKNOWN_CSV};
 use campaign::send::{SegmentStatus, SendReport, Stop};
 
 /// The per-segment table of `status`, also the top of `send`'s summary.
@@ -13,8 +13,8 @@ pub(super) fn status(segments: &[SegmentStatus]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "{:<w$}  {:>8}  {:>8}  {:>7}  {:>8}  {:>7}  {:>8}",
-        "segment", "donors", "sent", "failed", "deferred", "unknown", "pending"
+        "{:<w$}  {:>8}  {:>8}  {:>7}  {:>8}  {:>7}  {:>10}  {:>8}",
+        "segment", "donors", "sent", "failed", "deferred", "unknown", "suppressed", "pending"
     );
     let mut total = SegmentStatus {
         segment: "total".into(),
@@ -26,13 +26,23 @@ pub(super) fn status(segments: &[SegmentStatus]) -> String {
         total.failed += t.failed;
         total.deferred += t.deferred;
         total.unknown += t.unknown;
+        total.suppressed += t.suppressed;
         total.pending += t.pending;
+        total.bounced_later += t.bounced_later;
+        total.complaints += t.complaints;
     }
     for t in segments.iter().chain([&total]) {
         let _ = writeln!(
             s,
-            "{:<w$}  {:>8}  {:>8}  {:>7}  {:>8}  {:>7}  {:>8}",
-            t.segment, t.donors, t.sent, t.failed, t.deferred, t.unknown, t.pending
+            "{:<w$}  {:>8}  {:>8}  {:>7}  {:>8}  {:>7}  {:>10}  {:>8}",
+            t.segment, t.donors, t.sent, t.failed, t.deferred, t.unknown, t.suppressed, t.pending
+        );
+    }
+    if total.bounced_later + total.complaints > 0 {
+        let _ = writeln!(
+            s,
+            "of the sent: {} bounced later, {} complained or unsubscribed by reply (recorded by `campaign bounces --run`); their addresses are in {SUPPRESS_BOUNCED}",
+            total.bounced_later, total.complaints
         );
     }
     s
@@ -44,12 +54,13 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
     let c = &r.session;
     let _ = writeln!(
         s,
-        "\nthis run: {} sent, {} failed, {} deferred, {} unknown, {} skipped as unknown, in {:.1} s ({:.0}/s)",
+        "\nthis run: {} sent, {} failed, {} deferred, {} unknown, {} skipped as unknown, {} suppressed, in {:.1} s ({:.0}/s)",
         c.sent,
         c.failed,
         c.deferred,
         c.unknown,
         c.skipped_unknown,
+        c.suppressed,
         r.seconds,
         c.sent as f64 / r.seconds.max(1e-9)
     );
@@ -98,6 +109,12 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
         let _ = writeln!(
             s,
             "failures: {run}/{FAILED_CSV}; bounced addresses for --suppress: {run}/{SUPPRESS_BOUNCED}"
+        );
+    }
+    if c.suppressed > 0 {
+        let _ = writeln!(
+            s,
+            "donors suppressed by --suppress lists: {run}/{SUPPRESSED_CSV}"
         );
     }
     if unknown > 0 {

@@ -33,12 +33,13 @@
 //! RUN/ledger/lock                         RunLock: "pid <pid>, started <RFC 3339>\n"
 //! RUN/ledger/templates.sha256             the templates' fingerprint: "<hex>\n"
 //! RUN/ledger/<segment>/<nnnnn>.log        one file per chunk segments/<segment>/<nnnnn>.csv
+//! RUN/ledger/<segment>/<nnnnn>.feedback   what came back after sending (`campaign bounces --run`)
 //! ```
 //!
 //! One file per chunk, so workers never share a file (each open file is also `flock`ed by
 //! its writer) and hosts could later share a run chunk by chunk. See [`ledger_path`].
 //!
-//! # File format (version 1)
+//! # File format (version 2)
 //!
 //! UTF-8 text, one record per line, each line ending in `\n` (LF). Fields are separated by
 //! one TAB; the first field is a one-letter record kind. Field values never contain TAB, CR,
@@ -50,7 +51,7 @@
 //!
 //! | Record | Fields after the kind | Meaning |
 //! |---|---|---|
-//! | `H` | `<session> <boot_id or -> <ts> <pid>` | session (started at `ts`) starts appending here |
+//! | `H` | `<session> <boot_id or -> <ts> <pid> <format>` | session (started at `ts`) starts appending here |
 //! | `A` | `<session> <key> <ts>` | attempt reserved; fsynced before the key is sent |
 //! | `T` | `<session> <key> <ts>` | transmitting: written right before the body is sent |
 //! | `S` | `<session> <key> <ts> <code> <reply>` | accepted by the server (reply has the queue id) |
@@ -58,11 +59,17 @@
 //! | `D` | `<session> <key> <ts> <code or -> <text>` | deferred: transient failure, retry later |
 //! | `U` | `<session> <key> <ts> <text>` | outcome unknown (e.g. connection lost after the body) |
 //! | `R` | `<session> <key> <ts>` | reservation released unused |
+//! | `X` | `<session> <key> <ts> <text>` | on a list given to `send` after segment ran: never sent |
+//! | `B` | `<session> <key> <ts> <kind> <status or -> <text>` | feedback file only: `bounce`, `complaint` or `unsubscribe` came back |
+//!
+//! `<format>` is the format version the session writes (2). Version 1 had no such field and
+//! no `X` or `B` records, so a version 1 file reads unchanged; a line naming a version above
+//! the reader's is malformed (the reader is too old to decide who was mailed).
 //!
 //! Example (`→` is a TAB):
 //!
 //! ```text
-//! H→20261129T234000.123Z-4242→0b7e4d6c-2a40-4d4f-9d7e-6f1e2b3c4d5e→2026-11-29T23:40:00.123Z→4242
+//! H→20261129T234000.123Z-4242→0b7e4d6c-2a40-4d4f-9d7e-6f1e2b3c4d5e→2026-11-29T23:40:00.123Z→4242→2
 //! A→20261129T234000.123Z-4242→6f1c0a0e8f3b4b1d9c2e7a5b3d1f0e9c→2026-11-29T23:40:00.130Z
 //! T→20261129T234000.123Z-4242→6f1c0a0e8f3b4b1d9c2e7a5b3d1f0e9c→2026-11-29T23:40:00.131Z
 //! S→20261129T234000.123Z-4242→6f1c0a0e8f3b4b1d9c2e7a5b3d1f0e9c→2026-11-29T23:40:00.190Z→250→2.0.0 Ok: queued as 4XyZ
@@ -79,6 +86,7 @@
 //! Records are folded in file order; a key never mentioned is [`State::Pending`].
 //!
 //! * `S` → [`State::Sent`], `F` → [`State::Failed`], `U` → [`State::Unknown`],
+//!   `X` → [`State::Suppressed`],
 //!   `D` → [`State::Deferred`] whose `attempts` counts every `D` of the key in the file, across
 //!   sessions. An outcome also closes the key's open reservation, if any.
 //! * `A` opens a reservation. While it is open the key is:
@@ -93,6 +101,10 @@
 //!   cannot undo a transmission, so that key becomes [`State::Unknown`].
 //! * A `T` with no open reservation counts as reservation and transmission together.
 //! * A second `A` while one is open first settles the older one as above.
+//!
+//! * The feedback file is folded after the ledger. A `B` sets the key's
+//!   [`Entry::feedback`]; it also settles an Unknown key (or an open reservation) as
+//!   [`State::Sent`], since a report about the message proves the relay took it.
 //!
 //! [`ChunkLedger::open`] settles reservations left open by earlier sessions by appending an
 //! `R` (never transmitted) or a `U` (may have been) for each, then fsyncs, so the conclusion
@@ -114,6 +126,7 @@
 //!
 //! [`RecipientKey`]: crate::email::RecipientKey
 
+mod feedback;
 mod fingerprint;
 mod lock;
 mod record;
@@ -129,8 +142,10 @@ use std::sync::OnceLock;
 
 use jiff::Timestamp;
 
+pub use feedback::{Report, record_feedback};
 pub use fingerprint::{check_templates, record_templates};
 pub use lock::RunLock;
+pub use record::FeedbackKind;
 pub use states::ChunkStates;
 pub use writer::ChunkLedger;
 
@@ -155,6 +170,9 @@ pub enum State {
     },
     /// May or may not have been delivered: never send again without a human decision.
     Unknown,
+    /// On a suppression list given to `send` after segment ran (an unsubscribe, a bounce
+    /// from another campaign): never sent in this run.
+    Suppressed,
 }
 
 impl State {
@@ -173,6 +191,7 @@ impl fmt::Display for State {
             State::Deferred { attempts: 1 } => f.write_str("deferred (1 attempt)"),
             State::Deferred { attempts } => write!(f, "deferred ({attempts} attempts)"),
             State::Unknown => f.write_str("unknown"),
+            State::Suppressed => f.write_str("suppressed"),
         }
     }
 }
@@ -191,6 +210,22 @@ pub struct Entry {
     pub at: Option<Timestamp>,
     /// For [`State::Failed`]: the address should be added to the suppression list.
     pub suppress: bool,
+    /// What came back after the message was accepted (a later bounce, a complaint), from the
+    /// chunk's feedback file; the last such record.
+    pub feedback: Option<Feedback>,
+}
+
+/// A `B` record's content: what a donor's mailbox or provider reported after acceptance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feedback {
+    /// Bounce, complaint or unsubscribe.
+    pub kind: FeedbackKind,
+    /// The enhanced status code of a bounce (`5.1.1`), if the report had one.
+    pub status: Option<String>,
+    /// The diagnostic or a short description.
+    pub text: String,
+    /// When it was recorded.
+    pub at: Timestamp,
 }
 
 impl Entry {
@@ -202,6 +237,7 @@ impl Entry {
             text: String::new(),
             at: None,
             suppress: false,
+            feedback: None,
         }
     }
 }
@@ -335,6 +371,11 @@ pub fn ledger_path(run: &Path, chunk_file: &str) -> PathBuf {
         }
     }
     path
+}
+
+/// The feedback file of a chunk: its [`ledger_path`] with `.feedback` for `.log`.
+pub fn feedback_path(run: &Path, chunk_file: &str) -> PathBuf {
+    ledger_path(run, chunk_file).with_extension("feedback")
 }
 
 /// Checks that `chunk_file` maps to a file inside `RUN/ledger/`.

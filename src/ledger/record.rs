@@ -24,8 +24,13 @@ pub(super) struct Record<'a> {
 /// The kind-specific part of a [`Record`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Event<'a> {
-    /// `H`: a session starts using the file.
-    Start { boot_id: Option<&'a str>, pid: u32 },
+    /// `H`: a session starts using the file; `format` is the ledger format version it
+    /// writes (1 when the line has no such field).
+    Start {
+        boot_id: Option<&'a str>,
+        pid: u32,
+        format: u32,
+    },
     /// `A`: attempt reserved.
     Reserve(RecipientKey),
     /// `T`: body about to be sent.
@@ -53,7 +58,52 @@ pub(super) enum Event<'a> {
     Unknown { key: RecipientKey, text: &'a str },
     /// `R`: reservation released unused.
     Release(RecipientKey),
+    /// `X`: suppressed after segment ran (a list given to `send`); never sent.
+    Suppressed { key: RecipientKey, text: &'a str },
+    /// `B`: what came back after the message was accepted (a bounce, a complaint, an
+    /// unsubscribe reply), in the chunk's feedback file.
+    Feedback {
+        key: RecipientKey,
+        kind: FeedbackKind,
+        status: Option<&'a str>,
+        text: &'a str,
+    },
 }
+
+/// What a `B` record reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackKind {
+    /// A permanent failure reported after the relay accepted the message (a DSN).
+    Bounce,
+    /// The donor reported the message as spam (an ARF report).
+    Complaint,
+    /// The donor asked to be unsubscribed (a reply to the `mailto:` unsubscribe).
+    Unsubscribe,
+}
+
+impl FeedbackKind {
+    /// The word written in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackKind::Bounce => "bounce",
+            FeedbackKind::Complaint => "complaint",
+            FeedbackKind::Unsubscribe => "unsubscribe",
+        }
+    }
+
+    fn parse(s: &str) -> Option<FeedbackKind> {
+        match s {
+            "bounce" => Some(FeedbackKind::Bounce),
+            "complaint" => Some(FeedbackKind::Complaint),
+            "unsubscribe" => Some(FeedbackKind::Unsubscribe),
+            _ => None,
+        }
+    }
+}
+
+/// The ledger format this build writes; it reads every version up to it.
+pub(super) const FORMAT: u32 = 2;
 
 /// Whether `s` can be a session or boot id field: non-empty, not the `-` placeholder, no
 /// control characters (so no TAB or newline) and no spaces (so it reads as one word).
@@ -76,6 +126,26 @@ pub(super) fn clean_text(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// `text` as one word for a field such as a status code: control characters and spaces
+/// become `_`, and an empty or `-` value becomes `?`, since `-` means none.
+pub(super) fn clean_token(text: &str) -> String {
+    let t: String = text
+        .chars()
+        .map(|c| {
+            if c.is_control() || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if t.is_empty() || t == "-" {
+        "?".to_owned()
+    } else {
+        t
+    }
+}
+
 /// Appends `rec` as one line (with its `\n`) to `buf`. Text fields must already be clean
 /// ([`clean_text`]) and ids tokens ([`is_token`]); the writer guarantees both.
 pub(super) fn encode(rec: &Record<'_>, buf: &mut String) {
@@ -84,9 +154,17 @@ pub(super) fn encode(rec: &Record<'_>, buf: &mut String) {
     let s = rec.session;
     let at = rec.at;
     let _ = match &rec.event {
-        Event::Start { boot_id, pid } => {
+        Event::Start {
+            boot_id,
+            pid,
+            format,
+        } => {
             let boot = boot_id.unwrap_or("-");
-            writeln!(buf, "H\t{s}\t{boot}\t{at:.3}\t{pid}")
+            if *format == 1 {
+                writeln!(buf, "H\t{s}\t{boot}\t{at:.3}\t{pid}")
+            } else {
+                writeln!(buf, "H\t{s}\t{boot}\t{at:.3}\t{pid}\t{format}")
+            }
         }
         Event::Reserve(key) => writeln!(buf, "A\t{s}\t{:032x}\t{at:.3}", key.as_u128()),
         Event::Transmit(key) => writeln!(buf, "T\t{s}\t{:032x}\t{at:.3}", key.as_u128()),
@@ -120,10 +198,25 @@ pub(super) fn encode(rec: &Record<'_>, buf: &mut String) {
             writeln!(buf, "U\t{s}\t{:032x}\t{at:.3}\t{text}", key.as_u128())
         }
         Event::Release(key) => writeln!(buf, "R\t{s}\t{:032x}\t{at:.3}", key.as_u128()),
+        Event::Suppressed { key, text } => {
+            writeln!(buf, "X\t{s}\t{:032x}\t{at:.3}\t{text}", key.as_u128())
+        }
+        Event::Feedback {
+            key,
+            kind,
+            status,
+            text,
+        } => writeln!(
+            buf,
+            "B\t{s}\t{:032x}\t{at:.3}\t{}\t{}\t{text}",
+            key.as_u128(),
+            kind.as_str(),
+            status.unwrap_or("-")
+        ),
     };
 }
 
-/// The most fields any record has (`F`).
+/// The most fields any record has (`F`, `B`).
 const MAX_FIELDS: usize = 7;
 
 /// Parses one complete line (without its `\n`); the error is a reason for an operator.
@@ -140,14 +233,17 @@ pub(super) fn parse(line: &str) -> Result<Record<'_>, String> {
     }
     let kind = fields[0];
     let want = match kind {
-        "H" | "U" => 5,
+        // A version 1 `H` has no format field.
+        "H" if n == 5 => 5,
+        "H" => 6,
+        "U" | "X" => 5,
         "A" | "T" | "R" => 4,
         "S" | "D" => 6,
-        "F" => 7,
+        "F" | "B" => 7,
         "" if n == 1 => return Err("empty line".to_owned()),
         _ => {
             return Err(format!(
-                "unknown record kind {:?} (expected one of H A T S F D U R)",
+                "unknown record kind {:?} (expected one of H A T S F D U R X B)",
                 shorten(kind)
             ));
         }
@@ -176,10 +272,26 @@ pub(super) fn parse(line: &str) -> Result<Record<'_>, String> {
         let pid = fields[4]
             .parse()
             .map_err(|_| format!("bad process id {:?}", shorten(fields[4])))?;
+        let format = match n {
+            5 => 1,
+            _ => match fields[5].parse::<u32>() {
+                Ok(v @ 1..=FORMAT) => v,
+                Ok(v) => {
+                    return Err(format!(
+                        "written by a newer campaign (ledger format {v}; this one reads formats 1 to {FORMAT}); finish the run with the campaign version that started it, or a newer one"
+                    ));
+                }
+                Err(_) => return Err(format!("bad format version {:?}", shorten(fields[5]))),
+            },
+        };
         return Ok(Record {
             session,
             at,
-            event: Event::Start { boot_id, pid },
+            event: Event::Start {
+                boot_id,
+                pid,
+                format,
+            },
         });
     }
     let key = RecipientKey::from_hex(fields[2]).ok_or_else(|| {
@@ -220,6 +332,24 @@ pub(super) fn parse(line: &str) -> Result<Record<'_>, String> {
                 c => Some(code(c)?),
             },
             text: fields[5],
+        },
+        "X" => Event::Suppressed {
+            key,
+            text: fields[4],
+        },
+        "B" => Event::Feedback {
+            key,
+            kind: FeedbackKind::parse(fields[4]).ok_or_else(|| {
+                format!(
+                    "bad feedback kind {:?} (expected bounce, complaint or unsubscribe)",
+                    shorten(fields[4])
+                )
+            })?,
+            status: match fields[5] {
+                "-" => None,
+                s => Some(s),
+            },
+            text: fields[6],
         },
         // Only "U" is left: `want` rejected every other kind.
         _ => Event::Unknown {

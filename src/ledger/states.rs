@@ -10,7 +10,9 @@ use jiff::civil::Date;
 use jiff::tz::Offset;
 
 use super::record::{self, Event, Record};
-use super::{Entry, LedgerError, Session, State, check_chunk_file, ledger_path};
+use super::{
+    Entry, Feedback, LedgerError, Session, State, check_chunk_file, feedback_path, ledger_path,
+};
 use crate::email::RecipientKey;
 
 /// The folded state of one chunk's ledger, read-only (for `campaign status` and reports).
@@ -100,11 +102,51 @@ impl ChunkStates {
         check_chunk_file(chunk_file)?;
         let path = ledger_path(run, chunk_file);
         let current_boot = Session::current_boot_id();
-        match fs::read(&path) {
-            Ok(bytes) => Ok(ChunkStates::fold(&bytes, &path, current_boot)?.0),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(ChunkStates::empty(current_boot)),
-            Err(e) => Err(LedgerError::io(&path, e)),
+        let mut states = match fs::read(&path) {
+            Ok(bytes) => ChunkStates::fold(&bytes, &path, current_boot)?.0,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => ChunkStates::empty(current_boot),
+            Err(e) => return Err(LedgerError::io(&path, e)),
+        };
+        states.fold_feedback(run, chunk_file)?;
+        Ok(states)
+    }
+
+    /// Folds the chunk's feedback file (`B` records from `campaign bounces --run`) on top of
+    /// the ledger, when there is one.
+    pub(super) fn fold_feedback(
+        &mut self,
+        run: &Path,
+        chunk_file: &str,
+    ) -> Result<(), LedgerError> {
+        let path = feedback_path(run, chunk_file);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(LedgerError::io(&path, e)),
+        };
+        let (feedback, _) = ChunkStates::fold(&bytes, &path, self.current_boot.clone())?;
+        self.ignored += feedback.ignored;
+        for (key, slot) in feedback.slots {
+            let Some(report) = slot.settled.feedback else {
+                continue;
+            };
+            let rec = Record {
+                session: "feedback",
+                at: report.at,
+                event: Event::Feedback {
+                    key,
+                    kind: report.kind,
+                    status: report.status.as_deref(),
+                    text: &report.text,
+                },
+            };
+            self.apply(&rec).map_err(|reason| LedgerError::Malformed {
+                path: path.clone(),
+                line: 0,
+                reason,
+            })?;
         }
+        Ok(())
     }
 
     /// The details of `key`, or `None` when the ledger has no record of it (it is Pending).
@@ -293,6 +335,33 @@ impl ChunkStates {
             Event::Unknown { key, text } => {
                 self.outcome(rec.session, key, at, State::Unknown, None, text, false)
             }
+            Event::Suppressed { key, text } => {
+                self.outcome(rec.session, key, at, State::Suppressed, None, text, false)
+            }
+            Event::Feedback {
+                key,
+                kind,
+                status,
+                text,
+            } => {
+                self.session(rec.session);
+                let slot = self.slots.entry(key).or_insert_with(Slot::new);
+                // A report about the message proves the relay accepted it: an unknown
+                // outcome is settled as sent.
+                if let Some(unknown) = slot.unsettled.take() {
+                    slot.open = None;
+                    slot.settled = unknown;
+                }
+                if slot.settled.state == State::Unknown {
+                    slot.settled.state = State::Sent;
+                }
+                slot.settled.feedback = Some(Feedback {
+                    kind,
+                    status: status.map(str::to_owned),
+                    text: text.to_owned(),
+                    at,
+                });
+            }
         }
         Ok(())
     }
@@ -319,6 +388,7 @@ impl ChunkStates {
             text: text.to_owned(),
             at: Some(at),
             suppress,
+            feedback: slot.settled.feedback.take(),
         };
     }
 
@@ -386,5 +456,6 @@ fn judge(sessions: &[SessionInfo], current_boot: Option<&str>, open: Open) -> Op
         text,
         at: Some(open.at),
         suppress: false,
+        feedback: None,
     })
 }

@@ -105,13 +105,16 @@ fn format_is_pinned() {
             Event::Start {
                 boot_id: Some(BOOT),
                 pid: 7,
+                format: 2,
             },
-            format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.500Z\t7\n"),
+            format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.500Z\t7\t2\n"),
         ),
         (
+            // Version 1 had no format field; such lines still read.
             Event::Start {
                 boot_id: None,
                 pid: 7,
+                format: 1,
             },
             "H\ts1\t-\t2026-11-29T23:40:00.500Z\t7\n".to_owned(),
         ),
@@ -179,6 +182,40 @@ fn format_is_pinned() {
             Event::Release(k),
             format!("R\ts1\t{}\t2026-11-29T23:40:00.500Z\n", hex(0xabc)),
         ),
+        (
+            Event::Suppressed {
+                key: k,
+                text: "suppressed: address is on a suppression list",
+            },
+            format!(
+                "X\ts1\t{}\t2026-11-29T23:40:00.500Z\tsuppressed: address is on a suppression list\n",
+                hex(0xabc)
+            ),
+        ),
+        (
+            Event::Feedback {
+                key: k,
+                kind: FeedbackKind::Bounce,
+                status: Some("5.1.1"),
+                text: "smtp; 550 5.1.1 no such user",
+            },
+            format!(
+                "B\ts1\t{}\t2026-11-29T23:40:00.500Z\tbounce\t5.1.1\tsmtp; 550 5.1.1 no such user\n",
+                hex(0xabc)
+            ),
+        ),
+        (
+            Event::Feedback {
+                key: k,
+                kind: FeedbackKind::Complaint,
+                status: None,
+                text: "abuse",
+            },
+            format!(
+                "B\ts1\t{}\t2026-11-29T23:40:00.500Z\tcomplaint\t-\tabuse\n",
+                hex(0xabc)
+            ),
+        ),
     ];
     for (event, want) in cases {
         let r = Record {
@@ -220,6 +257,7 @@ fn outcomes_fold_to_states() {
             text: "queued as 1".to_owned(),
             at: Some(ts("2026-11-29T23:40:01Z")),
             suppress: false,
+            feedback: None,
         })
     );
     assert_eq!(st.state(key(2)), State::Failed);
@@ -356,7 +394,7 @@ fn torn_last_line_and_nul_lines_are_ignored() {
 fn malformed_lines_are_errors_with_line_numbers() {
     let good = h("s1", BOOT) + &rec('A', "s1", 1);
     let bad_lines = [
-        ("X\ts1\n", "unknown record kind"),
+        ("Q\ts1\n", "unknown record kind"),
         ("garbage\0more\n", "NUL bytes among other bytes"),
         ("\n", "empty line"),
         (
@@ -460,7 +498,7 @@ fn writer_records_are_what_a_reader_folds() {
     assert_eq!(sorted(&read), sorted(l.states()));
     let text = String::from_utf8(bytes).unwrap();
     assert!(text.starts_with(&format!(
-        "H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\nA\ts1\t{}\t2026-11-29T23:40:00.123Z\n",
+        "H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\t2\nA\ts1\t{}\t2026-11-29T23:40:00.123Z\n",
         hex(1)
     )));
     // H, 5 A, then T S, T F, D, T U, R.
@@ -788,4 +826,88 @@ fn a_failed_write_is_named_by_every_later_refusal() {
             "{later}"
         );
     }
+}
+
+#[test]
+fn a_newer_format_is_refused_with_what_to_do() {
+    let text = format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\t3\n");
+    let err = fold(&text, Some(BOOT)).unwrap_err().to_string();
+    assert!(err.contains("line 1"), "{err}");
+    assert!(err.contains("newer campaign (ledger format 3"), "{err}");
+    let text = format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\tx\n");
+    assert!(fold(&text, Some(BOOT)).is_err());
+}
+
+#[test]
+fn suppressed_donors_are_never_sendable() {
+    let run = run_dir();
+    let now = ts("2026-11-29T23:40:00Z");
+    let mut l = ChunkLedger::open(run.path(), CHUNK, &session("s1", Some(BOOT))).unwrap();
+    l.suppressed(key(1), now, "suppressed: address is on a suppression list")
+        .unwrap();
+    l.close().unwrap();
+    let st = ChunkStates::read(run.path(), CHUNK).unwrap();
+    assert_eq!(st.state(key(1)), State::Suppressed);
+    assert!(!State::Suppressed.is_sendable());
+    assert_eq!(State::Suppressed.to_string(), "suppressed");
+}
+
+#[test]
+fn feedback_is_folded_over_the_ledger_and_settles_unknowns() {
+    let run = run_dir();
+    let now = ts("2026-11-29T23:40:00Z");
+    let mut l = ChunkLedger::open(run.path(), CHUNK, &session("s1", Some(BOOT))).unwrap();
+    l.reserve(&[key(1), key(2), key(3)], now).unwrap();
+    l.transmitting(key(1), now).unwrap();
+    l.sent(key(1), now, 250, "queued as 1").unwrap();
+    l.transmitting(key(2), now).unwrap();
+    l.unknown(key(2), now, "connection lost after DATA")
+        .unwrap();
+    l.release(&[key(3)], now).unwrap();
+    l.close().unwrap();
+
+    let later = ts("2026-11-30T08:00:00Z");
+    let reports = [
+        Report {
+            key: key(1),
+            kind: FeedbackKind::Bounce,
+            status: Some("5.1.1"),
+            text: "550 5.1.1 no such user",
+        },
+        Report {
+            key: key(2),
+            kind: FeedbackKind::Complaint,
+            status: None,
+            text: "abuse report",
+        },
+    ];
+    record_feedback(
+        run.path(),
+        CHUNK,
+        &session("b1", Some(BOOT)),
+        &reports,
+        later,
+    )
+    .unwrap();
+    let path = feedback_path(run.path(), CHUNK);
+    assert_eq!(path, run.path().join("ledger/major/00001.feedback"));
+    let text = fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    let st = ChunkStates::read(run.path(), CHUNK).unwrap();
+    let one = st.get(key(1)).unwrap();
+    assert_eq!(one.state, State::Sent);
+    let f = one.feedback.as_ref().unwrap();
+    assert_eq!(
+        (f.kind, f.status.as_deref(), f.at),
+        (FeedbackKind::Bounce, Some("5.1.1"), later)
+    );
+    // A report about the message proves the relay accepted it.
+    let two = st.get(key(2)).unwrap();
+    assert_eq!(two.state, State::Sent);
+    assert_eq!(two.feedback.as_ref().unwrap().kind, FeedbackKind::Complaint);
+    assert_eq!(st.state(key(3)), State::Pending);
+    // The writer sees the same, so a resend cannot pick the settled unknown.
+    let l = ChunkLedger::open(run.path(), CHUNK, &session("s2", Some(BOOT))).unwrap();
+    assert_eq!(l.states().state(key(2)), State::Sent);
 }

@@ -83,7 +83,8 @@ impl ChunkLedger {
         }
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(io)?;
-        let (states, complete) = ChunkStates::fold(&bytes, &path, session.boot_id.clone())?;
+        let (mut states, complete) = ChunkStates::fold(&bytes, &path, session.boot_id.clone())?;
+        states.fold_feedback(run, chunk_file)?;
         let mut must_sync = created;
         if complete < bytes.len() {
             // A torn record: appending after it would glue the next record onto it.
@@ -106,6 +107,7 @@ impl ChunkLedger {
             event: Event::Start {
                 boot_id: session.boot_id.as_deref(),
                 pid: session.pid,
+                format: record::FORMAT,
             },
         };
         // Checked before writing: an `H` contradicting an earlier one would make the file
@@ -246,6 +248,20 @@ impl ChunkLedger {
     ) -> Result<(), LedgerError> {
         let text = record::clean_text(text);
         let event = Event::Unknown { key, text: &text };
+        self.write_one(now, event).map_err(|e| self.err(e))
+    }
+
+    /// Records that `key` is on a suppression list given to `send` (`X`): never sent in this
+    /// run. Like the outcomes, no fsync: a lost record only means the next send checks the
+    /// list again.
+    pub fn suppressed(
+        &mut self,
+        key: RecipientKey,
+        now: Timestamp,
+        text: &str,
+    ) -> Result<(), LedgerError> {
+        let text = record::clean_text(text);
+        let event = Event::Suppressed { key, text: &text };
         self.write_one(now, event).map_err(|e| self.err(e))
     }
 

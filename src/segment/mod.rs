@@ -205,15 +205,8 @@ struct Input {
 fn open_input(opts: &SegmentOptions) -> Result<Input, SegmentError> {
     let mut suppressions = Suppressions::load(&opts.suppress).map_err(SegmentError::Config)?;
     let warnings = std::mem::take(&mut suppressions.ignored)
-        .into_iter()
-        .map(|i| {
-            format!(
-                "{}:{}: suppression entry ignored: {}",
-                i.path.display(),
-                i.line,
-                i.reason
-            )
-        })
+        .iter()
+        .map(ToString::to_string)
         .collect();
     let (rdr, header, size) = open_donors(&opts.donors, true)?;
     let classifier = Classifier::new(

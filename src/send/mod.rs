@@ -18,6 +18,7 @@ mod pacing;
 pub mod plan;
 mod reports;
 mod retry;
+mod suppression;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,6 +37,7 @@ use crate::transport::Transport;
 pub use pacing::PacingReport;
 pub use plan::{Budget, InProcessPlan, Lease, PlanError, WorkSource};
 pub use reports::{SegmentStatus, status};
+pub use suppression::SuppressionWatch;
 
 use breaker::Breaker;
 use pacing::Pacer;
@@ -132,6 +134,8 @@ pub struct SessionCounts {
     pub unknown: u64,
     /// Donors skipped because an earlier attempt's outcome is unknown.
     pub skipped_unknown: u64,
+    /// Donors not sent because a list given to `send` suppresses them.
+    pub suppressed: u64,
 }
 
 /// Why the send loop stopped before finishing.
@@ -188,6 +192,8 @@ pub struct Context<'a> {
     pub progress: &'a dyn Progress,
     /// Set by a signal handler: finish the messages in flight, start nothing new.
     pub stop: &'a AtomicBool,
+    /// Suppression lists given to `send`, checked before each batch is reserved.
+    pub suppressions: Option<&'a SuppressionWatch>,
 }
 
 /// State shared by all workers.
@@ -198,6 +204,7 @@ struct Shared<'a> {
     clock: &'a dyn Clock,
     progress: &'a dyn Progress,
     stop: &'a AtomicBool,
+    suppressions: Option<&'a SuppressionWatch>,
     source: &'a dyn WorkSource,
     pacer: Pacer<'a>,
     retries: RetryQueue,
@@ -255,6 +262,7 @@ pub fn send(
         clock: cx.clock,
         progress: cx.progress,
         stop: cx.stop,
+        suppressions: cx.suppressions,
         source: plan,
         pacer: Pacer::new(opts.rate, cx.clock),
         retries: RetryQueue::default(),

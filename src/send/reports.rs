@@ -1,6 +1,6 @@
 //! Where a run stands, from its ledgers: per-segment totals (`status`, the end of `send`) and
 //! the files an operator acts on (`report.json`, `failed.csv`, `unknown.csv`,
-//! `suppress-bounced.txt`).
+//! `suppressed.csv`, `suppress-bounced.txt`).
 //!
 //! Owns summarising a chunk's ledger ([`ChunkSummary`]) and writing the report files, each
 //! replaced whole so it always matches the ledgers. A send hands over the summaries of the
@@ -14,11 +14,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::email::RecipientKey;
-use crate::ledger::{ChunkStates, Entry, State};
+use crate::ledger::{ChunkStates, Entry, FeedbackKind, State};
 use crate::manifest::Manifest;
 use crate::prepare::Preparer;
 use crate::run::{self, Selection};
-use crate::rundir::{FAILED_CSV, REPORT_JSON, SUPPRESS_BOUNCED, UNKNOWN_CSV};
+use crate::rundir::{FAILED_CSV, REPORT_JSON, SUPPRESS_BOUNCED, SUPPRESSED_CSV, UNKNOWN_CSV};
 
 use super::SendReport;
 
@@ -37,8 +37,14 @@ pub struct SegmentStatus {
     pub deferred: u64,
     /// Outcome unknown (see `--on-unknown`).
     pub unknown: u64,
+    /// Put on a suppression list given to `send` after segment ran: not sent.
+    pub suppressed: u64,
     /// Not attempted yet.
     pub pending: u64,
+    /// Of the sent: a permanent bounce came back later (`campaign bounces --run`).
+    pub bounced_later: u64,
+    /// Of the sent: a complaint or an unsubscribe reply came back.
+    pub complaints: u64,
 }
 
 /// What a chunk's ledger says, kept after the ledger itself is closed.
@@ -48,7 +54,10 @@ pub struct ChunkSummary {
     failed: u64,
     deferred: u64,
     unknown: u64,
-    /// Failed and unknown donors, for the report files.
+    suppressed: u64,
+    bounced_later: u64,
+    complaints: u64,
+    /// Failed, unknown and suppressed donors, and those with feedback, for the report files.
     listed: HashMap<RecipientKey, Entry>,
 }
 
@@ -62,9 +71,18 @@ impl ChunkSummary {
                 State::Failed => s.failed += 1,
                 State::Deferred { .. } => s.deferred += 1,
                 State::Unknown => s.unknown += 1,
+                State::Suppressed => s.suppressed += 1,
                 State::Pending => continue,
             }
-            if matches!(e.state, State::Failed | State::Unknown) {
+            if let (State::Sent, Some(f)) = (e.state, &e.feedback) {
+                match f.kind {
+                    FeedbackKind::Bounce => s.bounced_later += 1,
+                    FeedbackKind::Complaint | FeedbackKind::Unsubscribe => s.complaints += 1,
+                }
+            }
+            if matches!(e.state, State::Failed | State::Unknown | State::Suppressed)
+                || e.feedback.is_some()
+            {
                 s.listed.insert(key, e.clone());
             }
         }
@@ -72,7 +90,7 @@ impl ChunkSummary {
     }
 
     fn recorded(&self) -> u64 {
-        self.sent + self.failed + self.deferred + self.unknown
+        self.sent + self.failed + self.deferred + self.unknown + self.suppressed
     }
 }
 
@@ -136,6 +154,9 @@ pub(super) fn status_with(
             st.failed += sum.failed;
             st.deferred += sum.deferred;
             st.unknown += sum.unknown;
+            st.suppressed += sum.suppressed;
+            st.bounced_later += sum.bounced_later;
+            st.complaints += sum.complaints;
             recorded += sum.recorded();
         }
         st.pending = seg.rows.saturating_sub(recorded);
@@ -144,8 +165,8 @@ pub(super) fn status_with(
     Ok(out)
 }
 
-/// Writes `report.json`, and from the ledgers `failed.csv`, `suppress-bounced.txt` and
-/// `unknown.csv`, each rewritten whole so it always matches the ledger.
+/// Writes `report.json`, and from the ledgers `failed.csv`, `unknown.csv`, `suppressed.csv`
+/// and `suppress-bounced.txt`, each rewritten whole so it always matches the ledger.
 pub(super) fn write_reports(
     run: &Path,
     manifest: &Manifest,
@@ -161,8 +182,10 @@ pub(super) fn write_reports(
     failed.write_record(["segment", "chunk", "line", "email", "code", "reason", "at"])?;
     let mut unknown = csv::Writer::from_writer(Vec::new());
     unknown.write_record(["segment", "chunk", "line", "email", "reason", "at"])?;
+    let mut suppressed = csv::Writer::from_writer(Vec::new());
+    suppressed.write_record(["segment", "chunk", "line", "email", "reason", "at"])?;
     let mut bounced = String::from(
-        "# Addresses that bounced permanently (5.1.x/5.2.1) in this run: pass to `campaign segment --suppress`.\n",
+        "# Addresses that bounced permanently (5.1.x/5.2.1), bounced later, complained or replied to unsubscribe in this run: pass to `campaign segment --suppress`.\n",
     );
     for (s, seg) in manifest.segments.iter().enumerate() {
         for (c, chunk) in seg.chunks.iter().enumerate() {
@@ -180,6 +203,10 @@ pub(super) fn write_reports(
                 };
                 let at = e.at.map(|t| t.to_string()).unwrap_or_default();
                 let line = rec.line.to_string();
+                if e.feedback.is_some() && e.state == State::Sent {
+                    bounced.push_str(&email);
+                    bounced.push('\n');
+                }
                 match e.state {
                     State::Failed => {
                         failed.write_record([
@@ -206,6 +233,16 @@ pub(super) fn write_reports(
                             &at,
                         ])?;
                     }
+                    State::Suppressed => {
+                        suppressed.write_record([
+                            seg.name.as_str(),
+                            &chunk.file,
+                            &line,
+                            &email,
+                            &e.text,
+                            &at,
+                        ])?;
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -214,6 +251,7 @@ pub(super) fn write_reports(
     }
     write_atomic(&run.join(FAILED_CSV), &failed.into_inner()?)?;
     write_atomic(&run.join(UNKNOWN_CSV), &unknown.into_inner()?)?;
+    write_atomic(&run.join(SUPPRESSED_CSV), &suppressed.into_inner()?)?;
     write_atomic(&run.join(SUPPRESS_BOUNCED), bounced.as_bytes())?;
     Ok(())
 }

@@ -136,6 +136,19 @@ fn send_once(
     relay: &Relay,
     policy: Policy,
 ) -> SendReport {
+    send_watching(run, clock, opts, daily_cap, relay, policy, None)
+}
+
+/// [`send_once`], honouring suppression lists given to the send.
+fn send_watching(
+    run: &OpenedRun,
+    clock: &Arc<ManualClock>,
+    opts: &SendOptions,
+    daily_cap: Option<u64>,
+    relay: &Relay,
+    policy: Policy,
+    suppressions: Option<&SuppressionWatch>,
+) -> SendReport {
     let ready = ready(run, clock);
     let selection = Selection::all(&run.manifest);
     let budget = Budget {
@@ -161,6 +174,7 @@ fn send_once(
         clock: &**clock,
         progress: &NoProgress,
         stop: &stop,
+        suppressions,
     };
     let new_transport = || -> Box<dyn Transport> {
         Box::new(Fake {
@@ -395,4 +409,79 @@ fn a_spent_budget_leaves_the_retries_deferred() {
     assert_eq!(report.session.sent, 0);
     assert_eq!(report.session.deferred, 15);
     assert_eq!(relay.log.lock().unwrap().len(), 15);
+}
+
+#[test]
+fn a_list_given_to_send_is_read_again_and_stops_later_donors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = segmented(tmp.path());
+    let clock = Arc::new(ManualClock::new("2026-12-01T12:00:00Z".parse().unwrap()));
+    let list = tmp.path().join("unsubscribed.txt");
+    std::fs::write(&list, "# from the unsubscribe server\nD5@example.org\n").unwrap();
+    let watch =
+        SuppressionWatch::load(vec![list.clone()], Duration::from_secs(60), clock.elapsed())
+            .unwrap();
+    let relay = Relay::default();
+    // When d20's message goes out, d250 unsubscribes and a minute passes: the list is read
+    // again before a later batch is reserved, so d250 is stopped. One worker keeps the order.
+    let policy: Policy = {
+        let clock = Arc::clone(&clock);
+        Arc::new(move |to, _| {
+            if to == "d20@example.org" {
+                let mut f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&list)
+                    .unwrap();
+                std::io::Write::write_all(&mut f, b"d250@example.org\n").unwrap();
+                clock.advance(Duration::from_secs(61));
+            }
+            None
+        })
+    };
+    let mut opts = options();
+    opts.concurrency = 1;
+    let report = send_watching(&run, &clock, &opts, None, &relay, policy, Some(&watch));
+    assert_eq!(report.stop, Stop::Finished);
+    assert_eq!(report.session.suppressed, 2);
+    assert_eq!(report.session.sent, DONORS as u64 - 2);
+    assert_eq!(report.segments[0].suppressed, 2);
+    assert_eq!(report.remaining(), 0);
+    let attempts = relay.attempts.lock().unwrap();
+    assert!(!attempts.contains_key("d5@example.org"));
+    assert!(!attempts.contains_key("d250@example.org"));
+    assert_eq!(attempts.len(), DONORS - 2);
+    let suppressed = entries(&run)
+        .into_iter()
+        .filter(|e| e.state == State::Suppressed)
+        .count();
+    assert_eq!(suppressed, 2);
+    let listed = std::fs::read_to_string(run.dir().join(crate::rundir::SUPPRESSED_CSV)).unwrap();
+    assert!(
+        listed.contains("d5@example.org") && listed.contains("d250@example.org"),
+        "{listed}"
+    );
+
+    // A second send honours the ledger: nothing more is sent or recorded.
+    let again = send_once(&run, &clock, &opts, None, &relay, defer_first(0));
+    assert_eq!((again.session.sent, again.session.suppressed), (0, 0));
+    assert_eq!(again.segments[0].suppressed, 2);
+}
+
+#[test]
+fn a_list_that_cannot_be_read_again_stops_the_send() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = tmp.path().join("unsubscribed.txt");
+    std::fs::write(&list, "a@example.org\n").unwrap();
+    let watch = SuppressionWatch::load(vec![list.clone()], Duration::from_secs(60), Duration::ZERO)
+        .unwrap();
+    assert_eq!(watch.at(Duration::from_secs(30)).unwrap().len(), 1);
+    std::fs::remove_file(&list).unwrap();
+    // Not due yet: the list as read.
+    assert_eq!(watch.at(Duration::from_secs(59)).unwrap().len(), 1);
+    let Err(err) = watch.at(Duration::from_secs(60)) else {
+        panic!("a removed list was read");
+    };
+    let err = format!("{err:#}");
+    assert!(err.contains("unsubscribed.txt"), "{err}");
+    assert!(err.contains("re-read every minute"), "{err}");
 }

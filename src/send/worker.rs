@@ -139,7 +139,7 @@ impl<'s, 'a> Worker<'s, 'a> {
                 );
             };
             match lease.state(key) {
-                State::Sent | State::Failed => return Ok(()),
+                State::Sent | State::Failed | State::Suppressed => return Ok(()),
                 State::Unknown if sh.opts.on_unknown == OnUnknown::Skip => {
                     sh.count(seg, |c| c.skipped_unknown += 1);
                     return Ok(());
@@ -249,6 +249,36 @@ impl<'s, 'a> Worker<'s, 'a> {
         Ok(())
     }
 
+    /// Takes out of `batch` the donors a list given to `send` suppresses now, recording each
+    /// as suppressed: the last check before their reservation.
+    fn drop_suppressed(
+        &self,
+        ledger: &SharedLedger,
+        seg: usize,
+        batch: &mut Vec<Pending>,
+    ) -> Result<()> {
+        let sh = self.sh;
+        let Some(watch) = sh.suppressions else {
+            return Ok(());
+        };
+        let list = watch.at(sh.clock.elapsed())?;
+        if list.is_empty() {
+            return Ok(());
+        }
+        let mut kept = Vec::with_capacity(batch.len());
+        for p in batch.drain(..) {
+            match sh.preparer.suppressed(&p.row.record(), &list) {
+                Some(why) => {
+                    lock(ledger).suppressed(p.key, sh.clock.now(), why.reason())?;
+                    sh.count(seg, |c| c.suppressed += 1);
+                }
+                None => kept.push(p),
+            }
+        }
+        *batch = kept;
+        Ok(())
+    }
+
     /// Renders, reserves and sends one batch of a chunk's donors; returns those not settled.
     fn send_batch(
         &mut self,
@@ -257,6 +287,7 @@ impl<'s, 'a> Worker<'s, 'a> {
         mut batch: Vec<Pending>,
     ) -> Result<Unsettled> {
         let sh = self.sh;
+        self.drop_suppressed(ledger, seg, &mut batch)?;
         let allowed = sh.source.take_budget(batch.len() as u64) as usize;
         let mut out = Unsettled {
             unsent: batch.split_off(allowed),
