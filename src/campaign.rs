@@ -19,10 +19,11 @@
 //! [message]                      # needed by `check` and `send`, not by `segment`
 //! from = "Friends of the Park <appeal@park.example>"
 //! reply_to = "supporters@park.example"          # optional
-//! return_path = "bounces@park.example"          # optional: the envelope sender, for bounces
+//! return_path = "bounces+{{ key }}@park.example" # optional: the envelope sender, for bounces;
+//!                                                # `{{ key }}` (VERP) names the donor in it
 //! to_name = "{{ first_name }} {{ last_name }}"   # optional template for the To display name
 //! unsubscribe_url = "https://park.example/u?e={{ email | urlencode }}&t={{ unsubscribe_token }}"
-//! unsubscribe_mailto = "unsubscribe@park.example"
+//! unsubscribe_mailto = "unsubscribe@park.example" # its subject carries campaign, address, token
 //! currency = "£"                                 # optional symbol for the `money` filter
 //!
 //! [templates]
@@ -138,8 +139,8 @@ pub struct MessageSettings {
     pub from: String,
     /// An optional Reply-To address in the same form.
     pub reply_to: Option<String>,
-    /// The envelope sender (MAIL FROM), where bounces go: a bare address; default the From
-    /// address.
+    /// The envelope sender (MAIL FROM), where bounces go: a bare address, optionally with
+    /// `{{ key }}` in its local part for the donor's key (VERP); default the From address.
     pub return_path: Option<String>,
     /// A template for the donor's display name in To; without it To is the bare address.
     pub to_name: Option<String>,

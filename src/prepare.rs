@@ -262,6 +262,8 @@ impl Preparer {
                 unsubscribe_url: rendered.unsubscribe_url.as_deref(),
                 list_id: rendered.list_id.as_deref(),
                 feedback_id: rendered.feedback_id.as_deref(),
+                email: &email,
+                unsubscribe_token: &token,
                 key,
                 date: self.now,
             })
@@ -270,7 +272,7 @@ impl Preparer {
         let to = Envelope::recipient(wire_to).map_err(|o| fail(&email, format!("{o:?}")))?;
         Ok(Prepared {
             key,
-            envelope: Envelope::new(self.composer.sender().clone(), to),
+            envelope: Envelope::new(self.composer.sender(key), to),
             bytes,
         })
     }

@@ -17,7 +17,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart};
 use super::body::encode_body;
 use super::headers::{
     EncodedSubject, FeedbackId, ListId, ListUnsubscribe, ListUnsubscribePost, check_header_value,
-    list_unsubscribe_value, mailto_uri, parse_mailbox,
+    list_unsubscribe_value, mailto_escape, mailto_uri, parse_mailbox,
 };
 use super::{MAX_LINE, MessageError, Outgoing};
 use crate::campaign::MessageSettings;
@@ -31,13 +31,27 @@ pub struct Composer {
     campaign_id: String,
     from: Mailbox,
     /// The envelope sender: `[message] return_path`, else From's address.
-    sender: lettre::Address,
+    sender: Sender,
     reply_to: Option<Mailbox>,
-    /// `<mailto:...?subject=unsubscribe>`, ready for List-Unsubscribe.
+    /// `<mailto:...?subject=unsubscribe`: each message adds its campaign, address and token
+    /// (see [`Composer::compose`]).
     mailto: Option<String>,
     /// The From domain, lowercased, for Message-IDs.
     id_domain: String,
 }
+
+/// The envelope sender (MAIL FROM) of every message.
+#[derive(Debug, Clone)]
+enum Sender {
+    /// The same address for all.
+    Fixed(lettre::Address),
+    /// VERP: the donor's key (32 hex digits) between these two halves, so a bounce names its
+    /// donor however the returning server mangles the report.
+    Verp { before: String, after: String },
+}
+
+/// What `[message] return_path` writes for the donor's key.
+const VERP_KEY: &str = "{{ key }}";
 
 impl Composer {
     /// Parses From / Reply-To (`Display Name <addr>` or bare, display name may be non-ASCII)
@@ -81,7 +95,8 @@ impl Composer {
             .map(mailto_uri)
             .transpose()?;
         let sender = match settings.return_path.as_deref() {
-            None => from.email.clone(),
+            None => Sender::Fixed(from.email.clone()),
+            Some(raw) if raw.contains("{{") => verp(raw)?,
             Some(raw) => {
                 let mailbox = parse_mailbox("[message] return_path", raw)?;
                 if mailbox.name.is_some() {
@@ -92,7 +107,7 @@ impl Composer {
                             .into(),
                     });
                 }
-                mailbox.email
+                Sender::Fixed(mailbox.email)
             }
         };
         Ok(Composer {
@@ -111,10 +126,17 @@ impl Composer {
         &self.id_domain
     }
 
-    /// The envelope sender (MAIL FROM), parsed once: `[message] return_path`, else the
-    /// address of `[message] from`.
-    pub fn sender(&self) -> &lettre::Address {
-        &self.sender
+    /// The envelope sender (MAIL FROM) of `key`'s message: `[message] return_path` (with the
+    /// key in place of `{{ key }}`), else the address of `[message] from`.
+    pub fn sender(&self, key: RecipientKey) -> lettre::Address {
+        match &self.sender {
+            Sender::Fixed(a) => a.clone(),
+            Sender::Verp { before, after } => {
+                let a = format!("{before}{:032x}{after}", key.as_u128());
+                // `verp` checked that a key in place makes an address.
+                a.parse().unwrap_or_else(|_| self.from.email.clone())
+            }
+        }
     }
 
     /// The Message-ID for a donor: deterministic, unique per (campaign, recipient):
@@ -154,9 +176,23 @@ impl Composer {
         }
         check_header_value("to", m.to, false)?;
 
-        let list_unsubscribe = match (m.unsubscribe_url, &self.mailto) {
+        // The mailto's subject carries the campaign, the address and its token, so a reply
+        // can be checked (`campaign bounces`) without trusting its From.
+        let mailto = self.mailto.as_ref().map(|prefix| {
+            let mut uri = String::with_capacity(prefix.len() + 120);
+            uri.push_str(prefix);
+            uri.push_str("%20");
+            mailto_escape(&self.campaign_id, &mut uri);
+            uri.push_str("%20");
+            mailto_escape(m.email, &mut uri);
+            uri.push_str("%20");
+            mailto_escape(m.unsubscribe_token, &mut uri);
+            uri.push('>');
+            uri
+        });
+        let list_unsubscribe = match (m.unsubscribe_url, mailto) {
             (Some(url), mailto) => Some(list_unsubscribe_value(url, mailto.as_deref())?),
-            (None, Some(mailto)) => Some(mailto.clone()),
+            (None, Some(mailto)) => Some(mailto),
             (None, None) => None,
         };
 
@@ -177,7 +213,7 @@ impl Composer {
 
         // The envelope is given rather than derived: lettre would otherwise re-parse the From
         // and To headers it has just written.
-        let envelope = Envelope::new(Some(self.sender.clone()), vec![to_addr.clone()])
+        let envelope = Envelope::new(Some(self.sender(m.key)), vec![to_addr.clone()])
             .map_err(|e| MessageError::Build(e.to_string()))?;
         let mut builder = lettre::Message::builder()
             .envelope(envelope)
@@ -275,6 +311,36 @@ fn check_lines(bytes: &[u8]) -> Result<(), MessageError> {
 }
 
 /// The campaign id must make `<id>.<hex>` a dot-atom (RFC 5322 §3.6.4): atext and single dots.
+/// A `[message] return_path` with `{{ key }}` in its local part: VERP.
+fn verp(raw: &str) -> Result<Sender, MessageError> {
+    let bad = |reason: &str| MessageError::BadAddress {
+        field: "[message] return_path",
+        value: raw.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let t = raw.trim();
+    let Some((before, after)) = t.split_once(VERP_KEY) else {
+        return Err(bad(
+            "the only variable it takes is `{{ key }}` (written so, with one space inside each brace pair), for example bounces+{{ key }}@charity.example",
+        ));
+    };
+    if after.contains("{{") || !after.contains('@') || before.contains('@') {
+        return Err(bad(
+            "`{{ key }}` goes once, in the part before the @, for example bounces+{{ key }}@charity.example",
+        ));
+    }
+    let sample = format!("{before}{:032x}{after}", 0u128);
+    sample.parse::<lettre::Address>().map_err(|e| {
+        bad(&format!(
+            "with a key in place it reads {sample}, which is not an address: {e}"
+        ))
+    })?;
+    Ok(Sender::Verp {
+        before: before.to_owned(),
+        after: after.to_owned(),
+    })
+}
+
 fn check_campaign_id(id: &str) -> Result<(), MessageError> {
     let bad = |reason: &str| MessageError::CampaignId {
         value: id.to_owned(),
@@ -305,12 +371,36 @@ mod tests {
     };
 
     #[test]
+    fn a_return_path_with_the_key_is_verp() {
+        let mut with = settings();
+        with.return_path = Some("bounces+{{ key }}@park.example".into());
+        let c = Composer::new("gala-2026", &with).unwrap();
+        let k = key("zoe@example.org");
+        assert_eq!(
+            c.sender(k).to_string(),
+            format!("bounces+{:032x}@park.example", k.as_u128())
+        );
+        assert_ne!(c.sender(k), c.sender(key("bob@example.org")));
+        for bad in [
+            "bounces+{{ id }}@park.example",
+            "bounces@{{ key }}.park.example",
+            "{{ key }}{{ key }}@park.example",
+            "bounces+{{ key }}",
+        ] {
+            with.return_path = Some(bad.into());
+            let e = Composer::new("gala-2026", &with).unwrap_err().to_string();
+            assert!(e.contains("[message] return_path"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn the_envelope_sender_is_the_return_path_else_from() {
-        assert_eq!(composer().sender().to_string(), "appeal@Park.Example");
+        let k = key("zoe@example.org");
+        assert_eq!(composer().sender(k).to_string(), "appeal@Park.Example");
         let mut with = settings();
         with.return_path = Some(" bounces@park.example ".into());
         let c = Composer::new("gala-2026", &with).unwrap();
-        assert_eq!(c.sender().to_string(), "bounces@park.example");
+        assert_eq!(c.sender(k).to_string(), "bounces@park.example");
         with.return_path = Some("Bounces <bounces@park.example>".into());
         let e = Composer::new("gala-2026", &with).unwrap_err().to_string();
         assert!(

@@ -52,6 +52,8 @@ pub(super) fn outgoing<'a>(text: &'a str, html: Option<&'a str>) -> Outgoing<'a>
         unsubscribe_url: Some(URL),
         list_id: None,
         feedback_id: None,
+        email: "zoe@example.org",
+        unsubscribe_token: "TOKEN",
         key: key("zoe@example.org"),
         date: date(),
     }

@@ -266,17 +266,22 @@ pub(super) fn mailto_uri(raw: &str) -> Result<String, MessageError> {
     let addr = Address::parse(s).map_err(|e| bad(e.to_string()))?;
     let mut uri = String::with_capacity(addr.as_str().len() + 40);
     uri.push_str("<mailto:");
-    // RFC 6068: outside unreserved characters and `some-delims`, bytes are percent-encoded
-    // (this covers UTF-8 and the `%`, `?`, `#`, `&` an address may legally contain).
-    for &b in addr.as_str().as_bytes() {
+    mailto_escape(addr.as_str(), &mut uri);
+    uri.push_str("?subject=unsubscribe");
+    Ok(uri)
+}
+
+/// Appends `text` to a `mailto:` URI: RFC 6068 percent-encodes every byte outside unreserved
+/// characters and `some-delims` (this covers UTF-8 and the `%`, `?`, `#`, `&` an address may
+/// legally contain).
+pub(super) fn mailto_escape(text: &str, uri: &mut String) {
+    for &b in text.as_bytes() {
         if b.is_ascii_alphanumeric() || b"-._~!$'()*+,;:@".contains(&b) {
             uri.push(char::from(b));
         } else {
             let _ = write!(uri, "%{b:02X}");
         }
     }
-    uri.push_str("?subject=unsubscribe>");
-    Ok(uri)
 }
 
 /// Checks the one-click URL and builds the List-Unsubscribe value.
@@ -411,13 +416,15 @@ mod tests {
         );
         assert!(head.contains("\r\nMIME-Version: 1.0\r\n"), "{head}");
         let expected_lu = format!(
-            "List-Unsubscribe: <{URL}>,\r\n <mailto:unsubscribe@park.example?subject=unsubscribe>\r\n"
+            "List-Unsubscribe: <{URL}>,\r\n <mailto:unsubscribe@park.example?subject=unsubscribe%20gala-2026%20zoe@example.org%20TOKEN>\r\n"
         );
         assert!(head.contains(&expected_lu), "{head}");
         assert!(head.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
         assert_eq!(
             msg.header_raw("List-Unsubscribe").unwrap().trim(),
-            format!("<{URL}>,\r\n <mailto:unsubscribe@park.example?subject=unsubscribe>")
+            format!(
+                "<{URL}>,\r\n <mailto:unsubscribe@park.example?subject=unsubscribe%20gala-2026%20zoe@example.org%20TOKEN>"
+            )
         );
         assert_eq!(
             msg.header_raw("List-Unsubscribe-Post").unwrap().trim(),
@@ -589,14 +596,15 @@ mod tests {
             "{h}"
         );
         assert!(h.contains("\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"));
-        // Short enough to stay on one line.
+        // The mailto carries the campaign, address and token; a line too long folds after
+        // the comma.
         let mut s = settings();
         s.unsubscribe_mailto = Some("mailto:u@p.example".into());
         let short = Composer::new("g", &s).unwrap();
         let h = head(&short, Some("https://p.ex/u"));
         assert!(
             h.contains(
-                "\r\nList-Unsubscribe: <https://p.ex/u>, <mailto:u@p.example?subject=unsubscribe>\r\n"
+                "\r\nList-Unsubscribe: <https://p.ex/u>,\r\n <mailto:u@p.example?subject=unsubscribe%20g%20zoe@example.org%20TOKEN>\r\n"
             ),
             "{h}"
         );
@@ -604,7 +612,7 @@ mod tests {
         let h = head(&composer(), None);
         assert!(
             h.contains(
-                "\r\nList-Unsubscribe: <mailto:unsubscribe@park.example?subject=unsubscribe>\r\n"
+                "\r\nList-Unsubscribe: <mailto:unsubscribe@park.example?subject=unsubscribe%20gala-2026%20zoe@example.org%20TOKEN>\r\n"
             ),
             "{h}"
         );
@@ -616,7 +624,7 @@ mod tests {
         s.unsubscribe_mailto = Some("désabonner@park.example".into());
         let c = Composer::new("g", &s).unwrap();
         assert!(
-            head(&c, None).contains("<mailto:d%C3%A9sabonner@park.example?subject=unsubscribe>")
+            head(&c, None).contains("<mailto:d%C3%A9sabonner@park.example?subject=unsubscribe%20g%20zoe@example.org%20TOKEN>")
         );
     }
 

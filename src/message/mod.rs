@@ -144,7 +144,12 @@ pub struct Outgoing<'a> {
     pub list_id: Option<&'a str>,
     /// The Feedback-ID header's value (`[message] feedback_id`, rendered): printable ASCII.
     pub feedback_id: Option<&'a str>,
-    /// The donor's recipient key, for the Message-ID.
+    /// The donor's address as the unsubscribe token was made for it (normalised), for the
+    /// `mailto:` unsubscribe's subject.
+    pub email: &'a str,
+    /// The donor's unsubscribe token, also in the `mailto:` unsubscribe's subject.
+    pub unsubscribe_token: &'a str,
+    /// The donor's recipient key, for the Message-ID (and a VERP envelope sender).
     pub key: RecipientKey,
     /// The Date header.
     pub date: jiff::Timestamp,
