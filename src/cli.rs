@@ -47,4 +47,23 @@ pub enum Command {
 
     /// Show, per segment, how many donors are sent, failed, deferred, unknown and pending.
     Status(crate::cmd::status::Args),
+
+    /// Read bounce messages (delivery status notifications, spam complaints, replies to the
+    /// mailto unsubscribe, and the plain-text bounces of common mail servers) and append the
+    /// addresses that must not be mailed again to a suppression list.
+    ///
+    /// Temporary failures and automatic replies never suppress anyone; messages it cannot
+    /// understand are listed with where they are. Unsubscribe replies are honoured when their
+    /// token verifies (CAMPAIGN_UNSUBSCRIBE_SECRET). Exit codes: 0 read (also when some
+    /// messages were not understood, so a mail alias does not bounce them back); 2 a source,
+    /// the run or the secret cannot be used; 1 other failures (the list could not be written).
+    #[command(after_long_help = BOUNCES_EXAMPLES)]
+    Bounces(crate::cmd::bounces::Args),
 }
+
+const BOUNCES_EXAMPLES: &str = "Examples:
+  campaign bounces ~/Maildir/.Bounces --out suppress/bounced.txt --run runs/spring
+  campaign bounces - --out /var/lib/campaign/bounced.txt      # behind a mail alias
+
+Environment:
+  CAMPAIGN_UNSUBSCRIBE_SECRET   the secret `send` made tokens with, to honour unsubscribe replies";

@@ -10,6 +10,9 @@
 //!                  dry run and send) ─ render ─ message ─ unsubscribe ─ prepare
 //!                  ├─ dryrun: previews, nothing sent
 //!                  └─ send: plan ─ worker ─ transport (SMTP) ─ ledger ─ reports
+//!                           ▲ suppress (re-read during the send)
+//!  what comes back ─ bounce (DSNs, complaints, unsubscribe replies) ─► suppression list
+//!                                                                   + ledger feedback
 //! ```
 //!
 //! Cross-cutting seams: `clock` (all time), `progress` (events, drawn by the binary),
@@ -54,6 +57,9 @@ pub mod send;
 pub mod transport;
 
 pub mod ledger;
+
+// After sending: what comes back.
+pub mod bounce;
 
 // Seams every step uses.
 pub mod clock;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Send(args) => cmd::send::run(args),
         Command::Status(args) => cmd::status::run(args),
+        Command::Bounces(args) => cmd::bounces::run(args),
     };
     match result {
         Ok(code) => code.into(),

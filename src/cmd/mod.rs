@@ -3,6 +3,7 @@
 //! modules beside them only print (tables, progress bars). Nothing here does library work:
 //! no file under `src/cmd/` opens a ledger, resolves a setting or renders a message itself.
 
+pub mod bounces;
 pub mod check;
 mod deliver;
 mod dryrun;
