@@ -16,6 +16,7 @@ use crate::prepare::{Preparer, Workspace};
 use crate::progress::{Event, Progress};
 use crate::run::{self, OpenedRun, Selection};
 use crate::rundir::{PREVIEWS_DIR, RENDER_FAILURES};
+use crate::suppress::Suppressions;
 
 /// What to render.
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct DryRunOptions {
     pub limit: Option<u64>,
     /// Worker threads.
     pub concurrency: usize,
+    /// Lists given to `send --suppress`: their donors are counted, not rendered, as a send
+    /// would skip them.
+    pub suppressions: Option<std::sync::Arc<Suppressions>>,
 }
 
 /// One segment's result.
@@ -42,6 +46,8 @@ pub struct SegmentTally {
     /// Donors whose address has non-ASCII characters before the @: they need a relay that
     /// offers SMTPUTF8, and wait (deferred) through one that does not.
     pub need_smtputf8: u64,
+    /// Donors a list given to `send --suppress` stops: not rendered.
+    pub suppressed: u64,
 }
 
 /// The result of a dry run.
@@ -95,6 +101,7 @@ struct JobResult {
     rendered: u64,
     previews: u64,
     need_smtputf8: u64,
+    suppressed: u64,
     bytes: u64,
     failures: Vec<Failure>,
 }
@@ -137,6 +144,7 @@ fn render_chunk(
         rendered: 0,
         previews: 0,
         need_smtputf8: 0,
+        suppressed: 0,
         bytes: 0,
         failures: Vec::new(),
     };
@@ -147,6 +155,12 @@ fn render_chunk(
         let in_seg = job.seg_offset + i;
         i += 1;
         if opts.limit.is_some_and(|l| in_run >= l) {
+            return Ok(());
+        }
+        if let Some(list) = &opts.suppressions
+            && preparer.suppressed(rec, list).is_some()
+        {
+            out.suppressed += 1;
             return Ok(());
         }
         match preparer.prepare(&segment.name, &segment.template, rec, ws) {
@@ -207,7 +221,7 @@ pub fn dry_run(
                 if let Ok(r) = &r {
                     progress.event(Event::Handled {
                         segment: r.seg,
-                        donors: r.rendered + r.failures.len() as u64,
+                        donors: r.rendered + r.suppressed + r.failures.len() as u64,
                     });
                 }
                 r
@@ -224,6 +238,7 @@ pub fn dry_run(
             failed: 0,
             previews: 0,
             need_smtputf8: 0,
+            suppressed: 0,
         })
         .collect();
     let mut bytes = 0;
@@ -242,6 +257,7 @@ pub fn dry_run(
         t.failed += r.failures.len() as u64;
         t.previews += r.previews;
         t.need_smtputf8 += r.need_smtputf8;
+        t.suppressed += r.suppressed;
         bytes += r.bytes;
         for f in r.failures {
             w.write_record([

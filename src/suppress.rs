@@ -68,7 +68,7 @@ impl Suppressed {
 }
 
 /// All suppression entries of a run.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Suppressions {
     addresses: KeySet,
     domains: KeySet,

@@ -368,3 +368,35 @@ fn list_id_and_feedback_id_are_templated_headers() {
         stdout(&o)
     );
 }
+
+#[test]
+fn a_dry_run_counts_the_donors_a_send_suppress_list_stops() {
+    let w = setup(DONORS);
+    segment(&w);
+    w.write("unsubscribed.txt", "Cy@Example.org\n@nowhere.example\n");
+    let o = w.run(&[
+        "send",
+        "run",
+        "--dry-run",
+        "--suppress",
+        "unsubscribed.txt",
+        "--json",
+    ]);
+    assert_code(&o, 0);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let sum = |k: &str| -> u64 {
+        v["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!((sum("rendered"), sum("suppressed")), (4, 1), "{v}");
+    let o = w.run(&["send", "run", "--dry-run", "--suppress", "unsubscribed.txt"]);
+    assert!(
+        stdout(&o).contains("1 donors are on a --suppress list"),
+        "{}",
+        stdout(&o)
+    );
+}

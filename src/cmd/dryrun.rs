@@ -7,6 +7,8 @@ use campaign::dryrun::{self, DryRunOptions, DryRunReport};
 use campaign::exit::{Code, Error};
 use campaign::preflight::{self, Environment, Purpose};
 use campaign::run::OpenedRun;
+use campaign::suppress::Suppressions;
+use std::sync::Arc;
 
 use super::send::Args;
 
@@ -31,7 +33,18 @@ pub fn run(args: &Args) -> Result<Code, Error> {
         super::print_bytes(&bytes)?;
         return Ok(Code::Success);
     }
+    let lists = args.suppress_lists(&run.campaign.send);
+    let suppressions = match lists.is_empty() {
+        true => None,
+        false => {
+            let list = Suppressions::load(&lists).map_err(super::usage)?;
+            let ignored: Vec<String> = list.ignored.iter().map(ToString::to_string).collect();
+            super::warn(&ignored);
+            Some(Arc::new(list))
+        }
+    };
     let opts = DryRunOptions {
+        suppressions,
         previews: args.preview,
         limit: args.limit,
         concurrency: args
@@ -89,6 +102,13 @@ fn table(r: &DryRunReport, secs: f64) -> String {
         r.rendered() as f64 / secs.max(1e-9),
         r.previews_dir.display()
     );
+    let suppressed: u64 = r.segments.iter().map(|t| t.suppressed).sum();
+    if suppressed > 0 {
+        let _ = writeln!(
+            s,
+            "{suppressed} donors are on a --suppress list (or [send] suppress): a send records them as suppressed and sends them nothing"
+        );
+    }
     if r.need_smtputf8() > 0 {
         let _ = writeln!(
             s,

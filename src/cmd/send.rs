@@ -120,6 +120,17 @@ impl Args {
     }
 }
 
+impl Args {
+    /// The suppression lists to honour: the flags' and then the campaign's `[send] suppress`.
+    pub(super) fn suppress_lists(&self, table: &SendSettings) -> Vec<PathBuf> {
+        self.suppress
+            .iter()
+            .chain(&table.suppress)
+            .cloned()
+            .collect()
+    }
+}
+
 /// Runs `campaign send`.
 pub fn run(args: Args) -> Result<Code, Error> {
     if args.dry_run {
