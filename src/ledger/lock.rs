@@ -1,4 +1,10 @@
-//! One `send` per run at a time ([`RunLock`]).
+//! Who may send from a run at once: one plain `send`, or any number of `send --shard`
+//! processes of one shard count, one per shard ([`RunLock`], [`ShardLock`]).
+//!
+//! All of them are the operating system's `flock` locks on files under `RUN/ledger/`, so
+//! they vanish with the process (a crashed `send` never leaves a stale lock) and, on a file
+//! system whose locks reach every host (local disks, NFSv4, CephFS, Lustre with `flock`),
+//! they fence processes on different hosts as well.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -22,11 +28,25 @@ pub struct RunLock {
     path: PathBuf,
 }
 
+/// How a process holds the run's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// A plain `send`: alone on the run.
+    Exclusive,
+    /// A `send --shard`: beside the other shards, never beside a plain `send`.
+    Shared,
+}
+
 impl RunLock {
+    /// Takes the run's lock exclusively (see [`RunLock::acquire_as`]).
+    pub fn acquire(run: &Path) -> Result<RunLock, LedgerError> {
+        RunLock::acquire_as(run, LockMode::Exclusive)
+    }
+
     /// Takes the run's lock, creating `RUN/ledger/` if needed (which marks the run as
     /// sending; see [`crate::rundir`]). Fails with [`LedgerError::Locked`] at once, without
-    /// waiting, when another process holds it.
-    pub fn acquire(run: &Path) -> Result<RunLock, LedgerError> {
+    /// waiting, when another process holds it in a way that excludes `mode`.
+    pub fn acquire_as(run: &Path, mode: LockMode) -> Result<RunLock, LedgerError> {
         let dir = run.join(LEDGER_DIR);
         // `create_dir`, not `create_dir_all`: a mistyped run path must not be created.
         match fs::create_dir(&dir) {
@@ -44,7 +64,11 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        match file.try_lock() {
+        let taken = match mode {
+            LockMode::Exclusive => file.try_lock(),
+            LockMode::Shared => file.try_lock_shared(),
+        };
+        match taken {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -59,6 +83,10 @@ impl RunLock {
                 return Err(LedgerError::Locked { path, holder });
             }
             Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        if mode == LockMode::Shared {
+            // Shards share the file: its content names the last plain send, if any.
+            return Ok(RunLock { file, path });
         }
         let info = format!(
             "pid {}, started {:.3}\n",
@@ -82,4 +110,120 @@ impl Drop for RunLock {
         // Closing the file releases the lock anyway; unlocking first is just explicit.
         let _ = self.file.unlock();
     }
+}
+
+/// A shard's own locks: exclusive on `RUN/ledger/shards/I-of-N.lock` (one process per shard;
+/// a scheduler may start two for one index) and shared on `RUN/ledger/shards/of-N.lock`,
+/// which a shard of another count finds held and is refused (a run's chunks are dealt out by
+/// one count at a time).
+#[derive(Debug)]
+pub struct ShardLock {
+    _own: File,
+    _count: File,
+}
+
+/// The directory of the shard locks, inside the ledger directory.
+const SHARDS_DIR: &str = "shards";
+
+impl ShardLock {
+    /// Takes shard `index` of `count`; the run's lock must already be held shared.
+    pub fn acquire(run: &Path, index: u32, count: u32) -> Result<ShardLock, LedgerError> {
+        let dir = run.join(LEDGER_DIR).join(SHARDS_DIR);
+        fs::create_dir_all(&dir).map_err(|e| LedgerError::io(&dir, e))?;
+        let open = |name: &str| -> Result<(File, PathBuf), LedgerError> {
+            let path = dir.join(name);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| LedgerError::io(&path, e))?;
+            Ok((file, path))
+        };
+        let (count_file, count_path) = open(&format!("of-{count}.lock"))?;
+        match count_file.try_lock_shared() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LedgerError::Locked {
+                    path: count_path,
+                    holder: format!(
+                        "a shard of another shard count checking this one (shards of {count} are starting beside another count)"
+                    ),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(LedgerError::io(&count_path, e)),
+        }
+        // Taken our count first, then look for another: of two counts starting at once, at
+        // least one sees the other.
+        for entry in fs::read_dir(&dir).map_err(|e| LedgerError::io(&dir, e))? {
+            let entry = entry.map_err(|e| LedgerError::io(&dir, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(other) = name
+                .strip_prefix("of-")
+                .and_then(|n| n.strip_suffix(".lock"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if other == count {
+                continue;
+            }
+            let path = entry.path();
+            let f = File::open(&path).map_err(|e| LedgerError::io(&path, e))?;
+            match f.try_lock() {
+                Ok(()) => {
+                    let _ = f.unlock();
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(LedgerError::Locked {
+                        path,
+                        holder: format!(
+                            "shards of {other} (a run is sent with one shard count at a time; wait for them to finish, then send with --shard I/{count})"
+                        ),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(LedgerError::io(&path, e)),
+            }
+        }
+        let (mut own, own_path) = open(&format!("{index}-of-{count}.lock"))?;
+        match own.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = own.read_to_string(&mut holder);
+                return Err(LedgerError::Locked {
+                    path: own_path,
+                    holder: format!(
+                        "another process for shard {index}/{count} ({})",
+                        holder.trim()
+                    ),
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(LedgerError::io(&own_path, e)),
+        }
+        let info = format!(
+            "pid {} on {}, started {:.3}\n",
+            std::process::id(),
+            hostname(),
+            to_millis(Timestamp::now())
+        );
+        let io = |e| LedgerError::io(&own_path, e);
+        own.set_len(0).map_err(io)?;
+        own.seek(SeekFrom::Start(0)).map_err(io)?;
+        own.write_all(info.as_bytes()).map_err(io)?;
+        Ok(ShardLock {
+            _own: own,
+            _count: count_file,
+        })
+    }
+}
+
+/// This host's name, for the lock files a person reads.
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "this host".to_owned())
 }

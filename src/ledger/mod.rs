@@ -31,6 +31,8 @@
 //!
 //! ```text
 //! RUN/ledger/lock                         RunLock: "pid <pid>, started <RFC 3339>\n"
+//! RUN/ledger/shards/I-of-N.lock           ShardLock of shard I of N: "pid <pid> on <host>, started ..."
+//! RUN/ledger/shards/of-N.lock             held shared by every running shard of N
 //! RUN/ledger/templates.sha256             the templates' fingerprint: "<hex>\n"
 //! RUN/ledger/<segment>/<nnnnn>.log        one file per chunk segments/<segment>/<nnnnn>.csv
 //! RUN/ledger/<segment>/<nnnnn>.feedback   what came back after sending (`campaign bounces --run`)
@@ -144,7 +146,7 @@ use jiff::Timestamp;
 
 pub use feedback::{Report, record_feedback};
 pub use fingerprint::{check_templates, record_templates};
-pub use lock::RunLock;
+pub use lock::{LockMode, RunLock, ShardLock};
 pub use record::FeedbackKind;
 pub use states::ChunkStates;
 pub use writer::ChunkLedger;
@@ -245,8 +247,10 @@ impl Entry {
 /// This process's identity in ledger files.
 #[derive(Debug, Clone)]
 pub struct Session {
-    /// Unique id written in every record: start time (UTC, milliseconds) and pid, e.g.
-    /// `20261129T234000.123Z-4242`. Must be non-empty and free of control characters.
+    /// Unique id written in every record: start time (UTC, milliseconds), pid and a random
+    /// part, e.g. `20261129T234000.123Z-4242-9f3c01ab` (in containers the pid is often 1, so
+    /// time and pid alone can repeat across hosts). Older ledgers have ids without the random
+    /// part; any token reads. Must be non-empty and free of control characters.
     pub id: String,
     /// The boot id when the session started; `None` where the system has none.
     pub boot_id: Option<String>,
@@ -262,7 +266,11 @@ impl Session {
         let started = to_millis(now);
         let pid = std::process::id();
         Session {
-            id: format!("{}-{pid}", started.strftime("%Y%m%dT%H%M%S%.3fZ")),
+            id: format!(
+                "{}-{pid}-{:08x}",
+                started.strftime("%Y%m%dT%H%M%S%.3fZ"),
+                random_u32()
+            ),
             boot_id: Session::current_boot_id(),
             pid,
             started,
@@ -281,6 +289,15 @@ impl Session {
             })
             .clone()
     }
+}
+
+/// 32 random bits from the standard library's per-process hash keys (seeded by the operating
+/// system), enough to tell apart sessions started in the same millisecond with the same pid.
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Timestamp::now().as_nanosecond() as u128);
+    h.finish() as u32
 }
 
 /// Why the ledger could not be read, written or locked. Messages are meant for an operator.

@@ -726,9 +726,19 @@ fn bad_sessions_are_refused() {
 }
 
 #[test]
-fn session_ids_name_start_time_and_pid() {
+fn session_ids_name_start_time_and_pid_and_differ_in_the_same_millisecond() {
     let s = Session::new(ts("2026-11-29T23:40:00.123456Z"));
-    assert_eq!(s.id, format!("20261129T234000.123Z-{}", std::process::id()));
+    let prefix = format!("20261129T234000.123Z-{}-", std::process::id());
+    let random =
+        s.id.strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{}", s.id));
+    assert_eq!(random.len(), 8);
+    assert!(random.bytes().all(|b| b.is_ascii_hexdigit()));
+    // Two hosts whose send is pid 1, started in the same millisecond.
+    let ids: std::collections::HashSet<String> = (0..50)
+        .map(|_| Session::new(ts("2026-11-29T23:40:00.123Z")).id)
+        .collect();
+    assert_eq!(ids.len(), 50);
     assert_eq!(s.started, ts("2026-11-29T23:40:00.123Z"));
     assert_eq!(s.pid, std::process::id());
     assert_eq!(s.boot_id, Session::current_boot_id());
