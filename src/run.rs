@@ -150,6 +150,34 @@ pub fn select(manifest: &Manifest, names: &[String]) -> Result<Selection> {
         .map(Selection)
 }
 
+/// Reads the address of a chunk row, with nothing but the manifest: for the report files
+/// and `campaign bounces`, which need no templates. The same parse as a donor reader's.
+pub struct Addresses {
+    column: usize,
+}
+
+impl Addresses {
+    /// The reader for `manifest`'s chunks; `None` if its header lacks the email column (a
+    /// damaged manifest).
+    pub fn new(manifest: &manifest::Manifest) -> Option<Addresses> {
+        manifest
+            .header
+            .iter()
+            .position(|h| *h == manifest.email_column)
+            .map(|column| Addresses { column })
+    }
+
+    /// The row's recipient key and normalised address; `None` when it does not read.
+    pub fn key_of(&self, rec: &RawRecord<'_>) -> Option<(crate::email::RecipientKey, String)> {
+        let fields = rec.fields().ok()?;
+        if self.column >= fields.len() {
+            return None;
+        }
+        let a = crate::email::Address::parse(fields.get(self.column)).ok()?;
+        Some((a.key(), crate::email::normalise(&a)))
+    }
+}
+
 /// Reads the chunk file of `run` and checks it against the manifest's SHA-256.
 pub fn read_chunk(run: &Path, chunk: &manifest::Chunk) -> Result<Vec<u8>> {
     let path = run.join(&chunk.file);

@@ -154,21 +154,16 @@ fn record(
             hidden.entry(*at).or_default().push(k);
         }
     }
-    let column = run
-        .manifest
-        .header
-        .iter()
-        .position(|h| *h == run.manifest.email_column);
+    let addresses = run::Addresses::new(run.manifest);
     let mut found: HashMap<RecipientKey, String> = HashMap::new();
     for ((s, c), keys) in &hidden {
-        let Some(col) = column else { break };
+        let Some(addresses) = &addresses else { break };
         let bytes = run::read_chunk(run.dir, &run.manifest.segments[*s].chunks[*c])?;
         run::for_each_row(&bytes, |rec| {
-            if let Ok(fields) = rec.fields()
-                && let Ok(a) = Address::parse(fields.get(col))
-                && keys.contains(&a.key())
+            if let Some((key, email)) = addresses.key_of(rec)
+                && keys.contains(&key)
             {
-                found.insert(a.key(), normalise(&a));
+                found.insert(key, email);
             }
             Ok(())
         })?;

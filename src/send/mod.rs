@@ -18,6 +18,7 @@ mod pacing;
 pub mod plan;
 mod reports;
 mod retry;
+mod shard;
 mod suppression;
 mod worker;
 
@@ -32,11 +33,13 @@ use crate::clock::Clock;
 use crate::prepare::Preparer;
 use crate::progress::{Event, Progress};
 use crate::run::{OpenedRun, Selection};
+use crate::rundir::REPORT_JSON;
 use crate::transport::Transport;
 
 pub use pacing::PacingReport;
 pub use plan::{Budget, InProcessPlan, Lease, PlanError, WorkSource};
 pub use reports::{SegmentStatus, status};
+pub use shard::Shard;
 pub use suppression::SuppressionWatch;
 
 use breaker::Breaker;
@@ -322,7 +325,8 @@ pub fn send(
         pacing: shared.pacer.report(),
         seconds: (cx.clock.elapsed() - started).as_secs_f64(),
     };
-    reports::write_reports(dir, &cx.run.manifest, cx.preparer, &report, &mut known)?;
+    reports::write_report(&dir.join(REPORT_JSON), &report)?;
+    reports::write_lists(dir, &cx.run.manifest, &mut known)?;
     Ok(report)
 }
 

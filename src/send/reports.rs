@@ -16,11 +16,8 @@ use anyhow::{Context, Result};
 use crate::email::RecipientKey;
 use crate::ledger::{ChunkStates, Entry, FeedbackKind, State};
 use crate::manifest::Manifest;
-use crate::prepare::Preparer;
-use crate::run::{self, Selection};
-use crate::rundir::{FAILED_CSV, REPORT_JSON, SUPPRESS_BOUNCED, SUPPRESSED_CSV, UNKNOWN_CSV};
-
-use super::SendReport;
+use crate::run::{self, Addresses, Selection};
+use crate::rundir::{FAILED_CSV, SUPPRESS_BOUNCED, SUPPRESSED_CSV, UNKNOWN_CSV};
 
 /// Per-segment totals, from the ledgers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -165,19 +162,26 @@ pub(super) fn status_with(
     Ok(out)
 }
 
-/// Writes `report.json`, and from the ledgers `failed.csv`, `unknown.csv`, `suppressed.csv`
-/// and `suppress-bounced.txt`, each rewritten whole so it always matches the ledger.
-pub(super) fn write_reports(
-    run: &Path,
-    manifest: &Manifest,
-    preparer: &Preparer,
-    report: &SendReport,
-    known: &mut Summaries,
-) -> Result<()> {
+/// Writes a report as JSON to `path`, replacing it whole.
+pub(super) fn write_report(path: &Path, report: &impl serde::Serialize) -> Result<()> {
     let mut text = serde_json::to_string_pretty(report)?;
     text.push('\n');
-    write_atomic(&run.join(REPORT_JSON), text.as_bytes())?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    write_atomic(path, text.as_bytes())
+}
 
+/// Writes, from the ledgers, `failed.csv`, `unknown.csv`, `suppressed.csv` and
+/// `suppress-bounced.txt`, each rewritten whole so it always matches the ledgers.
+pub(super) fn write_lists(run: &Path, manifest: &Manifest, known: &mut Summaries) -> Result<()> {
+    let addresses = Addresses::new(manifest).ok_or_else(|| {
+        anyhow::anyhow!(
+            "{}: the header has no column {:?}: the manifest is damaged; segment again",
+            run.join(crate::rundir::MANIFEST).display(),
+            manifest.email_column
+        )
+    })?;
     let mut failed = csv::Writer::from_writer(Vec::new());
     failed.write_record(["segment", "chunk", "line", "email", "code", "reason", "at"])?;
     let mut unknown = csv::Writer::from_writer(Vec::new());
@@ -195,7 +199,7 @@ pub(super) fn write_reports(
             }
             let bytes = run::read_chunk(run, chunk)?;
             run::for_each_row(&bytes, |rec| {
-                let Some((key, email)) = preparer.key_of(rec) else {
+                let Some((key, email)) = addresses.key_of(rec) else {
                     return Ok(());
                 };
                 let Some(e) = listed.get(&key) else {
