@@ -128,6 +128,7 @@
 //!
 //! [`RecipientKey`]: crate::email::RecipientKey
 
+mod cap;
 mod feedback;
 mod fingerprint;
 mod lock;
@@ -144,6 +145,7 @@ use std::sync::OnceLock;
 
 use jiff::Timestamp;
 
+pub use cap::CapClaims;
 pub use feedback::{Report, record_feedback};
 pub use fingerprint::{check_templates, record_templates};
 pub use lock::{LockMode, RunLock, ShardLock};
