@@ -10,6 +10,7 @@
 //!                  dry run and send) ─ render ─ message ─ unsubscribe ─ prepare
 //!                  ├─ dryrun: previews, nothing sent
 //!                  └─ send: plan ─ worker ─ transport (SMTP) ─ ledger ─ reports
+//!  donors' clicks ── server (one-click unsubscribe endpoint) ──► a suppression list
 //! ```
 //!
 //! Cross-cutting seams: `clock` (all time), `progress` (events, drawn by the binary),
@@ -54,6 +55,9 @@ pub mod send;
 pub mod transport;
 
 pub mod ledger;
+
+// unsubscribe-server: the links in sent messages in, a suppression list out.
+pub mod server;
 
 // Seams every step uses.
 pub mod clock;
