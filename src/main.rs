@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Send(args) => cmd::send::run(args),
         Command::Status(args) => cmd::status::run(args),
+        Command::UnsubscribeServer(args) => cmd::unsubscribe_server::run(args),
     };
     match result {
         Ok(code) => code.into(),
