@@ -59,6 +59,16 @@ pub enum Command {
     /// the run or the secret cannot be used; 1 other failures (the list could not be written).
     #[command(after_long_help = BOUNCES_EXAMPLES)]
     Bounces(crate::cmd::bounces::Args),
+
+    /// Serve the campaigns' one-click unsubscribe links (RFC 8058) over HTTP, behind a TLS
+    /// proxy, appending each unsubscribed address to a suppression list for `--suppress`.
+    ///
+    /// A GET shows a page with a button; only its POST (or a mail client's one-click POST)
+    /// unsubscribes. The secret is CAMPAIGN_UNSUBSCRIBE_SECRET, or the file named by
+    /// CAMPAIGN_UNSUBSCRIBE_SECRET_FILE (mode 600), the same `campaign send` made the links
+    /// with. Stops cleanly on SIGINT or SIGTERM. Exit codes: 0 stopped by a signal; 2 bad
+    /// flags, campaign file, secret or --out file; 1 cannot listen, other failures.
+    UnsubscribeServer(crate::cmd::unsubscribe_server::Args),
 }
 
 const BOUNCES_EXAMPLES: &str = "Examples:

@@ -13,6 +13,7 @@
 //!                           ▲ suppress (re-read during the send)
 //!  what comes back ─ bounce (DSNs, complaints, unsubscribe replies) ─► suppression list
 //!                                                                   + ledger feedback
+//!  donors' clicks ── server (one-click unsubscribe endpoint) ──────────► suppression list
 //! ```
 //!
 //! Cross-cutting seams: `clock` (all time), `progress` (events, drawn by the binary),
@@ -60,6 +61,7 @@ pub mod ledger;
 
 // After sending: what comes back.
 pub mod bounce;
+pub mod server;
 
 // Seams every step uses.
 pub mod clock;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd::send::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::Bounces(args) => cmd::bounces::run(args),
+        Command::UnsubscribeServer(args) => cmd::unsubscribe_server::run(args),
     };
     match result {
         Ok(code) => code.into(),

@@ -1,6 +1,7 @@
 //! Per-donor one-click unsubscribe tokens (RFC 8058).
 //!
 //! This module owns the secret read from `CAMPAIGN_UNSUBSCRIBE_SECRET` ([`UnsubscribeSecret`])
+//! (or, for the unsubscribe server, from the file `CAMPAIGN_UNSUBSCRIBE_SECRET_FILE` names)
 //! and the token algorithm. It never builds URLs or headers (the campaign's `unsubscribe_url`
 //! template and [`crate::message`] do), never talks to the unsubscribe endpoint, and never
 //! prints, logs or formats the secret: its `Debug` output is redacted.
@@ -51,6 +52,7 @@
 //! `List-Unsubscribe=One-Click` at that URL, with no cookies, no login and no redirect.
 
 use std::fmt;
+use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -99,6 +101,65 @@ impl UnsubscribeSecret {
                 .map(Some)
                 .map_err(|e| format!("{}: {e}", Self::ENV)),
         }
+    }
+
+    /// The environment variable naming a file that holds the secret, for the unsubscribe
+    /// server (a systemd credential, a file only its user can read) instead of [`Self::ENV`].
+    pub const FILE_ENV: &'static str = "CAMPAIGN_UNSUBSCRIBE_SECRET_FILE";
+
+    /// The secret from [`Self::ENV`] or the file [`Self::FILE_ENV`] names, whose values the
+    /// caller read.
+    ///
+    /// # Errors
+    /// `Ok(None)` when neither is set; `Err` when both are (they could disagree), or the one
+    /// set is unusable (see [`Self::from_var`] and [`Self::from_file`]).
+    pub fn from_var_or_file(
+        value: Option<std::ffi::OsString>,
+        file: Option<std::ffi::OsString>,
+    ) -> Result<Option<Self>, String> {
+        match (value, file) {
+            (Some(_), Some(_)) => Err(format!(
+                "both {} and {} are set; set only one, so there is no doubt which secret the links were made with",
+                Self::ENV,
+                Self::FILE_ENV
+            )),
+            (None, Some(path)) => Self::from_file(Path::new(&path)).map(Some),
+            (value, None) => Self::from_var(value),
+        }
+    }
+
+    /// The secret from a file: its bytes without one trailing newline (`echo` and editors add
+    /// one; `campaign send` gets the same secret through `$(cat FILE)`, which drops it).
+    ///
+    /// # Errors
+    /// When the file cannot be read, can be read by group or others (whoever reads it can
+    /// unsubscribe any donor), or holds an unusable secret (see [`Self::new`]). Messages name
+    /// the file, never its contents.
+    pub fn from_file(path: &Path) -> Result<Self, String> {
+        let shown = path.display();
+        let var = Self::FILE_ENV;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("{var}: cannot read the unsubscribe secret {shown}: {e}"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(format!(
+                    "{var}: the unsubscribe secret {shown} can be read by other users (mode {mode:04o}); run `chmod 600 {shown}`: whoever can read it can make unsubscribe links for any donor"
+                ));
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = meta;
+        let mut bytes = std::fs::read(path)
+            .map_err(|e| format!("{var}: cannot read the unsubscribe secret {shown}: {e}"))?;
+        if bytes.ends_with(b"\r\n") {
+            bytes.truncate(bytes.len() - 2);
+        } else if bytes.ends_with(b"\n") {
+            bytes.pop();
+        }
+        Self::new(bytes).map_err(|e| format!("{var}: {shown}: {e}"))
     }
 
     /// Checks and keys a secret.
@@ -253,6 +314,56 @@ mod tests {
         let err = UnsubscribeSecret::from_var(Some("short".into())).unwrap_err();
         assert!(err.starts_with("CAMPAIGN_UNSUBSCRIBE_SECRET: "), "{err}");
         assert!(err.contains("openssl rand -hex 32"), "{err}");
+    }
+
+    #[test]
+    fn secret_file_loses_one_newline_and_must_be_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        let write = |text: &str, mode: u32| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        let key = std::str::from_utf8(KEY).unwrap();
+        let expected = secret().token("c", "bob@example.org");
+        for text in [key.to_owned(), format!("{key}\n"), format!("{key}\r\n")] {
+            write(&text, 0o600);
+            let s = UnsubscribeSecret::from_file(&path).unwrap();
+            assert_eq!(s.token("c", "bob@example.org"), expected, "{text:?}");
+        }
+        write(&format!("{key}\n\n"), 0o600);
+        let err = UnsubscribeSecret::from_file(&path).unwrap_err();
+        assert!(
+            err.contains("whitespace") && err.contains("secret"),
+            "{err}"
+        );
+        write(&format!("{key}\n"), 0o640);
+        let err = UnsubscribeSecret::from_file(&path).unwrap_err();
+        assert!(
+            err.contains("mode 0640") && err.contains("chmod 600"),
+            "{err}"
+        );
+        assert!(!err.contains(key), "the secret leaked: {err}");
+        let err = UnsubscribeSecret::from_file(&dir.path().join("absent")).unwrap_err();
+        assert!(
+            err.starts_with("CAMPAIGN_UNSUBSCRIBE_SECRET_FILE: "),
+            "{err}"
+        );
+
+        write(key, 0o600);
+        let both = UnsubscribeSecret::from_var_or_file(
+            Some(key.into()),
+            Some(path.clone().into_os_string()),
+        );
+        assert!(both.unwrap_err().contains("set only one"));
+        let file = UnsubscribeSecret::from_var_or_file(None, Some(path.into_os_string()));
+        assert!(file.unwrap().is_some());
+        assert!(
+            UnsubscribeSecret::from_var_or_file(None, None)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod segment;
 pub mod send;
 pub mod status;
 mod summary;
+pub mod unsubscribe_server;
 mod values;
 
 use std::io::Write;

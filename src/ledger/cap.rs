@@ -93,7 +93,10 @@ impl CapClaims {
                 let n = line
                     .strip_prefix('+')
                     .map(|n| n.parse::<i128>())
-                    .or_else(|| line.strip_prefix('-').map(|n| n.parse::<i128>().map(|v| -v)));
+                    .or_else(|| {
+                        line.strip_prefix('-')
+                            .map(|n| n.parse::<i128>().map(|v| -v))
+                    });
                 match n {
                     Some(Ok(v)) => total += v,
                     _ => {
