@@ -39,6 +39,8 @@ pub struct Environment {
     pub smtp_password: Option<String>,
     /// `CAMPAIGN_UNSUBSCRIBE_SECRET` (never printed).
     pub unsubscribe_secret: Option<OsString>,
+    /// `CAMPAIGN_UNSUBSCRIBE_SECRET_FILE`: a file holding the secret instead.
+    pub unsubscribe_secret_file: Option<OsString>,
 }
 
 impl std::fmt::Debug for Environment {
@@ -53,6 +55,7 @@ impl std::fmt::Debug for Environment {
                 "unsubscribe_secret",
                 &self.unsubscribe_secret.as_ref().map(|_| "<set>"),
             )
+            .field("unsubscribe_secret_file", &self.unsubscribe_secret_file)
             .finish()
     }
 }
@@ -64,6 +67,7 @@ impl Environment {
             smtp_url: std::env::var(URL_ENV).ok(),
             smtp_password: std::env::var(PASSWORD_ENV).ok(),
             unsubscribe_secret: std::env::var_os(UnsubscribeSecret::ENV),
+            unsubscribe_secret_file: std::env::var_os(UnsubscribeSecret::FILE_ENV),
         }
     }
 }
@@ -428,7 +432,10 @@ fn secret(
     purpose: Purpose,
     f: &mut Findings,
 ) -> Option<UnsubscribeSecret> {
-    let secret = match UnsubscribeSecret::from_var(env.unsubscribe_secret.clone()) {
+    let secret = match UnsubscribeSecret::from_var_or_file(
+        env.unsubscribe_secret.clone(),
+        env.unsubscribe_secret_file.clone(),
+    ) {
         Ok(s) => s,
         Err(e) => {
             f.problems.push(e);
@@ -441,16 +448,16 @@ fn secret(
         .and_then(|m| m.unsubscribe_url.as_deref())
         .is_some_and(|u| u.contains("unsubscribe_token"));
     if secret.is_none() {
-        let env_name = UnsubscribeSecret::ENV;
+        let (env_name, file_env) = (UnsubscribeSecret::ENV, UnsubscribeSecret::FILE_ENV);
         match purpose {
             Purpose::Send if uses_token => f.problems.push(format!(
-                "unsubscribe_url uses unsubscribe_token but {env_name} is not set; refusing to send links that cannot be verified. Set it to the secret your unsubscribe endpoint checks (at least 16 bytes, e.g. `openssl rand -hex 32`)"
+                "unsubscribe_url uses unsubscribe_token but {env_name} is not set (nor {file_env}); refusing to send links that cannot be verified. Set it to the secret your unsubscribe endpoint checks (at least 16 bytes, e.g. `openssl rand -hex 32`)"
             )),
             Purpose::Check if uses_token => f.notes.push(format!(
-                "{env_name} is not set: a dry run will use placeholder tokens and a real send will refuse to start"
+                "{env_name} is not set (nor {file_env}): a dry run will use placeholder tokens and a real send will refuse to start"
             )),
             Purpose::DryRun => f.notes.push(format!(
-                "{env_name} is not set: unsubscribe links in previews carry a placeholder token; a real send needs the secret"
+                "{env_name} is not set (nor {file_env}): unsubscribe links in previews carry a placeholder token; a real send needs the secret"
             )),
             _ => {}
         }

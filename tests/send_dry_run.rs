@@ -400,3 +400,28 @@ fn a_dry_run_counts_the_donors_a_send_suppress_list_stops() {
         stdout(&o)
     );
 }
+
+#[test]
+fn the_unsubscribe_secret_can_come_from_a_file() {
+    let w = setup(DONORS);
+    segment(&w);
+    let secret = w.write("secret.txt", "from-a-file-0123456789abcdef\n");
+    let mut perms = std::fs::metadata(&secret).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&secret, perms).unwrap();
+    let o = w
+        .command()
+        .args(["send", "run", "--dry-run"])
+        .env("CAMPAIGN_UNSUBSCRIBE_SECRET_FILE", &secret)
+        .output()
+        .unwrap();
+    assert_code(&o, 0);
+    assert!(!stderr(&o).contains("not set"), "{}", stderr(&o));
+    let preview = std::fs::read_to_string(w.path("run/previews/major/001.eml")).unwrap();
+    let s = campaign::unsubscribe::UnsubscribeSecret::new("from-a-file-0123456789abcdef").unwrap();
+    assert!(
+        preview.contains(&s.token("dry-2026", "zoe@example.org")),
+        "{preview}"
+    );
+    assert!(!preview.contains("PLACEHOLDER"));
+}

@@ -40,8 +40,11 @@ pub struct Args {
 
 /// Runs `campaign bounces`.
 pub fn run(args: Args) -> Result<Code, Error> {
-    let secret = UnsubscribeSecret::from_var(std::env::var_os(UnsubscribeSecret::ENV))
-        .map_err(|e| super::usage(anyhow::anyhow!("{}: {e}", UnsubscribeSecret::ENV)))?;
+    let secret = UnsubscribeSecret::from_var_or_file(
+        std::env::var_os(UnsubscribeSecret::ENV),
+        std::env::var_os(UnsubscribeSecret::FILE_ENV),
+    )
+    .map_err(|e| super::usage(anyhow::anyhow!(e)))?;
     let manifest = match &args.run {
         Some(dir) => Some(Manifest::load(dir).map_err(super::usage)?),
         None => None,

@@ -122,6 +122,7 @@ fn ready(run: &OpenedRun, clock: &ManualClock) -> Ready {
         smtp_url: Some("smtp://127.0.0.1:2525".into()),
         smtp_password: None,
         unsubscribe_secret: Some("0123456789abcdef0123456789abcdef".into()),
+        unsubscribe_secret_file: None,
     };
     preflight::run(run, &env, Purpose::Send, clock.now())
         .unwrap_or_else(|f| panic!("{:?}", f.problems))
