@@ -48,6 +48,13 @@ pub enum Command {
     /// Show, per segment, how many donors are sent, failed, deferred, unknown and pending.
     Status(crate::cmd::status::Args),
 
+    /// Write the whole run's report.json, failed.csv, unknown.csv, suppressed.csv and
+    /// suppress-bounced.txt from the ledgers: run it after `send --shard` processes, which each
+    /// write only RUN_DIR/reports/shard-I-of-N.json.
+    ///
+    /// Exit codes: 0 written; 7 a send is running on the run; 2 not a run; 1 other failures.
+    Report(crate::cmd::report::Args),
+
     /// Read bounce messages (delivery status notifications, spam complaints, replies to the
     /// mailto unsubscribe, and the plain-text bounces of common mail servers) and append the
     /// addresses that must not be mailed again to a suppression list.

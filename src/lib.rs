@@ -58,6 +58,7 @@ pub mod send;
 pub mod transport;
 
 pub mod ledger;
+pub mod storage;
 
 // After sending: what comes back.
 pub mod bounce;

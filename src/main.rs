@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Send(args) => cmd::send::run(args),
         Command::Status(args) => cmd::status::run(args),
+        Command::Report(args) => cmd::report::run(args),
         Command::Bounces(args) => cmd::bounces::run(args),
         Command::UnsubscribeServer(args) => cmd::unsubscribe_server::run(args),
     };

@@ -13,11 +13,14 @@
 //! RUN/ledger/                    created by `send`; its presence means sending has started
 //! RUN/ledger/lock                the lock a `send` holds on the run
 //! RUN/ledger/templates.sha256     the templates' fingerprint when sending started
+//! RUN/ledger/halt                why a send halted the run; every send stops until cleared
+//! RUN/ledger/shards/, cap/        shard locks and daily-cap claims; see crate::ledger
 //! RUN/ledger/<segment>/00001.log  a chunk's delivery ledger; see crate::ledger
 //! RUN/ledger/<segment>/00001.feedback  bounces and complaints recorded by `bounces --run`
 //! RUN/previews/<segment>/NNN.eml  written by `send --dry-run`
 //! RUN/previews/failures.csv       donors a dry run could not render
-//! RUN/report.json                 the last send's summary
+//! RUN/report.json                 the last send's summary (or `campaign report`'s)
+//! RUN/reports/shard-I-of-N.json   the last summary of each `send --shard I/N`
 //! RUN/failed.csv                  donors who failed for good, from the ledgers
 //! RUN/unknown.csv                 donors whose outcome is unknown, from the ledgers
 //! RUN/suppressed.csv              donors a `send --suppress` list stopped, from the ledgers
@@ -40,6 +43,10 @@ pub const SEGMENTS_DIR: &str = "segments";
 pub const DROPPED_DIR: &str = "dropped";
 /// The delivery ledger's directory; once it exists the run must never be replaced.
 pub const LEDGER_DIR: &str = "ledger";
+/// Inside [`LEDGER_DIR`]: why a send halted the run (every send stops until it is cleared).
+pub const HALT_MARKER: &str = "halt";
+/// Per-shard reports, `shard-I-of-N.json`.
+pub const REPORTS_DIR: &str = "reports";
 /// Inside [`LEDGER_DIR`]: the lock a `send` holds on the run.
 pub const RUN_LOCK: &str = "lock";
 /// Inside [`LEDGER_DIR`]: the fingerprint of the templates sending started with.

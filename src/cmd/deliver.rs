@@ -11,7 +11,7 @@ use campaign::exit::{Code, Error};
 use campaign::preflight::{self, Environment, Purpose};
 use campaign::run::OpenedRun;
 use campaign::send::{
-    self, Context, InProcessPlan, PlanError, SendOptions, Stop, SuppressionWatch,
+    self, Context, InProcessPlan, PlanError, PlanOptions, SendOptions, Stop, SuppressionWatch,
 };
 use campaign::transport::smtp;
 use campaign::transport::{SmtpTransport, Transport};
@@ -30,6 +30,10 @@ pub fn run(args: &Args) -> Result<Code, Error> {
         clock.now(),
     )
     .map_err(|f| super::refused(&run, f))?;
+    super::guards::halt_marker(args)?;
+    if args.shard.is_some() {
+        super::guards::storage_locks(args)?;
+    }
     let settings = Arc::new(
         ready
             .smtp
@@ -65,16 +69,16 @@ pub fn run(args: &Args) -> Result<Code, Error> {
         super::warn(&ignored);
     }
     let opts = SendOptions::new(&flags, table, args.on_unknown.into());
-    let plan = InProcessPlan::new(
-        &run,
-        &selection,
-        opts.concurrency,
-        opts.batch,
-        send::budget(args.limit, &flags, table),
-        &ready.preparer.templates().fingerprint(),
-        &clock,
-    )
-    .map_err(|e| match e {
+    let fingerprint = ready.preparer.templates().fingerprint();
+    let plan_opts = PlanOptions {
+        workers: opts.concurrency,
+        batch: opts.batch,
+        budget: send::budget(args.limit, &flags, table),
+        fingerprint: &fingerprint,
+        shard: args.shard,
+        lock_wait: args.lock_wait,
+    };
+    let plan = InProcessPlan::new(&run, &selection, &plan_opts, &clock).map_err(|e| match e {
         PlanError::Locked(_) => Error::new(Code::Locked, e),
         PlanError::TemplatesChanged(_) => Error::new(Code::Usage, e),
         PlanError::Ledger(_) => Error::new(Code::Failure, e),
@@ -108,6 +112,7 @@ pub fn run(args: &Args) -> Result<Code, Error> {
         progress: &bars,
         stop: &stop,
         suppressions: suppressions.as_ref(),
+        shard: args.shard,
     };
     let report = send::send(&cx, &opts, &plan, &new_transport);
     drop(plan);

@@ -8,6 +8,7 @@ use clap::Args as ClapArgs;
 
 use campaign::campaign::{Rate, SendSettings};
 use campaign::exit::{Code, Error};
+use campaign::send::Shard;
 
 use super::values;
 
@@ -94,6 +95,31 @@ pub struct Args {
     /// earlier run directory). Adds to [send] suppress.
     #[arg(long = "suppress", value_name = "FILE")]
     pub suppress: Vec<PathBuf>,
+
+    /// Send only shard I of N: the chunks whose position in the manifest modulo N is I, beside
+    /// the other shards' processes on this or other hosts sharing the run directory. Use
+    /// $JOB_COMPLETION_INDEX (Kubernetes), $SLURM_ARRAY_TASK_ID, $NOMAD_ALLOC_INDEX or GNU
+    /// parallel's {} for I. --rate is per process: divide the provider's limit by the shards
+    /// running at once. Writes only RUN_DIR/reports/shard-I-of-N.json; run `campaign report`
+    /// after the shards for the whole run's files.
+    #[arg(long, value_name = "I/N", value_parser = |s: &str| s.parse::<Shard>())]
+    pub shard: Option<Shard>,
+
+    /// Wait this long (30, 90s, 5m) for a lock another process holds (the run's, or this
+    /// shard's) before exiting 7.
+    #[arg(long, value_name = "DURATION", value_parser = values::duration, default_value = "0")]
+    pub lock_wait: Duration,
+
+    /// Remove the halt marker (RUN_DIR/ledger/halt) a halted send left, after fixing what
+    /// the server refused, and send.
+    #[arg(long)]
+    pub clear_halt: bool,
+
+    /// Send --shard from a run directory whose file system may not carry locks between
+    /// hosts (FUSE object stores, SMB, NFS with nolock or local_lock): the check refusing
+    /// them is skipped, and donors may be mailed twice if the locks do not hold.
+    #[arg(long)]
+    pub trust_storage_locks_i_accept_duplicates: bool,
 
     /// Print the summary as JSON.
     #[arg(long)]

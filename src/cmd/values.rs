@@ -39,3 +39,18 @@ pub(super) fn seconds(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a number of seconds (for example 30)"))?;
     campaign::campaign::seconds(s, secs)
 }
+
+/// A duration: seconds (`30`), or a number with `s`, `m` or `h` (`90s`, `5m`, `1h`).
+pub(super) fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, 's')) => (&t[..i], 1.0),
+        Some((i, 'm')) => (&t[..i], 60.0),
+        Some((i, 'h')) => (&t[..i], 3600.0),
+        _ => (t, 1.0),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (for example 30, 90s, 5m or 1h)"))?;
+    campaign::campaign::seconds(s, n * unit)
+}

@@ -14,6 +14,7 @@
 //! leases, so a chunk's ledger has one writer per lease (slices of a chunk share it).
 
 mod breaker;
+pub mod halt;
 mod pacing;
 pub mod plan;
 mod reports;
@@ -33,12 +34,12 @@ use crate::clock::Clock;
 use crate::prepare::Preparer;
 use crate::progress::{Event, Progress};
 use crate::run::{OpenedRun, Selection};
-use crate::rundir::REPORT_JSON;
+use crate::rundir::{REPORT_JSON, REPORTS_DIR};
 use crate::transport::Transport;
 
 pub use pacing::PacingReport;
-pub use plan::{Budget, InProcessPlan, Lease, PlanError, WorkSource};
-pub use reports::{SegmentStatus, status};
+pub use plan::{Budget, InProcessPlan, Lease, PlanError, PlanOptions, WorkSource};
+pub use reports::{RunReport, SegmentStatus, status, whole_run};
 pub use shard::Shard;
 pub use suppression::SuppressionWatch;
 
@@ -172,6 +173,9 @@ pub struct SendReport {
     pub pacing: PacingReport,
     /// Seconds spent.
     pub seconds: f64,
+    /// The shard (`I/N`) this process sent, if it was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 impl SendReport {
@@ -197,6 +201,9 @@ pub struct Context<'a> {
     pub stop: &'a AtomicBool,
     /// Suppression lists given to `send`, checked before each batch is reserved.
     pub suppressions: Option<&'a SuppressionWatch>,
+    /// The shard this process sends, if it is one of several: it then writes only its own
+    /// report, `RUN/reports/shard-I-of-N.json`.
+    pub shard: Option<Shard>,
 }
 
 /// State shared by all workers.
@@ -235,6 +242,33 @@ impl Shared<'_> {
         {
             *h = Some(why);
         }
+    }
+
+    /// Halts because of the relay, and tells every other send of the run through the halt
+    /// marker. Failing to write the marker only leaves the others to find out themselves.
+    fn halt_relay(&self, why: Stop) {
+        let words = match &why {
+            Stop::Halted(w) | Stop::RelayFailing(w) => w.clone(),
+            other => format!("{other:?}"),
+        };
+        let _ = halt::write(self.run.dir(), &words, self.clock.now());
+        self.halt(why);
+    }
+
+    /// Whether another send halted the run (its marker is there); halts this one too.
+    fn halted_elsewhere(&self) -> bool {
+        if !halt::present(self.run.dir()) {
+            return false;
+        }
+        let words = halt::read(self.run.dir())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "(the marker could not be read)".into());
+        self.halt(Stop::Halted(format!(
+            "a send of this run halted it ({}): {words}",
+            halt::path(self.run.dir()).display()
+        )));
+        true
     }
 
     /// Counts one donor of segment `seg` as handled in this process.
@@ -324,9 +358,16 @@ pub fn send(
         segments,
         pacing: shared.pacer.report(),
         seconds: (cx.clock.elapsed() - started).as_secs_f64(),
+        shard: cx.shard.map(|s| s.to_string()),
     };
-    reports::write_report(&dir.join(REPORT_JSON), &report)?;
-    reports::write_lists(dir, &cx.run.manifest, &mut known)?;
+    match cx.shard {
+        // Shards never write the same file: the whole run's files come from `campaign report`.
+        Some(s) => reports::write_report(&dir.join(REPORTS_DIR).join(s.report_name()), &report)?,
+        None => {
+            reports::write_report(&dir.join(REPORT_JSON), &report)?;
+            reports::write_lists(dir, &cx.run.manifest, &mut known)?;
+        }
+    }
     Ok(report)
 }
 

@@ -267,3 +267,45 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
+
+/// The whole run's report, written by `campaign report` after the shards: the run's totals
+/// from the ledgers and each shard's last report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunReport {
+    /// Per segment, from the ledgers.
+    pub segments: Vec<SegmentStatus>,
+    /// Each `RUN/reports/shard-I-of-N.json`, by file name.
+    pub shards: std::collections::BTreeMap<String, serde_json::Value>,
+}
+
+/// Writes the whole run's `report.json`, `failed.csv`, `unknown.csv`, `suppressed.csv` and
+/// `suppress-bounced.txt` from the ledgers. The caller holds the run's lock exclusively, so
+/// no send writes beside it.
+pub fn whole_run(run: &Path, manifest: &Manifest) -> Result<RunReport> {
+    let mut known = Summaries::default();
+    let segments = status_with(run, manifest, &Selection::all(manifest), &mut known)?;
+    let mut shards = std::collections::BTreeMap::new();
+    let dir = run.join(crate::rundir::REPORTS_DIR);
+    if dir.is_dir() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("reading {}", dir.display()))?
+                .path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a shard report", path.display()))?;
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            shards.insert(name.unwrap_or_default(), value);
+        }
+    }
+    let report = RunReport { segments, shards };
+    write_report(&run.join(crate::rundir::REPORT_JSON), &report)?;
+    write_lists(run, manifest, &mut known)?;
+    Ok(report)
+}

@@ -157,16 +157,15 @@ fn send_watching(
         daily_cap,
     };
     let fingerprint = ready.preparer.templates().fingerprint();
-    let plan = InProcessPlan::new(
-        run,
-        &selection,
-        opts.concurrency,
-        opts.batch,
+    let plan_opts = PlanOptions {
+        workers: opts.concurrency,
+        batch: opts.batch,
         budget,
-        &fingerprint,
-        &**clock,
-    )
-    .unwrap();
+        fingerprint: &fingerprint,
+        shard: None,
+        lock_wait: Duration::ZERO,
+    };
+    let plan = InProcessPlan::new(run, &selection, &plan_opts, &**clock).unwrap();
     let stop = AtomicBool::new(false);
     let cx = Context {
         run,
@@ -176,6 +175,7 @@ fn send_watching(
         progress: &NoProgress,
         stop: &stop,
         suppressions,
+        shard: None,
     };
     let new_transport = || -> Box<dyn Transport> {
         Box::new(Fake {

@@ -158,7 +158,10 @@ impl<'s, 'a> Worker<'s, 'a> {
         if pending.is_empty() {
             return sh.source.done(lease);
         }
-        sh.source.open(&mut lease)?;
+        if !sh.source.open(&mut lease)? {
+            // Another process holds the chunk's ledger: the source tries it again later.
+            return Ok(());
+        }
         let ledger = Arc::clone(
             lease
                 .ledger()
@@ -287,8 +290,14 @@ impl<'s, 'a> Worker<'s, 'a> {
         mut batch: Vec<Pending>,
     ) -> Result<Unsettled> {
         let sh = self.sh;
+        if sh.halted_elsewhere() {
+            return Ok(Unsettled {
+                unsent: batch,
+                ..Unsettled::default()
+            });
+        }
         self.drop_suppressed(ledger, seg, &mut batch)?;
-        let allowed = sh.source.take_budget(batch.len() as u64) as usize;
+        let allowed = sh.source.take_budget(batch.len() as u64)? as usize;
         let mut out = Unsettled {
             unsent: batch.split_off(allowed),
             ..Unsettled::default()
@@ -342,7 +351,7 @@ impl<'s, 'a> Worker<'s, 'a> {
         }
         if started < keys.len() {
             lock(ledger).release(&keys[started..], sh.clock.now())?;
-            sh.source.give_back((keys.len() - started) as u64);
+            sh.source.give_back((keys.len() - started) as u64)?;
         }
         let mut batch: Vec<Option<Pending>> = batch.into_iter().map(Some).collect();
         for (r, at) in deferred {
@@ -385,7 +394,7 @@ impl BatchJournal<'_, '_, '_> {
                 Outcome::Deferred { text, .. } | Outcome::Unknown { text } => text.clone(),
                 other => format!("{other:?}"),
             };
-            sh.halt(Stop::RelayFailing(format!(
+            sh.halt_relay(Stop::RelayFailing(format!(
                 "{} donors in a row, {}; the last: {last}",
                 sh.opts.halt_after,
                 fault.describe()
@@ -432,7 +441,7 @@ impl BatchJournal<'_, '_, '_> {
                 // Not this donor's fault: leave them deferred for the run after the fix.
                 ledger.deferred(key, now, code, &text)?;
                 sh.count(self.seg, |c| c.deferred += 1);
-                sh.halt(Stop::Halted(match code {
+                sh.halt_relay(Stop::Halted(match code {
                     Some(c) => format!("{c} {text}"),
                     None => text,
                 }));

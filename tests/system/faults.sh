@@ -6,11 +6,16 @@
 # openssl at test time. For every case: the exit code,
 # the ledger (status) against the report and against the messages the sink received, and a
 # re-run against a healthy sink that finishes the rest with nobody mailed twice.
+# And one case against a real throwaway postfix instance (tests/system/postfix.sh, run as
+# root from a temp dir): it accepts a run sent with a VERP return path, bounces every donor
+# (5.1.1) and writes its own DSNs to the alias of the return path, an mbox, which
+# `campaign bounces` reads back into a suppression list and the run's ledger (status).
 #
 #   bash tests/system/faults.sh          # installs postfix if smtp-sink is missing
 #   KEEP=1 bash tests/system/faults.sh   # keep the temp dirs (printed by failing cases)
 #
-# Only 127.0.0.1 is contacted; every sink is killed and every temp dir removed on exit.
+# Only 127.0.0.1 is contacted; every sink and postfix instance is stopped when its case ends
+# (KEEP=1 too) and every temp dir removed on exit.
 # Ends with a line "N passed, M failed" and exits non-zero if any case failed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,17 +38,26 @@ fi
 
 cargo build --locked --quiet
 BIN=$PWD/target/debug/campaign
+# start_postfix, stop_postfix, wait_for_dsns: a throwaway postfix instance.
+source tests/system/postfix.sh
 TOP=$(mktemp -d)
 # smtp-sink runs as nobody when started by root: it must reach the case directories.
 chmod 755 "$TOP"
 PIDS=()
-cleanup() {
+# kill_sinks: the sinks this shell started (each case runs in a subshell, with its own PIDS,
+# and calls this when it ends).
+kill_sinks() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+cleanup() {
+    stop_all_postfix
+    kill_sinks
     rm -rf "$TOP"
 }
 trap cleanup EXIT
-[[ -n ${KEEP:-} ]] && trap - EXIT
+[[ -n ${KEEP:-} ]] && trap stop_all_postfix EXIT
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
@@ -66,6 +80,7 @@ start_sink() {
 }
 
 # new_run DIR N: a campaign, its templates and N donors, segmented into DIR/run.
+# MESSAGE_TOML: lines added to [message]; EXTRA_TOML: lines added at the end.
 new_run() {
     local dir=$1 n=$2
     mkdir -p "$dir/templates/all"
@@ -75,9 +90,9 @@ id = "faults-2026"
 [message]
 from = "Friends of the Park <appeal@park.example>"
 unsubscribe_url = "https://park.example/u?t={{ unsubscribe_token }}"
-[[segment]]
-name = "all"
 TOML
+    if [[ -n ${MESSAGE_TOML:-} ]]; then printf '%s\n' "$MESSAGE_TOML" >>"$dir/campaign.toml"; fi
+    printf '[[segment]]\nname = "all"\n' >>"$dir/campaign.toml"
     if [[ -n ${EXTRA_TOML:-} ]]; then printf '%s\n' "$EXTRA_TOML" >>"$dir/campaign.toml"; fi
     printf 'Hello {{ name }}\n' >"$dir/templates/all/subject.txt"
     printf 'Dear {{ name }},\nthank you.\n' >"$dir/templates/all/body.txt"
@@ -148,7 +163,8 @@ case_() {
     # would count.
     local rc=0
     set +e
-    (set -e; "case_$name" "$dir") >"$dir/case.log" 2>&1
+    # However it ends, its sinks are killed and its postfix instance stopped.
+    (set -e; trap 'kill_sinks; stop_all_postfix' EXIT; "case_$name" "$dir") >"$dir/case.log" 2>&1
     rc=$?
     set -e
     if ((rc == 0)); then
@@ -165,7 +181,8 @@ rerun_healthy() {
     local dir=$1
     shift 2
     start_sink "$dir"
-    send "$dir" "$PORT"
+    # A halted case left the halt marker: the operator "fixed" the relay, so clears it.
+    send "$dir" "$PORT" --clear-halt
     check "$dir" code=0 pending=0 deferred=0 once=1 accounted=1 "$@"
 }
 
@@ -334,10 +351,58 @@ case_dkim_bad_keys_send_nothing() { # a short RSA key, or one others can read: r
     grep -q "can be read by other users (mode 0644)" "$1/err.txt"
 }
 
+case_postfix_dsn() { # a real postfix accepts, bounces (5.1.1) and returns DSNs; `bounces` reads them
+    local n=6 pfx=$1/postfix
+    start_postfix "$pfx"
+    MESSAGE_TOML='return_path = "bounces+{{ key }}@park.example"' new_run "$1" "$n"
+    send "$1" "$PORT" --concurrency 2
+    check "$1" code=0 sent=$n failed=0 deferred=0 unknown=0 pending=0 stop=finished
+    wait_for_dsns "$pfx" "$n"
+    (cd "$1" && "$BIN" bounces "$pfx/mail/bounces.mbox" --out bounced.txt --run run --json >bounces.json)
+    (cd "$1" && "$BIN" status run --json >status.json && cp bounced.txt bounced1.txt)
+    # Read twice (a cron job re-reading the mailbox): nobody listed or counted twice.
+    (cd "$1" && "$BIN" bounces "$pfx/mail/bounces.mbox" --out bounced.txt --run run --json >bounces2.json)
+    (cd "$1" && "$BIN" status run --json >status2.json)
+    python3 - "$1" "$n" "$pfx/mail/bounces.mbox" "$PFX_MYHOSTNAME" <<'PY'
+import json, mailbox, re, sys
+d, n, mbox, host = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+donors = sorted(f"d{i}@example.org" for i in range(n))
+# The DSNs are postfix's own: one per donor, each to the VERP address of its message.
+finals = []
+for m in mailbox.mbox(mbox):
+    assert m.get_content_type() == "multipart/report", m.get_content_type()
+    raw = m.as_string()
+    assert f"Reporting-MTA: dns; {host}" in raw and "X-Postfix-Queue-ID: " in raw, raw[:2000]
+    assert re.search(r"^Status: 5\.1\.1$", raw, re.M), raw[:2000]
+    finals += re.findall(r"^Final-Recipient: rfc822; ?(\S+)$", raw, re.M)
+    key = re.fullmatch(r"bounces\+([0-9a-f]{32})@park\.example", m["X-Original-To"]).group(1)
+    # The returned message is the one sent with this key in its return path.
+    assert f"Message-ID: <faults-2026.{key}@park.example>" in raw, raw
+assert sorted(finals) == donors, finals
+def listed(name):
+    return sorted(l.strip() for l in open(f"{d}/{name}") if l.strip() and not l.startswith("#"))
+assert listed("bounced1.txt") == donors, listed("bounced1.txt")
+out = json.load(open(f"{d}/bounces.json"))
+r, a = out["read"], out["applied"]
+assert (r["messages"], r["permanent"], r["unrecognised"]) == (n, n, []), r
+assert a["recorded"] == n, a
+status = json.load(open(f"{d}/status.json"))
+assert sum(s["bounced_later"] for s in status) == n, status
+again = json.load(open(f"{d}/bounces2.json"))["applied"]
+assert (again["added"], again["already_listed"]) == (0, n), again
+assert listed("bounced.txt") == donors, listed("bounced.txt")
+status = json.load(open(f"{d}/status2.json"))
+assert sum(s["bounced_later"] for s in status) == n, status
+PY
+    # Stopped, nothing of it left (case_ would stop it too, without this check).
+    stop_postfix "$pfx/etc"
+    [[ -z $(pfx_procs "$pfx/spool") ]]
+}
+
 for c in healthy soft_reject_at_rcpt hard_reject_at_rcpt sequence_error_at_data \
     abort_after_data 421_at_rcpt 421_at_mail drop_after_the_dot server_exits_mid_run \
     no_esmtp no_pipelining no_enhanced_codes_bounce slow_replies \
-    dkim_rsa dkim_ed25519 dkim_rsa_and_ed25519 dkim_bad_keys_send_nothing; do
+    dkim_rsa dkim_ed25519 dkim_rsa_and_ed25519 dkim_bad_keys_send_nothing postfix_dsn; do
     case_ "$c"
 done
 echo
