@@ -102,7 +102,7 @@ pub struct Args {
     /// parallel's {} for I. --rate is per process: divide the provider's limit by the shards
     /// running at once. Writes only RUN_DIR/reports/shard-I-of-N.json; run `campaign report`
     /// after the shards for the whole run's files.
-    #[arg(long, value_name = "I/N", value_parser = |s: &str| s.parse::<Shard>())]
+    #[arg(long, value_name = "I/N", value_parser = |s: &str| s.parse::<Shard>(), conflicts_with = "dry_run")]
     pub shard: Option<Shard>,
 
     /// Wait this long (30, 90s, 5m) for a lock another process holds (the run's, or this
@@ -112,13 +112,13 @@ pub struct Args {
 
     /// Remove the halt marker (RUN_DIR/ledger/halt) a halted send left, after fixing what
     /// the server refused, and send.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub clear_halt: bool,
 
     /// Send --shard from a run directory whose file system may not carry locks between
     /// hosts (FUSE object stores, SMB, NFS with nolock or local_lock): the check refusing
     /// them is skipped, and donors may be mailed twice if the locks do not hold.
-    #[arg(long)]
+    #[arg(long, requires = "shard")]
     pub trust_storage_locks_i_accept_duplicates: bool,
 
     /// Print the summary as JSON.
