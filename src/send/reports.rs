@@ -227,18 +227,12 @@ pub(super) fn write_lists(run: &Path, manifest: &Manifest, known: &mut Summaries
                             bounced.push('\n');
                         }
                     }
-                    State::Unknown => {
-                        unknown.write_record([
-                            seg.name.as_str(),
-                            &chunk.file,
-                            &line,
-                            &email,
-                            &e.text,
-                            &at,
-                        ])?;
-                    }
-                    State::Suppressed => {
-                        suppressed.write_record([
+                    State::Unknown | State::Suppressed => {
+                        let list = match e.state {
+                            State::Unknown => &mut unknown,
+                            _ => &mut suppressed,
+                        };
+                        list.write_record([
                             seg.name.as_str(),
                             &chunk.file,
                             &line,

@@ -146,16 +146,25 @@ pub fn setup(csv: &str) -> Workdir {
 
 /// `campaign segment` of the work dir's donors.csv and campaign.toml into `run`.
 pub fn try_segment(w: &Workdir) -> Output {
-    w.run(&[
-        "segment",
-        "donors.csv",
-        "--campaign",
-        "campaign.toml",
-        "--out",
-        "run",
-        "--as-of",
-        "2026-11-29",
-    ])
+    try_segment_with(w, &[])
+}
+
+/// [`try_segment`] with more flags (`--chunk-size 10`, ...).
+pub fn try_segment_with(w: &Workdir, extra: &[&str]) -> Output {
+    w.command()
+        .args([
+            "segment",
+            "donors.csv",
+            "--campaign",
+            "campaign.toml",
+            "--out",
+            "run",
+            "--as-of",
+            "2026-11-29",
+        ])
+        .args(extra)
+        .output()
+        .expect("running campaign")
 }
 
 pub fn segment(w: &Workdir) {
