@@ -176,12 +176,15 @@ pub struct SendReport {
     /// The shard (`I/N`) this process sent, if it was one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
+    /// Donors still to do (deferred or pending) in this process's part of the run: the
+    /// selected segments, and of them a shard's chunks only.
+    pub remaining: u64,
 }
 
 impl SendReport {
-    /// Donors in the selected segments still to do (deferred or pending).
+    /// Donors still to do in this process's part of the run (see [`SendReport::remaining`]).
     pub fn remaining(&self) -> u64 {
-        self.segments.iter().map(|s| s.deferred + s.pending).sum()
+        self.remaining
     }
 }
 
@@ -342,7 +345,8 @@ pub fn send(
     let mut known: Summaries = plan.finish()?;
     let dir = cx.run.dir();
     let segments = reports::status_with(dir, &cx.run.manifest, cx.selection, &mut known)?;
-    let remaining: u64 = segments.iter().map(|s| s.deferred + s.pending).sum();
+    // A shard is done when its own chunks are, whatever the other shards have left.
+    let remaining = reports::remaining_in(dir, &cx.run.manifest, &plan.chunks(), &mut known)?;
     let stop_reason = if let Some(h) = halt {
         h
     } else if cx.stop.load(Ordering::Relaxed) {
@@ -359,6 +363,7 @@ pub fn send(
         pacing: shared.pacer.report(),
         seconds: (cx.clock.elapsed() - started).as_secs_f64(),
         shard: cx.shard.map(|s| s.to_string()),
+        remaining,
     };
     match cx.shard {
         // Shards never write the same file: the whole run's files come from `campaign report`.

@@ -242,6 +242,13 @@ impl<'a> InProcessPlan<'a> {
         self.jobs.len()
     }
 
+    /// The chunks this plan sends, `(segment, chunk)`, in run order.
+    pub(super) fn chunks(&self) -> Vec<(usize, usize)> {
+        let mut v: Vec<(usize, usize)> = self.jobs.iter().map(|j| (j.seg, j.chunk)).collect();
+        v.dedup();
+        v
+    }
+
     /// Why the budget ran out, when it did.
     pub(super) fn budget_reason(&self) -> Stop {
         if self.cap_spent.load(Ordering::Relaxed) {

@@ -120,6 +120,22 @@ impl Summaries {
     }
 }
 
+/// Donors still to do (deferred or pending) in the given chunks, `(segment, chunk)` indexes.
+pub(super) fn remaining_in(
+    run: &Path,
+    manifest: &Manifest,
+    chunks: &[(usize, usize)],
+    known: &mut Summaries,
+) -> Result<u64> {
+    let mut left = 0;
+    for &(s, c) in chunks {
+        let rows = manifest.segments[s].chunks[c].rows;
+        let sum = known.get(run, manifest, s, c)?;
+        left += sum.deferred + rows.saturating_sub(sum.recorded());
+    }
+    Ok(left)
+}
+
 /// Per-segment totals of the selected segments, read from the ledgers.
 pub fn status(
     run: &Path,
