@@ -167,7 +167,7 @@ pub struct SendReport {
     pub stop: Stop,
     /// This process's counts.
     pub session: SessionCounts,
-    /// The whole run's state after this process.
+    /// The run's state after this process: the selected segments, of a shard its own chunks.
     pub segments: Vec<SegmentStatus>,
     /// How often the relay asked to slow down, and how slow it got.
     pub pacing: PacingReport,
@@ -344,9 +344,12 @@ pub fn send(
     let budget_reason = plan.budget_reason();
     let mut known: Summaries = plan.finish()?;
     let dir = cx.run.dir();
-    let segments = reports::status_with(dir, &cx.run.manifest, cx.selection, &mut known)?;
-    // A shard is done when its own chunks are, whatever the other shards have left.
-    let remaining = reports::remaining_in(dir, &cx.run.manifest, &plan.chunks(), &mut known)?;
+    // A shard reports its own part, and is done when its own chunks are, whatever the other
+    // shards have left.
+    let mine = plan.chunks();
+    let part = cx.shard.map(|_| mine.as_slice());
+    let segments = reports::status_of(dir, &cx.run.manifest, cx.selection, part, &mut known)?;
+    let remaining = reports::remaining_in(dir, &cx.run.manifest, &mine, &mut known)?;
     let stop_reason = if let Some(h) = halt {
         h
     } else if cx.stop.load(Ordering::Relaxed) {

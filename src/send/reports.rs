@@ -152,16 +152,32 @@ pub(super) fn status_with(
     selection: &Selection,
     known: &mut Summaries,
 ) -> Result<Vec<SegmentStatus>> {
+    status_of(run, manifest, selection, None, known)
+}
+
+/// [`status_with`] over only `chunks` (`(segment, chunk)`) of the selected segments, when
+/// given: a shard's part, so a shard never reads the other shards' ledgers.
+pub(super) fn status_of(
+    run: &Path,
+    manifest: &Manifest,
+    selection: &Selection,
+    chunks: Option<&[(usize, usize)]>,
+    known: &mut Summaries,
+) -> Result<Vec<SegmentStatus>> {
     let mut out = Vec::new();
     for &s in selection.indexes() {
         let seg = &manifest.segments[s];
+        let mine = |c: usize| chunks.is_none_or(|cs| cs.contains(&(s, c)));
         let mut st = SegmentStatus {
             segment: seg.name.clone(),
-            donors: seg.rows,
+            donors: (0..seg.chunks.len())
+                .filter(|&c| mine(c))
+                .map(|c| seg.chunks[c].rows)
+                .sum(),
             ..SegmentStatus::default()
         };
         let mut recorded = 0;
-        for c in 0..seg.chunks.len() {
+        for c in (0..seg.chunks.len()).filter(|&c| mine(c)) {
             let sum = known.get(run, manifest, s, c)?;
             st.sent += sum.sent;
             st.failed += sum.failed;
@@ -172,7 +188,7 @@ pub(super) fn status_with(
             st.complaints += sum.complaints;
             recorded += sum.recorded();
         }
-        st.pending = seg.rows.saturating_sub(recorded);
+        st.pending = st.donors.saturating_sub(recorded);
         out.push(st);
     }
     Ok(out)
