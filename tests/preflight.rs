@@ -79,7 +79,7 @@ fn a_password_file_that_does_not_exist_is_refused() {
     w.write("smtp-password.txt", "s3cret\n");
     let o = check(&w);
     assert_code(&o, 0);
-    assert!(!stdout(&o).contains("s3cret"), "{}", stdout(&o));
+    assert!(!stdout(&o).contains("s3cret") && !stderr(&o).contains("s3cret"));
 }
 
 #[test]
@@ -104,7 +104,7 @@ fn an_unsubscribe_url_that_is_not_https_is_caught() {
     // [columns] declares every column the templates use.
     let o = w.run(&["check", "campaign.toml"]);
     assert_code(&o, 0);
-    assert!(stdout(&o).contains("pass --donors"), "{}", stdout(&o));
+    assert!(stderr(&o).contains("pass --donors"), "{}", stderr(&o));
     w.write(
         "campaign.toml",
         CAMPAIGN
@@ -133,7 +133,11 @@ fn settings_only_the_environment_decides_are_notes_for_check_and_problems_for_se
     // No relay named anywhere: check and the dry run say so, send refuses.
     let o = check(&w);
     assert_code(&o, 0);
-    assert!(stdout(&o).contains("note:") && stdout(&o).contains("no SMTP relay configured"));
+    // Notes go to stderr as warnings, as send's do (issue 14).
+    assert!(
+        stderr(&o).contains("campaign: warning: ")
+            && stderr(&o).contains("no SMTP relay configured")
+    );
     segment(&w);
     let o = w.run(&["send", "run", "--dry-run"]);
     assert_code(&o, 0);
@@ -241,9 +245,9 @@ fn skipping_the_certificate_check_is_warned_about_on_every_run() {
     let o = check(&w);
     assert_code(&o, 0);
     assert!(
-        stdout(&o).contains("certificate is NOT checked"),
+        stderr(&o).contains("certificate is NOT checked"),
         "{}",
-        stdout(&o)
+        stderr(&o)
     );
     segment(&w);
     let o = w.run(&["send", "run", "--dry-run"]);
@@ -287,14 +291,14 @@ fn a_dkim_domain_not_aligned_with_from_is_a_note_and_an_aligned_one_is_not() {
     let o = check(&w);
     assert_code(&o, 0);
     assert!(
-        stdout(&o).contains("DMARC may fail") && stdout(&o).contains("esp.example"),
+        stderr(&o).contains("DMARC may fail") && stderr(&o).contains("esp.example"),
         "{}",
-        stdout(&o)
+        stderr(&o)
     );
     w.write("campaign.toml", with(&dkim_table("riverside-park.example")));
     let o = check(&w);
     assert_code(&o, 0);
-    assert!(!stdout(&o).contains("DMARC"), "{}", stdout(&o));
+    assert!(!stderr(&o).contains("DMARC"), "{}", stderr(&o));
 }
 
 #[test]
@@ -308,9 +312,9 @@ fn check_counts_the_donors_who_need_smtputf8() {
     let o = check(&w);
     assert_code(&o, 0);
     assert!(
-        stdout(&o).contains("1 donor rows have an address whose part before the @ is not ASCII"),
+        stderr(&o).contains("1 donor rows have an address whose part before the @ is not ASCII"),
         "{}",
-        stdout(&o)
+        stderr(&o)
     );
     w.write("donors.csv", DONORS);
     assert!(!stdout(&check(&w)).contains("SMTPUTF8"));

@@ -39,10 +39,9 @@ pub fn run(args: Args) -> Result<Code, Error> {
     let today = jiff::ZonedDateTime::now().date();
     let env = Environment::from_process();
     let found = preflight::campaign(&campaign, args.donors.as_deref(), &env, today, clock.now());
+    // Notes go where `send`'s do: stderr, as warnings; stdout holds the verdict.
+    super::warn(&found.notes);
     let mut out = String::new();
-    for n in &found.notes {
-        out.push_str(&format!("note: {n}\n"));
-    }
     let problems = &found.problems;
     if problems.is_empty() {
         out.push_str(&format!(
