@@ -269,6 +269,22 @@ impl SendToml {
     }
 }
 
+/// A hint for the usual TOML mistake in a rule: double quotes inside a double-quoted
+/// `when = "country = "UK""`, which TOML reads as the string's end.
+fn quoting_hint(text: &str, e: &toml::de::Error) -> &'static str {
+    let Some(span) = e.span() else { return "" };
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    let (key, value) = line.split_once('=').unwrap_or(("", ""));
+    if key.trim() == "when" && value.matches('"').count() > 2 {
+        "\nhint: a rule's text values go in single quotes inside the double-quoted string: when = \"country = 'UK'\" (or quote the whole rule with single quotes: when = 'country = \"UK\"')"
+    } else {
+        ""
+    }
+}
+
 /// The most connections (or dry-run threads) a process opens: beyond this a relay refuses
 /// them anyway, and each costs a thread.
 pub const MAX_CONCURRENCY: usize = 1024;
@@ -355,12 +371,12 @@ pub struct Campaign {
 #[derive(Debug, thiserror::Error)]
 pub enum CampaignError {
     /// The file could not be read.
-    #[error("cannot read campaign file {}: {source}", path.display())]
+    #[error("cannot read campaign file {}: {cause}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause: in the message, not chained, so it is printed once.
+        cause: std::io::Error,
     },
     /// The TOML does not parse or has unexpected keys.
     #[error("campaign file {}: {message}", path.display())]
@@ -423,9 +439,9 @@ struct SegmentToml {
 impl Campaign {
     /// Reads and checks a campaign file.
     pub fn load(path: &Path) -> Result<Campaign, CampaignError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CampaignError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| CampaignError::Read {
             path: path.to_owned(),
-            source,
+            cause,
         })?;
         Campaign::parse(path, &text)
     }
@@ -438,7 +454,7 @@ impl Campaign {
         };
         let file: FileToml = toml::from_str(text).map_err(|e| CampaignError::Syntax {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: format!("{}{}", e.to_string().trim_end(), quoting_hint(text, &e)),
         })?;
         let id =
             CampaignId::new(&file.campaign.id).map_err(|m| invalid(format!("[campaign] {m}")))?;

@@ -319,3 +319,88 @@ fn check_counts_the_donors_who_need_smtputf8() {
     w.write("donors.csv", DONORS);
     assert!(!stdout(&check(&w)).contains("SMTPUTF8"));
 }
+
+/// Issue 14's weak messages: each cause printed once, the same exit code for a missing
+/// campaign file and a missing export, a date written another way, and TOML quoting in a rule.
+#[test]
+fn missing_files_bad_dates_and_rule_quoting_get_clear_messages() {
+    let w = setup(DONORS);
+    let o = w.run(&["check", "missing.toml"]);
+    assert_code(&o, 2);
+    assert_eq!(
+        stderr(&o).matches("os error 2").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+
+    let o = w.run(&[
+        "segment",
+        "missing.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run",
+    ]);
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("cannot open donor file missing.csv"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = w.run(&[
+        "segment",
+        "donors.csv",
+        "--campaign",
+        "campaign.toml",
+        "--out",
+        "run",
+        "--as-of",
+        "29/11/2026",
+    ]);
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("write it as YYYY-MM-DD, for example"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("four digit integer"), "{}", stderr(&o));
+
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace("when = \"total >= 1000\"", "when = \"country = \"UK\"\""),
+    );
+    let o = w.run(&["check", "campaign.toml"]);
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("when = \"country = 'UK'\""),
+        "{}",
+        stderr(&o)
+    );
+
+    // The password file's cause, once, where send prints it too.
+    w.write("campaign.toml", with("[smtp]\nhost = \"127.0.0.1\"\nport = 1\ntls = \"none\"\nusername = \"u\"\npassword_file = \"nope.txt\"\n"));
+    segment(&w);
+    let o = w
+        .command()
+        .args(["send", "run"])
+        .env(
+            "CAMPAIGN_UNSUBSCRIBE_SECRET",
+            "0123456789abcdef0123456789abcdef",
+        )
+        .output()
+        .unwrap();
+    assert_code(&o, 2);
+    assert!(
+        stderr(&o).contains("cannot read the SMTP password file"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        stderr(&o).matches("os error 2").count(),
+        1,
+        "{}",
+        stderr(&o)
+    );
+}

@@ -37,7 +37,7 @@ pub struct Args {
 
     /// The date `today` means in rules, so a re-run gives the same segments. Default: the
     /// current local date.
-    #[arg(long, value_name = "YYYY-MM-DD")]
+    #[arg(long, value_name = "YYYY-MM-DD", value_parser = super::values::date)]
     pub as_of: Option<Date>,
 
     /// Replace RUN_DIR if it is a run that has not started sending. A run with a delivery

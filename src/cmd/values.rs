@@ -1,4 +1,4 @@
-//! Values of `send`'s flags that clap cannot take as they are: bounded numbers, durations,
+//! Values of flags that clap cannot take as they are: bounded numbers, durations, dates,
 //! and `--on-unknown`'s choices (the library's type has no clap derive).
 
 use std::time::Duration;
@@ -53,4 +53,13 @@ pub(super) fn duration(s: &str) -> Result<Duration, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a duration (for example 30, 90s, 5m or 1h)"))?;
     campaign::campaign::seconds(s, n * unit)
+}
+
+/// `--as-of`: a calendar date, written YYYY-MM-DD.
+pub(super) fn date(s: &str) -> Result<jiff::civil::Date, String> {
+    s.trim().parse().map_err(|_| {
+        format!(
+            "{s:?} is not a date campaign reads: write it as YYYY-MM-DD, for example 2026-11-29"
+        )
+    })
 }

@@ -306,12 +306,12 @@ fn random_u32() -> u32 {
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// A file system operation failed.
-    #[error("delivery ledger {}: {source}", path.display())]
+    #[error("delivery ledger {}: {cause}", path.display())]
     Io {
         /// The file or directory concerned.
         path: PathBuf,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error: in the message, not chained, so it is printed once.
+        cause: std::io::Error,
     },
     /// A complete line does not follow the format.
     #[error(
@@ -360,10 +360,10 @@ pub enum LedgerError {
 
 impl LedgerError {
     /// Wraps an I/O error with the path it concerns.
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> LedgerError {
+    pub(crate) fn io(path: &Path, cause: std::io::Error) -> LedgerError {
         LedgerError::Io {
             path: path.to_owned(),
-            source,
+            cause,
         }
     }
 }

@@ -208,7 +208,15 @@ fn open_input(opts: &SegmentOptions) -> Result<Input, SegmentError> {
         .iter()
         .map(ToString::to_string)
         .collect();
-    let (rdr, header, size) = open_donors(&opts.donors, true)?;
+    // A path that is not a file is the command line's mistake (exit 2, as for the campaign
+    // file); failing to read a file that is there is not.
+    let (rdr, header, size) = open_donors(&opts.donors, true).map_err(|e| {
+        if opts.donors.is_file() {
+            SegmentError::Other(e)
+        } else {
+            SegmentError::Config(e)
+        }
+    })?;
     let classifier = Classifier::new(
         &opts.campaign,
         &opts.donors,

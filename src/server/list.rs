@@ -29,12 +29,12 @@ use std::sync::Mutex;
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     /// The file could not be opened, locked, written or synced.
-    #[error("cannot append to the unsubscribe list {}: {source}; check the disk and the file's permissions", path.display())]
+    #[error("cannot append to the unsubscribe list {}: {cause}; check the disk and the file's permissions", path.display())]
     Io {
         /// The list.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause: in the message, not chained, so it is printed once.
+        cause: std::io::Error,
     },
     /// `--out` names something that is not a regular file.
     #[error("the unsubscribe list {} is not a regular file; give --out a file path", path.display())]
@@ -78,10 +78,10 @@ impl SuppressionList {
         &self.path
     }
 
-    fn io(&self, source: std::io::Error) -> ListError {
+    fn io(&self, cause: std::io::Error) -> ListError {
         ListError::Io {
             path: self.path.clone(),
-            source,
+            cause,
         }
     }
 

@@ -84,12 +84,12 @@ pub enum RoutesError {
         path: PathBuf,
     },
     /// The template cannot be served.
-    #[error("campaign file {}: [message] unsubscribe_url cannot be served: {source}", path.display())]
+    #[error("campaign file {}: [message] unsubscribe_url cannot be served: {cause}", path.display())]
     Template {
         /// The campaign file.
         path: PathBuf,
-        /// Why.
-        source: RouteError,
+        /// Why: in the message, not chained, so it is printed once.
+        cause: RouteError,
     },
     /// Two campaign files with the same id at the same path.
     #[error(
@@ -265,9 +265,9 @@ impl Routes {
                 .ok_or_else(|| RoutesError::NoUrl {
                     path: c.path.clone(),
                 })?;
-            let route = Route::parse(template).map_err(|source| RoutesError::Template {
+            let route = Route::parse(template).map_err(|cause| RoutesError::Template {
                 path: c.path.clone(),
-                source,
+                cause,
             })?;
             let key = (route.path.clone(), c.id.clone());
             if let Some(first) = files.get(&key) {

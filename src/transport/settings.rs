@@ -171,12 +171,12 @@ pub enum SmtpConfigError {
         reason: String,
     },
     /// The password file cannot be read.
-    #[error("cannot read the SMTP password file {}: {source}", path.display())]
+    #[error("cannot read the SMTP password file {}: {cause}", path.display())]
     PasswordFile {
         /// The file, resolved against the campaign file's directory.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause: in the message, not chained, so it is printed once.
+        cause: std::io::Error,
     },
     /// The password file's first line is empty.
     #[error("the SMTP password file {} is empty: write the password on its first line", path.display())]
@@ -404,9 +404,9 @@ fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, SmtpConfigE
 /// Reads the first line of the password file (trailing CR/LF removed, nothing else trimmed:
 /// a password may legitimately start or end with a space).
 fn read_password_file(path: &Path) -> Result<Password, SmtpConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| SmtpConfigError::PasswordFile {
+    let text = std::fs::read_to_string(path).map_err(|cause| SmtpConfigError::PasswordFile {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     let line = text.lines().next().unwrap_or("");
     if line.is_empty() {
