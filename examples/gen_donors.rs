@@ -575,7 +575,20 @@ struct Options {
     bom: bool,
 }
 
-fn parse_args() -> Result<Options, String> {
+/// What `--help` prints (on stdout, exit 0).
+const USAGE: &str = "usage: gen_donors [--rows N] [--seed S] [--out FILE] [--crlf] [--bom]
+
+Writes a synthetic donor export (CSV) for benchmarks and tests: N rows (default 1000), the
+same for the same seed (default 1), to FILE or stdout; --crlf for CRLF line endings, --bom
+for a UTF-8 byte order mark.";
+
+/// Parsed arguments, or `--help`.
+enum Parsed {
+    Run(Options),
+    Help,
+}
+
+fn parse_args() -> Result<Parsed, String> {
     let mut o = Options {
         rows: 1000,
         seed: 1,
@@ -601,20 +614,20 @@ fn parse_args() -> Result<Options, String> {
             "--out" => o.out = Some(value("--out")?),
             "--crlf" => o.crlf = true,
             "--bom" => o.bom = true,
-            "-h" | "--help" => {
-                return Err(
-                    "usage: gen_donors [--rows N] [--seed S] [--out FILE] [--crlf] [--bom]".into(),
-                );
-            }
+            "-h" | "--help" => return Ok(Parsed::Help),
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
     }
-    Ok(o)
+    Ok(Parsed::Run(o))
 }
 
 fn main() -> ExitCode {
     let opts = match parse_args() {
-        Ok(o) => o,
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("gen_donors: {e}");
             return ExitCode::from(2);
