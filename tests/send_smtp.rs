@@ -692,3 +692,44 @@ fn donors_suppressed_after_segment_are_not_mailed_on_resume() {
     assert_code(&o, 2);
     assert!(stderr(&o).contains("missing.txt"), "{}", stderr(&o));
 }
+
+/// Cron: `--quiet` says nothing when all went well, also on a re-run of a finished run;
+/// `--ok-if-locked` makes cron overlap silent; off a terminal a progress line is printed.
+#[test]
+fn cron_runs_are_silent_when_all_is_well() {
+    let server = TestServer::start();
+    let w = setup(&donors(20));
+    segment(&w);
+    let o = send(&w, &server, &["--quiet", "--limit", "5"]);
+    assert_code(&o, 5);
+    assert_eq!(stdout(&o), "");
+    let o = send(&w, &server, &["--quiet"]);
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o), "");
+    let o = send(&w, &server, &["--quiet"]);
+    assert_code(&o, 0);
+    assert_eq!((stdout(&o).as_str(), server.received().len()), ("", 20));
+
+    let _lock = campaign::ledger::RunLock::acquire(&w.path("run")).unwrap();
+    let o = send(&w, &server, &["--quiet", "--ok-if-locked"]);
+    assert_code(&o, 0);
+    assert_eq!(stdout(&o), "");
+    let o = send(&w, &server, &["--quiet"]);
+    assert_code(&o, 7);
+}
+
+#[test]
+fn off_a_terminal_a_send_prints_timestamped_progress_lines() {
+    let server = TestServer::start();
+    let w = setup(&donors(20));
+    segment(&w);
+    let o = send(&w, &server, &["--progress-every", "0"]);
+    assert_code(&o, 0);
+    let err = stderr(&o);
+    let line = err
+        .lines()
+        .find(|l| l.contains("donors done"))
+        .unwrap_or_else(|| panic!("no progress line: {err}"));
+    assert!(line.starts_with("campaign: 20"), "{line}");
+    assert!(line.contains("of 20 donors done"), "{line}");
+}

@@ -78,11 +78,18 @@ pub fn run(args: &Args) -> Result<Code, Error> {
         shard: args.shard,
         lock_wait: args.lock_wait,
     };
-    let plan = InProcessPlan::new(&run, &selection, &plan_opts, &clock).map_err(|e| match e {
-        PlanError::Locked(_) => Error::new(Code::Locked, e),
-        PlanError::TemplatesChanged(_) => Error::new(Code::Usage, e),
-        PlanError::Ledger(_) => Error::new(Code::Failure, e),
-    })?;
+    let plan = match InProcessPlan::new(&run, &selection, &plan_opts, &clock) {
+        Ok(plan) => plan,
+        // Cron overlap: the running send carries on; this one has nothing to say.
+        Err(PlanError::Locked(_)) if args.ok_if_locked => return Ok(Code::Success),
+        Err(e) => {
+            return Err(match e {
+                PlanError::Locked(_) => Error::new(Code::Locked, e),
+                PlanError::TemplatesChanged(_) => Error::new(Code::Usage, e),
+                PlanError::Ledger(_) => Error::new(Code::Failure, e),
+            });
+        }
+    };
     super::warn(&ready.notes);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,7 +108,12 @@ pub fn run(args: &Args) -> Result<Code, Error> {
             );
         });
     }
-    let bars = super::progress::Bars::per_segment(!args.quiet && !args.json, &run, &selection)?;
+    let bars = super::progress::Bars::per_segment(
+        !args.quiet && !args.json,
+        args.progress_every,
+        &run,
+        &selection,
+    )?;
     let new_transport =
         move || -> Box<dyn Transport> { Box::new(SmtpTransport::new(Arc::clone(&settings))) };
     let cx = Context {
@@ -126,11 +138,16 @@ pub fn run(args: &Args) -> Result<Code, Error> {
     } else {
         super::summary::send(&report, &args.run)
     };
-    super::print_bytes(text.as_bytes())?;
-    Ok(match &report.stop {
+    let code = match &report.stop {
         Stop::Halted(_) | Stop::RelayFailing(_) => Code::Halted,
         _ if report.remaining() > 0 => Code::Remaining,
         _ if report.session.unknown > 0 => Code::Unknown,
         _ => Code::Success,
-    })
+    };
+    // Under cron, done and "run me again later" are the normal outcomes: silent (JSON was
+    // asked for, so it is printed).
+    if args.json || !(args.quiet && matches!(code, Code::Success | Code::Remaining)) {
+        super::print_bytes(text.as_bytes())?;
+    }
+    Ok(code)
 }

@@ -125,9 +125,20 @@ pub struct Args {
     #[arg(long)]
     pub json: bool,
 
-    /// No progress bar, and only the summary.
+    /// No progress, and no summary when all went well (exit 0, or 5: work left for a later
+    /// run): for cron, which mails any output. Warnings and errors still go to stderr, and
+    /// the summary is printed when the send halted or outcomes are unknown.
     #[arg(long)]
     pub quiet: bool,
+
+    /// With a held lock (another send is running: cron overlap), exit 0 silently instead
+    /// of 7.
+    #[arg(long)]
+    pub ok_if_locked: bool,
+
+    /// Off a terminal, print a progress line to stderr this often (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = values::duration, default_value = "60", hide = true)]
+    pub progress_every: Duration,
 }
 
 impl Args {
