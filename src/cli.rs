@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 /// Two steps: `campaign segment` turns a donor CSV and a campaign file into a run directory
 /// of per-segment chunk files; later steps render and send from that directory.
 #[derive(Debug, Parser)]
-#[command(name = "campaign", version, about, long_about)]
+#[command(name = "campaign", version = campaign::VERSION, about, long_about)]
 pub struct Cli {
     /// The step to run.
     #[command(subcommand)]
@@ -25,12 +25,14 @@ pub enum Command {
     ///
     /// Exit codes: 0 run written; 2 bad flags, campaign file or rules; 3 input refused
     /// (too many invalid rows, no rows, existing run in the way); 1 other failures.
+    #[command(after_long_help = SEGMENT_HELP)]
     Segment(crate::cmd::segment::Args),
 
     /// Check a campaign file, its rules and its templates, reporting every problem found.
     ///
     /// With --donors, rules and template variables are checked against that export's
     /// columns. Exit codes: 0 no problems; 2 problems found (listed on stdout).
+    #[command(after_long_help = CHECK_HELP)]
     Check(crate::cmd::check::Args),
 
     /// Deliver a run's messages over SMTP, recording every outcome in the run's ledger; a
@@ -43,9 +45,11 @@ pub enum Command {
     /// row alike; 7 another send holds the run's lock; 8 finished, but some messages of this
     /// run have an unknown outcome (unknown.csv); 4 (dry run) some messages cannot be
     /// rendered; 2 bad flags, campaign file, templates or SMTP settings; 1 other failures.
+    #[command(after_long_help = SEND_HELP)]
     Send(crate::cmd::send::Args),
 
     /// Show, per segment, how many donors are sent, failed, deferred, unknown and pending.
+    #[command(after_long_help = STATUS_HELP)]
     Status(crate::cmd::status::Args),
 
     /// Write the whole run's report.json, failed.csv, unknown.csv, suppressed.csv and
@@ -53,7 +57,17 @@ pub enum Command {
     /// write only RUN_DIR/reports/shard-I-of-N.json.
     ///
     /// Exit codes: 0 written; 7 a send is running on the run; 2 not a run; 1 other failures.
+    #[command(after_long_help = REPORT_HELP)]
     Report(crate::cmd::report::Args),
+
+    /// Print a completion script for a shell (bash, zsh, fish, powershell, elvish).
+    ///
+    /// For bash: `campaign completions bash > /etc/bash_completion.d/campaign`; for zsh: into a
+    /// directory on $fpath as `_campaign`; for fish: `~/.config/fish/completions/campaign.fish`.
+    Completions(crate::cmd::completions::Args),
+
+    /// Print the man page (roff) for campaign and its subcommands: `campaign man > campaign.1`.
+    Man(crate::cmd::man::Args),
 
     /// Read bounce messages (delivery status notifications, spam complaints, replies to the
     /// mailto unsubscribe, and the plain-text bounces of common mail servers) and append the
@@ -75,12 +89,66 @@ pub enum Command {
     /// CAMPAIGN_UNSUBSCRIBE_SECRET_FILE (mode 600), the same `campaign send` made the links
     /// with. Stops cleanly on SIGINT or SIGTERM. Exit codes: 0 stopped by a signal; 2 bad
     /// flags, campaign file, secret or --out file; 1 cannot listen, other failures.
+    #[command(after_long_help = SERVER_HELP)]
     UnsubscribeServer(crate::cmd::unsubscribe_server::Args),
 }
 
-const BOUNCES_EXAMPLES: &str = "Examples:
+/// The environment variables `send`, `check`, `bounces` and the server read.
+macro_rules! environment {
+    () => {
+        "Environment:
+  CAMPAIGN_SMTP_URL                 the relay: smtp+starttls://user@relay.example:587 (else [smtp])
+  CAMPAIGN_SMTP_PASSWORD            the relay password (else [smtp] password_file)
+  CAMPAIGN_UNSUBSCRIBE_SECRET       the secret of the unsubscribe tokens (16+ bytes)
+  CAMPAIGN_UNSUBSCRIBE_SECRET_FILE  a mode-600 file holding it instead"
+    };
+}
+
+const SEGMENT_HELP: &str = "Examples:
+  campaign segment donors.csv --campaign spring.toml --out runs/spring
+  campaign segment donors.csv --campaign spring.toml --out runs/spring --suppress unsubscribed.txt --suppress runs/autumn
+  campaign segment donors.csv --campaign spring.toml --explain ann@example.org";
+
+const CHECK_HELP: &str = concat!(
+    "Examples:
+  campaign check spring.toml
+  campaign check spring.toml --donors donors.csv --smtp
+
+",
+    environment!()
+);
+
+const SEND_HELP: &str = concat!(
+    "Examples:
+  campaign send runs/spring --dry-run --print ann@example.org
+  campaign send runs/spring --rate 50/s --daily-cap 20000 --suppress unsubscribed.txt
+  campaign send runs/spring --quiet --ok-if-locked                  # from cron
+  campaign send runs/spring --shard $SLURM_ARRAY_TASK_ID/16 --lock-wait 60s
+
+",
+    environment!()
+);
+
+const STATUS_HELP: &str = "Examples:
+  campaign status runs/spring
+  campaign status runs/spring --json";
+
+const REPORT_HELP: &str = "Examples:
+  campaign report runs/spring        # after every `send --shard I/N` has finished";
+
+const SERVER_HELP: &str = concat!(
+    "Examples:
+  campaign unsubscribe-server --listen 127.0.0.1:8058 --out /var/lib/campaign/unsubscribed.txt --campaign spring.toml
+
+",
+    environment!()
+);
+
+const BOUNCES_EXAMPLES: &str = concat!(
+    "Examples:
   campaign bounces ~/Maildir/.Bounces --out suppress/bounced.txt --run runs/spring
   campaign bounces - --out /var/lib/campaign/bounced.txt      # behind a mail alias
 
-Environment:
-  CAMPAIGN_UNSUBSCRIBE_SECRET   the secret `send` made tokens with, to honour unsubscribe replies";
+",
+    environment!()
+);

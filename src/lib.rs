@@ -23,6 +23,15 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+/// This build's version and the git commit it was built from, e.g. `0.1.0 (4e9a7991a2b3)`:
+/// `--version`, and the manifest's `tool_version`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("CAMPAIGN_COMMIT"),
+    ")"
+);
+
 // The campaign file.
 pub mod campaign;
 pub mod rules;

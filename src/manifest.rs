@@ -7,7 +7,7 @@
 //! ```json
 //! {
 //!   "format_version": 1,
-//!   "tool_version": "0.1.0",
+//!   "tool_version": "0.1.0 (4e9a7991a2b3)",     // version and git commit that wrote it
 //!   "campaign_id": "spring-gala-2026",
 //!   "as_of": "2026-11-29",
 //!   "created_at": "2026-11-29T23:40:00Z",

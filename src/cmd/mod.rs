@@ -5,9 +5,11 @@
 
 pub mod bounces;
 pub mod check;
+pub mod completions;
 mod deliver;
 mod dryrun;
 mod guards;
+pub mod man;
 mod progress;
 pub mod report;
 mod run_table;

@@ -424,7 +424,7 @@ pub fn run(opts: &SegmentOptions, progress: &dyn Progress) -> Result<SegmentRepo
     let dropped_file = |k: &str| format!("{DROPPED_DIR}/{k}.csv");
     let manifest = Manifest {
         format_version: manifest::FORMAT_VERSION,
-        tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        tool_version: crate::VERSION.to_owned(),
         campaign_id: opts.campaign.id.as_str().to_owned(),
         as_of: opts.as_of.to_string(),
         created_at: opts
