@@ -20,6 +20,12 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a starting campaign into DIR: a commented campaign file, two segments with text
+    /// and HTML templates on a shared layout, a 5-row donor export and a suppression list.
+    ///
+    /// Nothing is overwritten: if any of its files exists, nothing is written (exit 3).
+    Init(crate::cmd::init::Args),
+
     /// Validate a donor export, drop invalid, duplicate and suppressed rows, assign each donor
     /// to one segment and write a run directory.
     ///

@@ -32,8 +32,9 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
-// The campaign file.
+// The campaign file, and a first one to start from.
 pub mod campaign;
+pub mod init;
 pub mod rules;
 
 // segment: the export in, a run directory out.

@@ -16,6 +16,7 @@ mod cmd;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Init(args) => cmd::init::run(args),
         Command::Segment(args) => cmd::segment::run(args),
         Command::Check(args) => cmd::check::run(args),
         Command::Send(args) => cmd::send::run(args),

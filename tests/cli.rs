@@ -124,3 +124,38 @@ fn help_names_every_environment_variable_and_gives_examples() {
         assert!(stdout(&w.run(&[sub, "--help"])).contains("Examples:\n  campaign "));
     }
 }
+
+/// `init` then the three commands it prints: each succeeds; a second `init` writes nothing.
+#[test]
+fn init_makes_a_campaign_that_checks_segments_and_dry_runs() {
+    let w = Workdir::new();
+    let o = w.run(&["init", "spring"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    let next: Vec<String> = out
+        .lines()
+        .skip_while(|l| *l != "next:")
+        .skip(1)
+        .map(|l| l.trim().to_owned())
+        .collect();
+    assert_eq!(next.len(), 3, "{out}");
+    for cmd in &next {
+        let args: Vec<&str> = cmd.split_whitespace().collect();
+        assert_eq!(args[0], "campaign");
+        let o = w.run(&args[1..]);
+        assert_code(&o, 0);
+    }
+    let previews: Vec<String> = ["thanks", "welcome"]
+        .iter()
+        .flat_map(|s| w.entries_of(&format!("spring/runs/first/previews/{s}")))
+        .collect();
+    assert_eq!(previews.len(), 4, "{previews:?}");
+
+    let before = w.read("spring/campaign.toml");
+    w.write("spring/campaign.toml", "edited\n");
+    let o = w.run(&["init", "spring"]);
+    assert_code(&o, 3);
+    assert!(stderr(&o).contains("never overwrites"), "{}", stderr(&o));
+    assert_eq!(w.read("spring/campaign.toml"), "edited\n");
+    assert!(before.contains("# [smtp]"));
+}

@@ -9,6 +9,7 @@ pub mod completions;
 mod deliver;
 mod dryrun;
 mod guards;
+pub mod init;
 pub mod man;
 mod progress;
 pub mod report;

@@ -56,7 +56,12 @@ impl Workdir {
 
     /// Entries directly in the work dir, sorted.
     pub fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.dir.path())
+        self.entries_of("")
+    }
+
+    /// Entries directly in `rel`, sorted.
+    pub fn entries_of(&self, rel: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.path(rel))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
