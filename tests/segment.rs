@@ -704,3 +704,29 @@ fn a_row_over_the_size_limit_is_rejected_not_the_export() {
     assert!(row.starts_with("42,"), "{}", &row[..80]);
     assert!(row.contains("1 MiB"), "{}", &row[..200]);
 }
+
+/// An export saved by Excel in a locale that writes semicolons is refused with what to do,
+/// not with a complaint about a declared column.
+#[test]
+fn a_semicolon_separated_export_is_refused_with_a_hint() {
+    let w = setup(b"email;name;total\nann@example.org;Ann;1200\nbo@example.org;Bo;10\n");
+    let o = segment(&w, &[]);
+    assert_code(&o, 2);
+    let err = stderr(&o);
+    assert!(
+        err.contains("looks semicolon-separated, as Excel writes in some locales"),
+        "{err}"
+    );
+    assert!(err.contains("CSV UTF-8 (Comma delimited)"), "{err}");
+    assert!(!w.path("run").exists());
+    let o = w.run(&["check", "campaign.toml", "--donors", "donors.csv"]);
+    assert_code(&o, 2);
+    assert!(
+        stdout(&o).contains("semicolon-separated") || stderr(&o).contains("semicolon-separated")
+    );
+    w.write(
+        "donors.csv",
+        "email\tname\ttotal\nann@example.org\tAnn\t1\n",
+    );
+    assert!(stderr(&segment(&w, &[])).contains("tab-separated"));
+}

@@ -169,15 +169,43 @@ pub fn open_donors(path: &Path, hash: bool) -> Result<(RawReader<File>, Vec<Stri
             })?;
         let fields = rec.fields().map_err(|_| {
             anyhow!(
-                "{}: line 1 (the header) is not valid UTF-8; re-export the file as UTF-8",
+                "{}: line 1 (the header) is not valid UTF-8; re-export the file as UTF-8 (in Excel: Save As, \"CSV UTF-8 (Comma delimited)\")",
                 path.display()
             )
         })?;
         (0..fields.len())
             .map(|i| fields.get(i).to_owned())
-            .collect()
+            .collect::<Vec<String>>()
     };
+    if let [only] = header.as_slice()
+        && let Some(hint) = other_separator(only)
+    {
+        return Err(WrongSeparator(format!(
+            "{}: line 1 (the header) has no commas but looks {hint}; re-export the file as \"CSV UTF-8 (Comma delimited)\", or replace the separators with commas",
+            path.display()
+        ))
+        .into());
+    }
     Ok((rdr, header, size))
+}
+
+/// An export separated by something other than commas: the export's fault, like a missing
+/// file (exit 2), not an I/O failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct WrongSeparator(String);
+
+/// What a header of one field looks separated by instead of commas, if anything: Excel
+/// writes semicolons where the comma is the decimal mark (Germany, France, Poland...).
+fn other_separator(header: &str) -> Option<&'static str> {
+    [
+        (';', "semicolon-separated, as Excel writes in some locales"),
+        ('\t', "tab-separated"),
+        ('|', "pipe-separated"),
+    ]
+    .into_iter()
+    .find(|(c, _)| header.split(*c).filter(|f| !f.trim().is_empty()).count() >= 2)
+    .map(|(_, hint)| hint)
 }
 
 fn csv_error(path: &Path, e: CsvError) -> anyhow::Error {
@@ -211,7 +239,7 @@ fn open_input(opts: &SegmentOptions) -> Result<Input, SegmentError> {
     // A path that is not a file is the command line's mistake (exit 2, as for the campaign
     // file); failing to read a file that is there is not.
     let (rdr, header, size) = open_donors(&opts.donors, true).map_err(|e| {
-        if opts.donors.is_file() {
+        if opts.donors.is_file() && !e.is::<WrongSeparator>() {
             SegmentError::Other(e)
         } else {
             SegmentError::Config(e)
