@@ -63,6 +63,7 @@ pub mod unsubscribe;
 pub mod prepare;
 
 pub mod dryrun;
+pub mod proof;
 
 pub mod send;
 pub mod transport;

@@ -213,6 +213,37 @@ impl Preparer {
         rec: &RawRecord<'_>,
         ws: &mut Workspace,
     ) -> Result<Prepared, PrepareError> {
+        self.prepare_as(segment, template, rec, ws, "")
+    }
+
+    /// [`Preparer::prepare`] for a proof: the subject starts with `[PROOF] ` (signed so, so
+    /// DKIM still verifies), and the envelope goes to `proof_to`, not the donor.
+    pub fn prepare_proof(
+        &self,
+        segment: &str,
+        template: &str,
+        rec: &RawRecord<'_>,
+        proof_to: &lettre::Address,
+    ) -> Result<Prepared, PrepareError> {
+        let mut p = self.prepare_as(
+            segment,
+            template,
+            rec,
+            &mut Workspace::default(),
+            "[PROOF] ",
+        )?;
+        p.envelope = Envelope::new(self.composer.sender(p.key), proof_to.clone());
+        Ok(p)
+    }
+
+    fn prepare_as(
+        &self,
+        segment: &str,
+        template: &str,
+        rec: &RawRecord<'_>,
+        ws: &mut Workspace,
+        subject_prefix: &str,
+    ) -> Result<Prepared, PrepareError> {
         let fail = |email: &str, reason: String| PrepareError {
             email: email.to_owned(),
             reason,
@@ -256,7 +287,11 @@ impl Preparer {
             .compose(&Outgoing {
                 to: wire_to,
                 to_name: rendered.to_name.as_deref(),
-                subject: &rendered.subject,
+                subject: &if subject_prefix.is_empty() {
+                    std::borrow::Cow::Borrowed(rendered.subject.as_str())
+                } else {
+                    std::borrow::Cow::Owned(format!("{subject_prefix}{}", rendered.subject))
+                },
                 text: &rendered.text,
                 html: rendered.html.as_deref(),
                 unsubscribe_url: rendered.unsubscribe_url.as_deref(),

@@ -733,3 +733,73 @@ fn off_a_terminal_a_send_prints_timestamped_progress_lines() {
     assert!(line.starts_with("campaign: 20"), "{line}");
     assert!(line.contains("of 20 donors done"), "{line}");
 }
+
+/// Proofs: one message per segment to the marketer through the relay, the subject marked,
+/// and nothing recorded: the run is as if never sent.
+#[test]
+fn proofs_reach_the_proof_address_and_leave_the_run_untouched() {
+    let server = TestServer::start();
+    let w = setup(&donors(120));
+    segment(&w);
+    let o = send(
+        &w,
+        &server,
+        &["--proof-to", "marketing@riverside-park.example"],
+    );
+    assert_code(&o, 0);
+    let got = server.received();
+    assert_eq!(got.len(), 2, "{}", stdout(&o));
+    for r in &got {
+        assert_eq!(r.to, ["marketing@riverside-park.example"]);
+        let m = mail_parser::MessageParser::default()
+            .parse(&r.data)
+            .unwrap();
+        assert!(
+            m.subject().unwrap().starts_with("[PROOF] "),
+            "{:?}",
+            m.subject()
+        );
+    }
+    let subjects: Vec<String> = got
+        .iter()
+        .map(|r| {
+            let m = mail_parser::MessageParser::default()
+                .parse(&r.data)
+                .unwrap();
+            m.subject().unwrap().to_owned()
+        })
+        .collect();
+    assert!(
+        subjects.iter().any(|s| s.contains("Thank you, Donor 100")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects
+            .iter()
+            .any(|s| s.contains("Spring news for Donor 0")),
+        "{subjects:?}"
+    );
+    assert!(stdout(&o).contains("nothing was recorded"));
+    assert!(!w.path("run/ledger").exists());
+    assert_eq!(total(&status(&w), "pending"), 120);
+
+    let o = send(
+        &w,
+        &server,
+        &[
+            "--proof-to",
+            "marketing@riverside-park.example",
+            "--donor",
+            "D7@example.org",
+        ],
+    );
+    assert_code(&o, 0);
+    assert_eq!(server.received().len(), 3);
+    assert!(
+        stdout(&o).contains("donor d7@example.org"),
+        "{}",
+        stdout(&o)
+    );
+    let o = send(&w, &server, &["--proof-to", "not an address"]);
+    assert_code(&o, 2);
+}

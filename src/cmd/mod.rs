@@ -12,6 +12,7 @@ mod guards;
 pub mod init;
 pub mod man;
 mod progress;
+mod proof;
 pub mod report;
 mod run_table;
 pub mod segment;

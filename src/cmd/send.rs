@@ -121,6 +121,16 @@ pub struct Args {
     #[arg(long, requires = "shard")]
     pub trust_storage_locks_i_accept_duplicates: bool,
 
+    /// Send one message per selected segment (its first donor's, or --donor's) through the
+    /// relay to ADDR, with "[PROOF] " before the subject, to read as the donors will; nothing
+    /// is recorded in the run. Needs the relay and secret a real send needs.
+    #[arg(long, value_name = "ADDR", conflicts_with = "dry_run")]
+    pub proof_to: Option<String>,
+
+    /// With --proof-to: the proof of this donor's message only.
+    #[arg(long, value_name = "EMAIL", requires = "proof_to")]
+    pub donor: Option<String>,
+
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
@@ -170,6 +180,9 @@ impl Args {
 
 /// Runs `campaign send`.
 pub fn run(args: Args) -> Result<Code, Error> {
+    if let Some(to) = &args.proof_to {
+        return super::proof::run(&args, to);
+    }
     if args.dry_run {
         super::dryrun::run(&args)
     } else {
