@@ -28,19 +28,34 @@ pub fn check_templates(run: &Path, fingerprint: &str) -> Result<(), LedgerError>
 
 /// Checks the fingerprint like [`check_templates`] and records it if none is, durably (file
 /// and directory entry synced), before the first message leaves. Call it holding the run's
-/// lock.
+/// lock (shards hold it shared, so several may record at once).
 pub fn record_templates(run: &Path, fingerprint: &str) -> Result<(), LedgerError> {
     check_templates(run, fingerprint)?;
     let path = fingerprint_path(run);
-    let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(LedgerError::io(&path, e)),
-    };
+    if path.exists() {
+        return Ok(());
+    }
+    // Written whole under a name of our own, then linked into place: a shard starting beside
+    // this one sees no file or the whole file, never a half-written one, and of two shards
+    // recording at once the second compares against the first.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let io = |e| LedgerError::io(&tmp, e);
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io)?;
     file.write_all(format!("{fingerprint}\n").as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| LedgerError::io(&path, e))?;
-    sync_dir(path.parent().unwrap_or(run))
+        .map_err(io)?;
+    let linked = fs::hard_link(&tmp, &path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => sync_dir(path.parent().unwrap_or(run)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => check_templates(run, fingerprint),
+        Err(e) => Err(LedgerError::io(&path, e)),
+    }
 }
 
 #[cfg(test)]
