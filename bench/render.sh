@@ -36,7 +36,7 @@ sizes=()
 for chunk in "$WORK"/run/segments/*/00001.csv; do
     seg=$(basename "$(dirname "$chunk")")
     email=$(python3 -c 'import csv,sys; r = csv.DictReader(open(sys.argv[1], newline="")); print(next(r)["email"])' "$chunk")
-    sizes+=("$seg=$("$CAMPAIGN" send "$WORK/run" --dry-run --print "$email" 2>/dev/null | wc -c)")
+    sizes+=("$seg=$("$CAMPAIGN" send "$WORK/run" --dry-run --print "$email" --raw 2>/dev/null | wc -c)")
 done
 
 for ((i = 1; i <= RUNS; i++)); do

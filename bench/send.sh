@@ -27,7 +27,7 @@
 # The donors are the first COUNT deliverable rows of a generated export (bench/lib.sh,
 # exact_donors), so every donor is exactly one message. Messages come from
 # bench/send-campaign.toml (templates in bench/send-templates/, about 4.4 KB rendered); the
-# rendered size of real messages is measured with `send --dry-run --print` and given to
+# rendered size of real messages is measured with `send --dry-run --print --raw` and given to
 # smtp-source as its message length. The run is segmented once and copied fresh for every
 # campaign run, so every ledger starts empty. Only 127.0.0.1 is ever contacted; the sink is
 # killed and every run directory removed when the script exits.
@@ -74,7 +74,7 @@ segment_run "$donors" "$SEND_TOML" "$WORK/template-run"
 sizes=()
 for chunk in "$WORK"/template-run/segments/*/00001.csv; do
     email=$(python3 -c 'import csv,sys; r = csv.DictReader(open(sys.argv[1], newline="")); print(next(r)["email"])' "$chunk")
-    sizes+=("$("$CAMPAIGN" send "$WORK/template-run" --dry-run --print "$email" | wc -c)")
+    sizes+=("$("$CAMPAIGN" send "$WORK/template-run" --dry-run --print "$email" --raw | wc -c)")
 done
 SIZE=$(printf '%s\n' "${sizes[@]}" | awk '{ s += $1 } END { printf "%d", s / NR }')
 if [[ -e $WORK/template-run/ledger ]]; then
@@ -86,7 +86,7 @@ baseline_sizes=()
 if [[ -n $BASELINE ]]; then
     for chunk in "$WORK"/template-run/segments/*/00001.csv; do
         email=$(python3 -c 'import csv,sys; r = csv.DictReader(open(sys.argv[1], newline="")); print(next(r)["email"])' "$chunk")
-        baseline_sizes+=("$("$BASELINE" send "$WORK/template-run" --dry-run --print "$email" | wc -c)")
+        baseline_sizes+=("$({ "$BASELINE" send "$WORK/template-run" --dry-run --print "$email" --raw 2>/dev/null || "$BASELINE" send "$WORK/template-run" --dry-run --print "$email"; } | wc -c)")
     done
     if [[ -e $WORK/template-run/ledger ]]; then
         log "the baseline's --print created a ledger; the template run is not fresh"

@@ -164,7 +164,14 @@ fn limit_segment_and_print_narrow_the_run() {
     assert_code(&bad, 2);
     assert!(stderr(&bad).contains("\"major\""), "{}", stderr(&bad));
 
-    let p = w.run(&["send", "run", "--dry-run", "--print", "ED@example.org"]);
+    let p = w.run(&[
+        "send",
+        "run",
+        "--dry-run",
+        "--print",
+        "ED@example.org",
+        "--raw",
+    ]);
     assert_code(&p, 0);
     let m = parse(&p.stdout);
     assert_eq!(m.subject(), Some("Thank you, Ed"));
@@ -333,7 +340,14 @@ fn list_id_and_feedback_id_are_templated_headers() {
         ),
     );
     segment(&w);
-    let o = w.run(&["send", "run", "--dry-run", "--print", "ed@example.org"]);
+    let o = w.run(&[
+        "send",
+        "run",
+        "--dry-run",
+        "--print",
+        "ed@example.org",
+        "--raw",
+    ]);
     assert_code(&o, 0);
     let out = stdout(&o);
     assert!(
@@ -424,4 +438,33 @@ fn the_unsubscribe_secret_can_come_from_a_file() {
         "{preview}"
     );
     assert!(!preview.contains("PLACEHOLDER"));
+}
+
+/// `--print` is for reading: headers decoded, the text part, the HTML part as text; never
+/// the quoted-printable or encoded words that are sent (`--raw` shows those).
+#[test]
+fn print_shows_the_message_decoded_for_reading() {
+    let w = setup(DONORS);
+    segment(&w);
+    let raw = stdout(&w.run(&[
+        "send",
+        "run",
+        "--dry-run",
+        "--print",
+        "zoe@example.org",
+        "--raw",
+    ]));
+    assert!(raw.contains("=?utf-8?"), "{raw}");
+    let o = w.run(&["send", "run", "--dry-run", "--print", "zoe@example.org"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("Subject: Thank you, Zoë Łukasz\n"), "{out}");
+    assert!(out.contains("To: Zoë Łukasz <zoe@example.org>\n"), "{out}");
+    assert!(out.contains("--- text part ---\nDear Zoë Łukasz,"), "{out}");
+    assert!(out.contains("you gave £2,500."), "{out}");
+    assert!(out.contains("--- HTML part, as text ---"), "{out}");
+    assert!(
+        !out.contains("=?utf-8?") && !out.contains("=C2") && !out.contains("<p>"),
+        "{out}"
+    );
 }

@@ -30,7 +30,12 @@ pub fn run(args: &Args) -> Result<Code, Error> {
     super::warn(&ready.notes);
     if let Some(email) = &args.print {
         let bytes = dryrun::find_message(&run, &ready.preparer, email)?;
-        super::print_bytes(&bytes)?;
+        if args.raw {
+            super::print_bytes(&bytes)?;
+        } else {
+            let text = campaign::message::view::for_reading(&bytes);
+            super::print_bytes(escape_controls_keep_lines(&text).as_bytes())?;
+        }
         return Ok(Code::Success);
     }
     let lists = args.suppress_lists(&run.campaign.send);
@@ -125,4 +130,13 @@ fn table(r: &DryRunReport, secs: f64) -> String {
         );
     }
     s
+}
+
+/// Donor text with control characters escaped, line breaks kept.
+fn escape_controls_keep_lines(text: &str) -> String {
+    text.lines()
+        .map(campaign::exit::escape_controls)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
 }

@@ -47,9 +47,13 @@ pub struct Args {
     pub concurrency: Option<usize>,
 
     /// Print the message for this donor to stdout (with --dry-run) instead of rendering the
-    /// run.
+    /// run, for reading: headers decoded, the text part, the HTML part as text.
     #[arg(long, value_name = "EMAIL", requires = "dry_run")]
     pub print: Option<String>,
+
+    /// With --print: the message's bytes exactly as they are sent.
+    #[arg(long, requires = "print")]
+    pub raw: bool,
 
     /// Global rate limit across all connections, e.g. 50/s, 3000/min (default: [send] rate
     /// in the campaign file, else unlimited). Throttling replies lower it further.

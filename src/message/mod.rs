@@ -36,6 +36,7 @@ mod body;
 mod composer;
 pub mod dkim;
 mod headers;
+pub mod view;
 
 #[cfg(test)]
 mod fixtures;
