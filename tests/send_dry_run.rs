@@ -284,17 +284,7 @@ fn check_reports_every_problem_at_once() {
 #[test]
 fn fixtures_dry_run_renders_every_segmented_donor() {
     let w = Workdir::new();
-    let o = w.run(&[
-        "segment",
-        fixture("donors.csv").to_str().unwrap(),
-        "--campaign",
-        fixture("campaign.toml").to_str().unwrap(),
-        "--as-of",
-        "2026-11-29",
-        "--out",
-        "run",
-    ]);
-    assert_code(&o, 0);
+    assert_code(&segment_fixtures(&w, &[]), 0);
     let check = w.run(&[
         "check",
         fixture("campaign.toml").to_str().unwrap(),

@@ -467,17 +467,7 @@ fn what_cannot_be_served_is_refused_at_start() {
 #[test]
 fn a_donor_unsubscribed_between_two_resumes_is_not_mailed_by_the_second() {
     let w = Workdir::new();
-    let o = w.run(&[
-        "segment",
-        fixture("donors.csv").to_str().unwrap(),
-        "--campaign",
-        fixture("campaign.toml").to_str().unwrap(),
-        "--as-of",
-        "2026-11-29",
-        "--out",
-        "run",
-    ]);
-    assert_code(&o, 0);
+    assert_code(&segment_fixtures(&w, &[]), 0);
     let smtp = common::smtp::TestServer::start();
     let send = |extra: &[&str]| {
         w.command()

@@ -4,16 +4,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use anyhow::anyhow;
-
 use campaign::clock::{Clock, SystemClock};
 use campaign::exit::{Code, Error};
-use campaign::preflight::{self, Environment, Purpose};
-use campaign::run::OpenedRun;
 use campaign::send::{
     self, Context, InProcessPlan, PlanError, PlanOptions, SendOptions, Stop, SuppressionWatch,
 };
-use campaign::transport::smtp;
 use campaign::transport::{SmtpTransport, Transport};
 
 use super::send::Args;
@@ -21,29 +16,12 @@ use super::send::Args;
 /// Runs a real send.
 pub fn run(args: &Args) -> Result<Code, Error> {
     let clock = SystemClock::new();
-    let run = OpenedRun::open(&args.run, args.campaign.as_deref()).map_err(super::usage)?;
-    let selection = run.select(&args.segments).map_err(super::usage)?;
-    let ready = preflight::run(
-        &run,
-        &Environment::from_process(),
-        Purpose::Send,
-        clock.now(),
-    )
-    .map_err(|f| super::refused(&run, f))?;
-    super::guards::halt_marker(args)?;
-    if args.shard.is_some() {
-        super::guards::storage_locks(args)?;
-    }
-    let settings = Arc::new(
-        ready
-            .smtp
-            .ok_or_else(|| anyhow!("internal: a send passed its pre-flight without a relay"))?,
-    );
-    // Check the relay and the login once before anything is written or any worker starts:
-    // a typo in the host or a wrong password stops the run with one clear message (and no
-    // RUN/ledger/, so the run can still be segmented again), not a deferral of every donor.
-    let relay = smtp::probe(&settings).map_err(super::probe_error)?;
-    super::warn(relay.note().as_slice());
+    let super::guards::Started {
+        run,
+        selection,
+        ready,
+        settings,
+    } = super::guards::start(args, &clock, true)?;
     let flags = args.send_settings();
     let table = &run.campaign.send;
     let lists: Vec<_> = flags

@@ -1,16 +1,12 @@
 //! `campaign send RUN --proof-to ADDR`: one message per selected segment (or one donor's)
 //! through the configured relay to the marketer's inbox; nothing recorded in the run.
 
-use std::sync::Arc;
-
 use anyhow::anyhow;
 
-use campaign::clock::{Clock, SystemClock};
+use campaign::clock::SystemClock;
 use campaign::exit::{Code, Error, escape_controls};
-use campaign::preflight::{self, Environment, Purpose};
 use campaign::proof;
-use campaign::run::OpenedRun;
-use campaign::transport::{Outcome, SmtpTransport, smtp};
+use campaign::transport::{Outcome, SmtpTransport};
 
 use super::send::Args;
 
@@ -21,23 +17,12 @@ pub fn run(args: &Args, to: &str) -> Result<Code, Error> {
         .parse()
         .map_err(|e| super::usage(anyhow!("--proof-to {to:?} is not an address: {e}")))?;
     let clock = SystemClock::new();
-    let run = OpenedRun::open(&args.run, args.campaign.as_deref()).map_err(super::usage)?;
-    let selection = run.select(&args.segments).map_err(super::usage)?;
-    let ready = preflight::run(
-        &run,
-        &Environment::from_process(),
-        Purpose::Send,
-        clock.now(),
-    )
-    .map_err(|f| super::refused(&run, f))?;
-    super::warn(&ready.notes);
-    let settings = Arc::new(
-        ready
-            .smtp
-            .ok_or_else(|| anyhow!("internal: a send passed its pre-flight without a relay"))?,
-    );
-    let relay = smtp::probe(&settings).map_err(super::probe_error)?;
-    super::warn(relay.note().as_slice());
+    let super::guards::Started {
+        run,
+        selection,
+        ready,
+        settings,
+    } = super::guards::start(args, &clock, false)?;
     let proofs = proof::pick(
         &run,
         &selection,

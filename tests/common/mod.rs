@@ -175,3 +175,19 @@ pub fn try_segment_with(w: &Workdir, extra: &[&str]) -> Output {
 pub fn segment(w: &Workdir) {
     assert_code(&try_segment(w), 0);
 }
+
+/// `campaign segment` of the shipped fixtures (fixtures/donors.csv and campaign.toml, as of
+/// 2026-11-29) into `run` of `w`, with `extra` flags.
+pub fn segment_fixtures(w: &Workdir, extra: &[&str]) -> Output {
+    let donors = fixture("donors.csv");
+    let campaign = fixture("campaign.toml");
+    w.command()
+        .arg("segment")
+        .arg(donors)
+        .arg("--campaign")
+        .arg(campaign)
+        .args(["--as-of", "2026-11-29", "--out", "run"])
+        .args(extra)
+        .output()
+        .expect("running campaign")
+}
