@@ -48,8 +48,8 @@ pub enum Command {
     /// Exit codes: 0 every donor sent or permanently failed (dry run: every message
     /// rendered); 5 donors remain (deferred, limit, daily cap, interrupted): run again later;
     /// 6 halted because the server refused the sender, or the relay failed many donors in a
-    /// row alike; 7 another send holds the run's lock; 8 finished, but some messages of this
-    /// run have an unknown outcome (unknown.csv); 4 (dry run) some messages cannot be
+    /// row alike; 7 another send holds the run's lock; 8 finished, but some messages this
+    /// process sent have an unknown outcome (unknown.csv lists every unknown of the run); 4 (dry run) some messages cannot be
     /// rendered; 2 bad flags, campaign file, templates or SMTP settings; 1 other failures.
     #[command(after_long_help = SEND_HELP)]
     Send(crate::cmd::send::Args),

@@ -72,6 +72,11 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
             r.pacing.lowest_per_second.unwrap_or(0.0)
         );
     }
+    // What to run again: the same shard, when this process was one.
+    let again = match &r.shard {
+        Some(shard) => format!("{} --shard {shard}", run.display()),
+        None => run.display().to_string(),
+    };
     let run = run.display();
     let unknown: u64 = r.segments.iter().map(|g| g.unknown).sum();
     let _ = match &r.stop {
@@ -85,22 +90,22 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
         ),
         Stop::Finished => writeln!(
             s,
-            "{} donors are deferred: run `campaign send {run}` again later to retry them",
+            "{} donors are deferred: run `campaign send {again}` again later to retry them",
             r.remaining()
         ),
         Stop::Halted(why) => writeln!(
             s,
-            "HALTED: the server refused the sender: {}\nThe rest of the run is untouched; fix the sender's DNS, credentials or content, then run `campaign send {run}` again",
+            "HALTED: the server refused the sender: {}\nThe rest of the run is untouched; fix the sender's DNS, credentials or content, then run `campaign send {again} --clear-halt`",
             escape_controls(why)
         ),
         Stop::RelayFailing(why) => writeln!(
             s,
-            "HALTED: the relay is failing, not the donors: {}\nThose donors are deferred (or unknown, if the message had left) and nobody was failed for it; fix the relay, then run `campaign send {run}` again",
+            "HALTED: the relay is failing, not the donors: {}\nThose donors are deferred (or unknown, if the message had left) and nobody was failed for it; fix the relay, then run `campaign send {again} --clear-halt`",
             escape_controls(why)
         ),
         Stop::Interrupted => writeln!(
             s,
-            "interrupted: run `campaign send {run}` again to continue where it stopped"
+            "interrupted: run `campaign send {again}` again to continue where it stopped"
         ),
         Stop::Limit => writeln!(s, "--limit reached: run again to continue"),
         Stop::DailyCap => writeln!(s, "daily cap reached: run again tomorrow (UTC) to continue"),
