@@ -58,6 +58,16 @@ pub enum Command {
     #[command(after_long_help = STATUS_HELP)]
     Status(crate::cmd::status::Args),
 
+    /// Tell one donor's story in a run: where segment put them and why (each rule's verdict),
+    /// which suppression list and line or which earlier duplicate line dropped them, and their
+    /// records in the ledger.
+    ///
+    /// It reads the inputs the run's manifest records, so it cannot disagree with the run by
+    /// being given other ones; a file changed since is named. Exit codes: 0 told; 2 not a run,
+    /// or no row of the export has that address.
+    #[command(after_long_help = "Examples:\n  campaign explain runs/spring ann@example.org")]
+    Explain(crate::cmd::explain::Args),
+
     /// Write the whole run's report.json, failed.csv, unknown.csv, suppressed.csv and
     /// suppress-bounced.txt from the ledgers: run it after `send --shard` processes, which each
     /// write only RUN_DIR/reports/shard-I-of-N.json.

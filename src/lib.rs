@@ -47,6 +47,9 @@ pub mod suppress;
 
 pub mod segment;
 
+// explain: one donor's story in a run, from the run.
+pub mod explain;
+
 pub mod manifest;
 pub mod rundir;
 

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Send(args) => cmd::send::run(args),
         Command::Status(args) => cmd::status::run(args),
         Command::Report(args) => cmd::report::run(args),
+        Command::Explain(args) => cmd::explain::run(args),
         Command::Completions(args) => cmd::completions::run(args),
         Command::Man(args) => cmd::man::run(args),
         Command::Bounces(args) => cmd::bounces::run(args),

@@ -803,3 +803,40 @@ fn proofs_reach_the_proof_address_and_leave_the_run_untouched() {
     let o = send(&w, &server, &["--proof-to", "not an address"]);
     assert_code(&o, 2);
 }
+
+/// `explain RUN EMAIL` reads the run's own inputs: a donor dropped by a suppression list is
+/// told with the list's file and line, a sent one with their ledger records.
+#[test]
+fn explain_tells_a_donor_s_story_from_the_run() {
+    let server = TestServer::start();
+    let w = setup(&donors(10));
+    w.write(
+        "dnc.txt",
+        "# do not contact\nnobody@example.net\nD4@Example.org\n",
+    );
+    assert_code(&try_segment_with(&w, &["--suppress", "dnc.txt"]), 0);
+    let o = w.run(&["explain", "run", "d4@example.org"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("dropped: suppressed"), "{out}");
+    assert!(out.contains("dnc.txt:3"), "{out}");
+    assert!(!out.contains("note: changed"), "{out}");
+
+    assert_code(&send(&w, &server, &[]), 0);
+    let o = w.run(&["explain", "run", "D2@example.org"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("goes to segment \"rest\""), "{out}");
+    assert!(out.contains("accepted by the relay: 250"), "{out}");
+    assert!(out.contains("reserved for sending"), "{out}");
+
+    // An input changed since the run was made is named.
+    w.write("dnc.txt", "# emptied\n");
+    let out = stdout(&w.run(&["explain", "run", "d4@example.org"]));
+    assert!(
+        out.contains("note: changed") && out.contains("dnc.txt"),
+        "{out}"
+    );
+    let o = w.run(&["explain", "run", "stranger@example.org"]);
+    assert_code(&o, 2);
+}

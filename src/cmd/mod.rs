@@ -8,6 +8,7 @@ pub mod check;
 pub mod completions;
 mod deliver;
 mod dryrun;
+pub mod explain;
 mod guards;
 pub mod init;
 pub mod man;

@@ -1,0 +1,169 @@
+//! `campaign explain RUN EMAIL`: what happened to one donor in a run, from the run itself.
+//!
+//! Owns that report: `segment --explain` over the inputs the run's manifest records (the
+//! export, campaign file, suppression lists and as-of date, so it cannot disagree with the
+//! run by being given other ones), which suppression list and line dropped the donor, and
+//! the donor's records in the ledger and its feedback file. It never writes anything.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, anyhow};
+
+use crate::campaign::Campaign;
+use crate::digest;
+use crate::email::{Address, normalise};
+use crate::ledger::{feedback_path, ledger_path};
+use crate::manifest::Manifest;
+use crate::segment::{self, SegmentOptions};
+use crate::suppress::Suppressions;
+
+/// The report for `email` in the run at `dir`.
+pub fn explain(dir: &Path, email: &str) -> Result<String> {
+    let m = Manifest::load(dir)?;
+    let addr = Address::parse(email).map_err(|e| anyhow!("{email:?} is not an address: {e}"))?;
+    let key = addr.key();
+    let mut out = String::new();
+    // The inputs as recorded; each one changed since is said, as the verdict may differ.
+    let donors = PathBuf::from(&m.input.path);
+    let campaign_path = PathBuf::from(&m.campaign_file.path);
+    let lists: Vec<PathBuf> = m
+        .suppression_files
+        .iter()
+        .map(|f| PathBuf::from(&f.path))
+        .collect();
+    let mut changed = Vec::new();
+    if digest::sha256_file(&donors).ok().as_deref() != Some(m.input.sha256.as_str()) {
+        changed.push(donors.display().to_string());
+    }
+    if digest::sha256_file(&campaign_path).ok().as_deref() != Some(m.campaign_file.sha256.as_str())
+    {
+        changed.push(campaign_path.display().to_string());
+    }
+    for f in &m.suppression_files {
+        if crate::suppress::sha256_of(Path::new(&f.path))
+            .ok()
+            .as_deref()
+            != Some(f.sha256.as_str())
+        {
+            changed.push(f.path.clone());
+        }
+    }
+    if !changed.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: changed (or gone) since the run was made, so this may not be what segment decided: {}",
+            changed.join(", ")
+        );
+    }
+    let campaign = Campaign::load(&campaign_path)
+        .with_context(|| "reading the campaign file the run's manifest records".to_string())?;
+    let opts = SegmentOptions {
+        donors,
+        campaign,
+        suppress: lists.clone(),
+        out: dir.to_owned(),
+        chunk_size: m.chunk_size.max(1) as usize,
+        as_of: m
+            .as_of
+            .parse()
+            .map_err(|_| anyhow!("the manifest's as_of {:?} is not a date", m.as_of))?,
+        force: false,
+        max_reject_rate: 1.0,
+        now: jiff::Timestamp::now(),
+    };
+    let verdict = segment::explain(&opts, email).map_err(|e| anyhow!("{e}"))?;
+    out.push_str(&verdict);
+    if verdict.contains("dropped: suppressed") {
+        for (path, line) in suppressed_by(&lists, &addr)? {
+            let _ = match line {
+                Some(l) => writeln!(out, "  suppressed by {}:{l}", path.display()),
+                None => writeln!(
+                    out,
+                    "  suppressed by {} (a run that sent, or may have sent, to them)",
+                    path.display()
+                ),
+            };
+        }
+    }
+    // The ledger: the donor's chunk is the one whose records name the key.
+    let hex = format!("{:032x}", key.as_u128());
+    let mut history = String::new();
+    for seg in &m.segments {
+        for chunk in &seg.chunks {
+            for path in [
+                ledger_path(dir, &chunk.file),
+                feedback_path(dir, &chunk.file),
+            ] {
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                for line in text
+                    .lines()
+                    .filter(|l| l.split('\t').nth(2) == Some(hex.as_str()))
+                {
+                    let _ = writeln!(history, "  {}: {}", path.display(), describe(line));
+                }
+            }
+        }
+    }
+    if history.is_empty() {
+        let _ = writeln!(
+            out,
+            "ledger: no record of {} (not attempted yet)",
+            normalise(&addr)
+        );
+    } else {
+        let _ = writeln!(out, "ledger:\n{history}");
+    }
+    Ok(out)
+}
+
+/// Which lists, and which line of each, suppress `addr`.
+fn suppressed_by(lists: &[PathBuf], addr: &Address<'_>) -> Result<Vec<(PathBuf, Option<u64>)>> {
+    let mut found = Vec::new();
+    let want = normalise(addr);
+    let domain = format!("@{}", addr.domain().to_lowercase());
+    for p in lists {
+        if Suppressions::load(std::slice::from_ref(p))?
+            .check(addr, addr.key())
+            .is_none()
+        {
+            continue;
+        }
+        if p.join(crate::rundir::MANIFEST).is_file() {
+            found.push((p.clone(), None));
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let line = text.lines().position(|l| {
+            l.split(',').any(|cell| {
+                let c = cell.trim().trim_matches('"').to_lowercase();
+                c == want || c == domain
+            })
+        });
+        found.push((p.clone(), line.map(|i| i as u64 + 1)));
+    }
+    Ok(found)
+}
+
+/// One ledger record in words.
+fn describe(line: &str) -> String {
+    let f: Vec<&str> = line.split('\t').collect();
+    let at = f.get(3).copied().unwrap_or("");
+    let rest = f.get(4..).map(|r| r.join(" ")).unwrap_or_default();
+    let what = match f.first().copied() {
+        Some("A") => "reserved for sending".to_owned(),
+        Some("T") => "message transmitting".to_owned(),
+        Some("S") => format!("accepted by the relay: {rest}"),
+        Some("F") => format!("failed for good: {rest}"),
+        Some("D") => format!("deferred: {rest}"),
+        Some("U") => format!("outcome unknown: {rest}"),
+        Some("R") => "reservation released unused".to_owned(),
+        Some("X") => format!("not sent, {rest}"),
+        Some("B") => format!("came back after sending: {rest}"),
+        _ => line.to_owned(),
+    };
+    format!("{at} {what}")
+}
