@@ -148,6 +148,9 @@ pub struct MessageSettings {
     pub unsubscribe_url: Option<String>,
     /// The mailto address for List-Unsubscribe.
     pub unsubscribe_mailto: Option<String>,
+    /// A file holding the unsubscribe secret (mode 600), relative to the campaign file, when
+    /// the environment gives none: for cron, whose environment is bare.
+    pub unsubscribe_secret_file: Option<PathBuf>,
     /// Currency symbol the `money` filter puts before amounts.
     pub currency: Option<String>,
     /// A template for the List-Id header (RFC 2919), e.g. `Spring appeal <spring.park.example>`.

@@ -432,10 +432,24 @@ fn secret(
     purpose: Purpose,
     f: &mut Findings,
 ) -> Option<UnsubscribeSecret> {
-    let secret = match UnsubscribeSecret::from_var_or_file(
-        env.unsubscribe_secret.clone(),
-        env.unsubscribe_secret_file.clone(),
-    ) {
+    // The environment first (either variable), then the campaign file's setting.
+    let from_env = env.unsubscribe_secret.is_some() || env.unsubscribe_secret_file.is_some();
+    let in_campaign = campaign
+        .message
+        .as_ref()
+        .and_then(|m| m.unsubscribe_secret_file.as_ref())
+        .filter(|_| !from_env)
+        .map(|p| campaign.path.parent().unwrap_or(Path::new("")).join(p));
+    let found = match in_campaign {
+        Some(path) => UnsubscribeSecret::from_file(&path)
+            .map(Some)
+            .map_err(|e| format!("[message] unsubscribe_secret_file: {e}")),
+        None => UnsubscribeSecret::from_var_or_file(
+            env.unsubscribe_secret.clone(),
+            env.unsubscribe_secret_file.clone(),
+        ),
+    };
+    let secret = match found {
         Ok(s) => s,
         Err(e) => {
             f.problems.push(e);

@@ -458,3 +458,37 @@ fn print_shows_the_message_decoded_for_reading() {
         "{out}"
     );
 }
+
+#[test]
+fn the_unsubscribe_secret_can_come_from_the_campaign_file() {
+    let w = setup(DONORS);
+    segment(&w);
+    let secret = w.write("secret.txt", "from-the-campaign-0123456789\n");
+    let mut perms = std::fs::metadata(&secret).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&secret, perms.clone()).unwrap();
+    w.write(
+        "campaign.toml",
+        CAMPAIGN.replace(
+            "currency = \"£\"\n",
+            "currency = \"£\"\nunsubscribe_secret_file = \"secret.txt\"\n",
+        ),
+    );
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 0);
+    assert!(!stderr(&o).contains("not set"), "{}", stderr(&o));
+    let preview = std::fs::read_to_string(w.path("run/previews/major/001.eml")).unwrap();
+    let s = campaign::unsubscribe::UnsubscribeSecret::new("from-the-campaign-0123456789").unwrap();
+    assert!(preview.contains(&s.token("dry-2026", "zoe@example.org")));
+    // A secret others can read is refused, naming the setting.
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&secret, perms).unwrap();
+    let o = w.run(&["check", "campaign.toml"]);
+    assert_code(&o, 2);
+    assert!(
+        stdout(&o).contains("[message] unsubscribe_secret_file")
+            && stdout(&o).contains("chmod 600"),
+        "{}",
+        stdout(&o)
+    );
+}

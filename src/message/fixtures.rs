@@ -17,6 +17,7 @@ pub(super) fn settings() -> MessageSettings {
         to_name: None,
         unsubscribe_url: None,
         unsubscribe_mailto: Some("unsubscribe@park.example".into()),
+        unsubscribe_secret_file: None,
         currency: None,
         list_id: None,
         feedback_id: None,
