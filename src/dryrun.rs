@@ -1,7 +1,10 @@
 //! `campaign send --dry-run`: render every message of a run, write previews, send nothing.
 //!
 //! Owns fanning a run's chunks out over a thread pool for rendering, the preview files
-//! (`RUN/previews/<segment>/NNN.eml`) and the render-failures file
+//! (`RUN/previews/<segment>/NNN-<donor>.eml`, its HTML part beside it as `.html`, and
+//! `edge-<kind>-<donor>` previews of the longest row, the first non-ASCII one and the first
+//! with an empty name, which templates break on), `RUN/previews/index.html`, and the
+//! render-failures file
 //! (`RUN/previews/failures.csv`: segment, chunk, line, email, reason). It never opens a
 //! network connection and never writes the ledger. Rendering itself is [`crate::prepare`],
 //! the same code a real send uses; opening the run is [`crate::run`].
@@ -104,6 +107,61 @@ struct JobResult {
     suppressed: u64,
     bytes: u64,
     failures: Vec<Failure>,
+    edges: Edges,
+}
+
+/// A rendered message kept as a candidate edge-case preview.
+#[derive(Clone)]
+struct Candidate {
+    /// How it compares (the row's length, for the longest).
+    size: usize,
+    email: String,
+    bytes: Vec<u8>,
+}
+
+/// Donors worth a preview beyond the first ones, because templates break on them: the
+/// longest row, the first with non-ASCII text, the first with an empty name field.
+#[derive(Default, Clone)]
+struct Edges {
+    longest: Option<Candidate>,
+    non_ascii: Option<Candidate>,
+    empty_name: Option<Candidate>,
+}
+
+impl Edges {
+    /// Folds `later` (from a later chunk of the same segment) in.
+    fn merge(&mut self, later: Edges) {
+        if later.longest.as_ref().map(|c| c.size) > self.longest.as_ref().map(|c| c.size) {
+            self.longest = later.longest;
+        }
+        self.non_ascii = self.non_ascii.take().or(later.non_ascii);
+        self.empty_name = self.empty_name.take().or(later.empty_name);
+    }
+}
+
+/// A file name part from an address: letters, digits, `.`, `-` and `_` only.
+fn shell_safe(email: &str) -> String {
+    email
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-_".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes a preview `stem.eml`, and `stem.html` when the message has an HTML part.
+fn write_preview(dir: &std::path::Path, stem: &str, bytes: &[u8]) -> Result<()> {
+    let path = dir.join(format!("{stem}.eml"));
+    fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(html) = crate::message::view::html_part(bytes) {
+        let path = dir.join(format!("{stem}.html"));
+        fs::write(&path, html).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The chunks of the selected segments in run order, cut at `limit` messages.
@@ -147,8 +205,17 @@ fn render_chunk(
         suppressed: 0,
         bytes: 0,
         failures: Vec::new(),
+        edges: Edges::default(),
     };
     let preview_dir = run.dir().join(PREVIEWS_DIR).join(&segment.name);
+    let name_columns: Vec<usize> = run
+        .manifest
+        .header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.to_ascii_lowercase().contains("name"))
+        .map(|(i, _)| i)
+        .collect();
     let mut i = 0u64;
     run::for_each_row(&bytes, |rec| {
         let in_run = job.run_offset + i;
@@ -169,11 +236,45 @@ fn render_chunk(
                 let to: &str = p.envelope.to().as_ref();
                 out.need_smtputf8 += u64::from(!to.is_ascii());
                 out.bytes += p.bytes.len() as u64;
+                let email = rec
+                    .fields()
+                    .ok()
+                    .and_then(|f| {
+                        let col = run
+                            .manifest
+                            .header
+                            .iter()
+                            .position(|h| *h == run.manifest.email_column)?;
+                        (col < f.len()).then(|| f.get(col).trim().to_lowercase())
+                    })
+                    .unwrap_or_default();
                 if (in_seg as usize) < opts.previews {
-                    let path = preview_dir.join(format!("{:03}.eml", in_seg + 1));
-                    fs::write(&path, &p.bytes)
-                        .with_context(|| format!("writing {}", path.display()))?;
+                    let stem = format!("{:03}-{}", in_seg + 1, shell_safe(&email));
+                    write_preview(&preview_dir, &stem, &p.bytes)?;
                     out.previews += 1;
+                }
+                if opts.previews > 0 {
+                    let candidate = || Candidate {
+                        size: rec.raw.len(),
+                        email: email.clone(),
+                        bytes: p.bytes.clone(),
+                    };
+                    let e = &mut out.edges;
+                    if e.longest.as_ref().is_none_or(|c| rec.raw.len() > c.size) {
+                        e.longest = Some(candidate());
+                    }
+                    if e.non_ascii.is_none() && !rec.raw.is_ascii() {
+                        e.non_ascii = Some(candidate());
+                    }
+                    if e.empty_name.is_none()
+                        && rec.fields().is_ok_and(|f| {
+                            name_columns
+                                .iter()
+                                .any(|&c| c < f.len() && f.get(c).trim().is_empty())
+                        })
+                    {
+                        e.empty_name = Some(candidate());
+                    }
                 }
             }
             Err(e) => out.failures.push(Failure {
@@ -246,9 +347,14 @@ pub fn dry_run(
     let mut w = csv::Writer::from_path(&failures_file)
         .with_context(|| format!("creating {}", failures_file.display()))?;
     w.write_record(["segment", "chunk", "line", "email", "reason"])?;
+    let mut edges: std::collections::BTreeMap<usize, Edges> = Default::default();
     // Results come back in job order, so the failures file is in run order.
     for r in results {
-        let r = r?;
+        let mut r = r?;
+        edges
+            .entry(r.seg)
+            .or_default()
+            .merge(std::mem::take(&mut r.edges));
         let t = tallies
             .iter_mut()
             .find(|t| t.segment == manifest.segments[r.seg].name)
@@ -271,12 +377,67 @@ pub fn dry_run(
     }
     w.flush()
         .with_context(|| format!("writing {}", failures_file.display()))?;
+    for (seg, e) in edges {
+        let dir = previews_dir.join(&manifest.segments[seg].name);
+        for (kind, c) in [
+            ("longest", e.longest),
+            ("non-ascii", e.non_ascii),
+            ("empty-name", e.empty_name),
+        ] {
+            if let Some(c) = c {
+                write_preview(
+                    &dir,
+                    &format!("edge-{kind}-{}", shell_safe(&c.email)),
+                    &c.bytes,
+                )?;
+            }
+        }
+    }
+    write_index(&previews_dir, manifest, selection)?;
     Ok(DryRunReport {
         segments: tallies,
         bytes,
         failures_file,
         previews_dir,
     })
+}
+
+/// `previews/index.html`: a link to every preview's HTML (and its .eml), by segment, to read
+/// in a browser.
+fn write_index(
+    previews: &std::path::Path,
+    manifest: &crate::manifest::Manifest,
+    selection: &Selection,
+) -> Result<()> {
+    let mut html = String::from(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Previews</title></head>\n<body style=\"font-family:sans-serif\">\n<h1>Previews</h1>\n<p>Open a message's HTML part; the .eml beside it is the whole message as sent.</p>\n",
+    );
+    for &s in selection.indexes() {
+        let name = &manifest.segments[s].name;
+        let dir = previews.join(name);
+        let mut files: Vec<String> = fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .filter(|f| f.ends_with(".eml"))
+            .collect();
+        files.sort();
+        html.push_str(&format!("<h2>{name}</h2>\n<ul>\n"));
+        for f in files {
+            let stem = f.trim_end_matches(".eml");
+            let link = if dir.join(format!("{stem}.html")).is_file() {
+                format!(
+                    "<a href=\"{name}/{stem}.html\">{stem}</a> (<a href=\"{name}/{f}\">.eml</a>)"
+                )
+            } else {
+                format!("<a href=\"{name}/{f}\">{stem}</a> (text only)")
+            };
+            html.push_str(&format!("<li>{link}</li>\n"));
+        }
+        html.push_str("</ul>\n");
+    }
+    html.push_str("</body></html>\n");
+    let path = previews.join("index.html");
+    fs::write(&path, html).with_context(|| format!("writing {}", path.display()))
 }
 
 /// The message one donor would get, for a quick look; searches the run for the address.

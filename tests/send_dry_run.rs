@@ -36,8 +36,35 @@ fn dry_run_renders_every_donor_and_writes_previews() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect::<Vec<_>>();
     previews.sort();
-    assert_eq!(previews, ["001.eml", "002.eml"]);
-    let major = std::fs::read(w.path("run/previews/major/001.eml")).unwrap();
+    // Named after position and donor; the longest row again as an edge case; no HTML for
+    // a text-only template.
+    assert_eq!(
+        previews,
+        [
+            "001-bo_example.org.eml",
+            "002-cy_example.org.eml",
+            "edge-longest-bo_example.org.eml"
+        ]
+    );
+    let major_files = w.entries_of("run/previews/major");
+    assert!(
+        major_files.contains(&"001-zoe_example.org.html".to_owned()),
+        "{major_files:?}"
+    );
+    assert!(
+        major_files.contains(&"edge-non-ascii-zoe_example.org.eml".to_owned()),
+        "{major_files:?}"
+    );
+    let index = w.read("run/previews/index.html");
+    assert!(
+        index.contains("href=\"major/001-zoe_example.org.html\""),
+        "{index}"
+    );
+    assert!(
+        index.contains("href=\"rest/001-bo_example.org.eml\""),
+        "{index}"
+    );
+    let major = std::fs::read(preview(&w, "major", 1)).unwrap();
     let m = parse(&major);
     assert_eq!(m.subject(), Some("Thank you, Zoë Łukasz"));
     let to = m.to().unwrap().first().unwrap();
@@ -61,7 +88,7 @@ fn dry_run_renders_every_donor_and_writes_previews() {
         Some("List-Unsubscribe=One-Click")
     );
     // The text body of a plain-text-only template has no HTML part.
-    let rest = std::fs::read(w.path("run/previews/rest/001.eml")).unwrap();
+    let rest = std::fs::read(preview(&w, "rest", 1)).unwrap();
     let r = parse(&rest);
     // mail-parser synthesises an HTML view of a text-only message, so check the raw MIME.
     let raw = String::from_utf8_lossy(&rest);
@@ -89,14 +116,14 @@ fn message_ids_are_deterministic_and_tokens_verifiable() {
             .output()
             .unwrap();
         assert_code(&o, 0);
-        std::fs::read(w.path("run/previews/major/001.eml")).unwrap()
+        std::fs::read(preview(w, "major", 1)).unwrap()
     };
     let first = run(&w);
     let second = run(&w);
     let (a, b) = (parse(&first), parse(&second));
     assert_eq!(a.message_id(), b.message_id());
     assert!(a.message_id().unwrap().contains("dry-2026"));
-    let other = std::fs::read(w.path("run/previews/rest/001.eml")).unwrap();
+    let other = std::fs::read(preview(&w, "rest", 1)).unwrap();
     assert_ne!(parse(&other).message_id(), a.message_id());
     let expected = UnsubscribeSecret::new(secret.as_bytes().to_vec())
         .unwrap()
@@ -306,7 +333,7 @@ fn fixtures_dry_run_renders_every_segmented_donor() {
         assert_eq!(t["failed"], 0);
     }
     for seg in ["major", "lapsed", "first_time", "regular"] {
-        let bytes = std::fs::read(w.path(&format!("run/previews/{seg}/001.eml"))).unwrap();
+        let bytes = std::fs::read(preview(&w, seg, 1)).unwrap();
         let m = parse(&bytes);
         assert!(!m.subject().unwrap_or("").is_empty());
         assert!(m.body_text(0).is_some());
@@ -421,7 +448,7 @@ fn the_unsubscribe_secret_can_come_from_a_file() {
         .unwrap();
     assert_code(&o, 0);
     assert!(!stderr(&o).contains("not set"), "{}", stderr(&o));
-    let preview = std::fs::read_to_string(w.path("run/previews/major/001.eml")).unwrap();
+    let preview = std::fs::read_to_string(preview(&w, "major", 1)).unwrap();
     let s = campaign::unsubscribe::UnsubscribeSecret::new("from-a-file-0123456789abcdef").unwrap();
     assert!(
         preview.contains(&s.token("dry-2026", "zoe@example.org")),
@@ -477,7 +504,7 @@ fn the_unsubscribe_secret_can_come_from_the_campaign_file() {
     let o = w.run(&["send", "run", "--dry-run"]);
     assert_code(&o, 0);
     assert!(!stderr(&o).contains("not set"), "{}", stderr(&o));
-    let preview = std::fs::read_to_string(w.path("run/previews/major/001.eml")).unwrap();
+    let preview = std::fs::read_to_string(preview(&w, "major", 1)).unwrap();
     let s = campaign::unsubscribe::UnsubscribeSecret::new("from-the-campaign-0123456789").unwrap();
     assert!(preview.contains(&s.token("dry-2026", "zoe@example.org")));
     // A secret others can read is refused, naming the setting.

@@ -79,3 +79,17 @@ pub fn for_reading(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// The message's HTML part, decoded, if it has one: what a preview opens in a browser.
+pub fn html_part(bytes: &[u8]) -> Option<String> {
+    let m = MessageParser::default().parse(bytes)?;
+    m.html_body
+        .first()
+        .and_then(|&i| m.parts.get(i as usize))
+        .filter(|p| {
+            p.content_type()
+                .is_some_and(|c| c.subtype() == Some("html"))
+        })
+        .and_then(|p| p.text_contents())
+        .map(str::to_owned)
+}

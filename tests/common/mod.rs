@@ -191,3 +191,17 @@ pub fn segment_fixtures(w: &Workdir, extra: &[&str]) -> Output {
         .output()
         .expect("running campaign")
 }
+
+/// The dry run's preview number `n` (from 1) of `segment` in `run`: `NNN-<donor>.eml`.
+pub fn preview(w: &Workdir, segment: &str, n: usize) -> PathBuf {
+    let dir = w.path(&format!("run/previews/{segment}"));
+    let prefix = format!("{n:03}-");
+    std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(&prefix) && name.ends_with(".eml")
+        })
+        .unwrap_or_else(|| panic!("no preview {prefix}*.eml in {}", dir.display()))
+}
