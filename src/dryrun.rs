@@ -208,6 +208,11 @@ fn render_chunk(
         edges: Edges::default(),
     };
     let preview_dir = run.dir().join(PREVIEWS_DIR).join(&segment.name);
+    let email_column = run
+        .manifest
+        .header
+        .iter()
+        .position(|h| *h == run.manifest.email_column);
     let name_columns: Vec<usize> = run
         .manifest
         .header
@@ -236,27 +241,25 @@ fn render_chunk(
                 let to: &str = p.envelope.to().as_ref();
                 out.need_smtputf8 += u64::from(!to.is_ascii());
                 out.bytes += p.bytes.len() as u64;
-                let email = rec
-                    .fields()
-                    .ok()
-                    .and_then(|f| {
-                        let col = run
-                            .manifest
-                            .header
-                            .iter()
-                            .position(|h| *h == run.manifest.email_column)?;
-                        (col < f.len()).then(|| f.get(col).trim().to_lowercase())
-                    })
-                    .unwrap_or_default();
+                // Only the previewed donors' addresses are read, off the hot path.
+                let email = || {
+                    rec.fields()
+                        .ok()
+                        .and_then(|f| {
+                            let col = email_column?;
+                            (col < f.len()).then(|| f.get(col).trim().to_lowercase())
+                        })
+                        .unwrap_or_default()
+                };
                 if (in_seg as usize) < opts.previews {
-                    let stem = format!("{:03}-{}", in_seg + 1, shell_safe(&email));
+                    let stem = format!("{:03}-{}", in_seg + 1, shell_safe(&email()));
                     write_preview(&preview_dir, &stem, &p.bytes)?;
                     out.previews += 1;
                 }
                 if opts.previews > 0 {
                     let candidate = || Candidate {
                         size: rec.raw.len(),
-                        email: email.clone(),
+                        email: email(),
                         bytes: p.bytes.clone(),
                     };
                     let e = &mut out.edges;
@@ -266,7 +269,13 @@ fn render_chunk(
                     if e.non_ascii.is_none() && !rec.raw.is_ascii() {
                         e.non_ascii = Some(candidate());
                     }
+                    // A row without an empty field has none of these; most rows skip the parse.
+                    let may_be_empty = rec.raw.first() == Some(&b',')
+                        || rec.raw.last() == Some(&b',')
+                        || memchr::memmem::find(rec.raw, b",,").is_some()
+                        || memchr::memmem::find(rec.raw, b",\"\"").is_some();
                     if e.empty_name.is_none()
+                        && may_be_empty
                         && rec.fields().is_ok_and(|f| {
                             name_columns
                                 .iter()
