@@ -208,11 +208,7 @@ fn render_chunk(
         edges: Edges::default(),
     };
     let preview_dir = run.dir().join(PREVIEWS_DIR).join(&segment.name);
-    let email_column = run
-        .manifest
-        .header
-        .iter()
-        .position(|h| *h == run.manifest.email_column);
+    let addresses = run::Addresses::new(&run.manifest);
     let name_columns: Vec<usize> = run
         .manifest
         .header
@@ -243,12 +239,10 @@ fn render_chunk(
                 out.bytes += p.bytes.len() as u64;
                 // Only the previewed donors' addresses are read, off the hot path.
                 let email = || {
-                    rec.fields()
-                        .ok()
-                        .and_then(|f| {
-                            let col = email_column?;
-                            (col < f.len()).then(|| f.get(col).trim().to_lowercase())
-                        })
+                    addresses
+                        .as_ref()
+                        .and_then(|a| a.key_of(rec))
+                        .map(|(_, email)| email)
                         .unwrap_or_default()
                 };
                 if (in_seg as usize) < opts.previews {

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow};
 use crate::campaign::Campaign;
 use crate::digest;
 use crate::email::{Address, normalise};
-use crate::ledger::{feedback_path, ledger_path};
+use crate::ledger;
 use crate::manifest::Manifest;
 use crate::segment::{self, SegmentOptions};
 use crate::suppress::Suppressions;
@@ -87,23 +87,11 @@ pub fn explain(dir: &Path, email: &str) -> Result<String> {
         }
     }
     // The ledger: the donor's chunk is the one whose records name the key.
-    let hex = format!("{:032x}", key.as_u128());
     let mut history = String::new();
     for seg in &m.segments {
         for chunk in &seg.chunks {
-            for path in [
-                ledger_path(dir, &chunk.file),
-                feedback_path(dir, &chunk.file),
-            ] {
-                let Ok(text) = std::fs::read_to_string(&path) else {
-                    continue;
-                };
-                for line in text
-                    .lines()
-                    .filter(|l| l.split('\t').nth(2) == Some(hex.as_str()))
-                {
-                    let _ = writeln!(history, "  {}: {}", path.display(), describe(line));
-                }
+            for line in ledger::history(dir, &chunk.file, key)? {
+                let _ = writeln!(history, "  {}: {line}", chunk.file);
             }
         }
     }
@@ -146,24 +134,4 @@ fn suppressed_by(lists: &[PathBuf], addr: &Address<'_>) -> Result<Vec<(PathBuf, 
         found.push((p.clone(), line.map(|i| i as u64 + 1)));
     }
     Ok(found)
-}
-
-/// One ledger record in words.
-fn describe(line: &str) -> String {
-    let f: Vec<&str> = line.split('\t').collect();
-    let at = f.get(3).copied().unwrap_or("");
-    let rest = f.get(4..).map(|r| r.join(" ")).unwrap_or_default();
-    let what = match f.first().copied() {
-        Some("A") => "reserved for sending".to_owned(),
-        Some("T") => "message transmitting".to_owned(),
-        Some("S") => format!("accepted by the relay: {rest}"),
-        Some("F") => format!("failed for good: {rest}"),
-        Some("D") => format!("deferred: {rest}"),
-        Some("U") => format!("outcome unknown: {rest}"),
-        Some("R") => "reservation released unused".to_owned(),
-        Some("X") => format!("not sent, {rest}"),
-        Some("B") => format!("came back after sending: {rest}"),
-        _ => line.to_owned(),
-    };
-    format!("{at} {what}")
 }

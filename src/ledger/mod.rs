@@ -153,6 +153,7 @@ pub use record::FeedbackKind;
 pub use states::ChunkStates;
 pub use writer::ChunkLedger;
 
+use crate::email::RecipientKey;
 use crate::rundir::{LEDGER_DIR, SEGMENTS_DIR};
 
 /// Where the kernel publishes the id of the current boot (Linux).
@@ -390,6 +391,31 @@ pub fn ledger_path(run: &Path, chunk_file: &str) -> PathBuf {
         }
     }
     path
+}
+
+/// Every record about `key` in the chunk's ledger and feedback file, in file order, each as
+/// `<timestamp> <what happened>` in words: for a person (`campaign explain`). Lines that do
+/// not parse are skipped here; reading the chunk's states reports them.
+pub fn history(
+    run: &Path,
+    chunk_file: &str,
+    key: RecipientKey,
+) -> Result<Vec<String>, LedgerError> {
+    check_chunk_file(chunk_file)?;
+    let mut out = Vec::new();
+    for path in [ledger_path(run, chunk_file), feedback_path(run, chunk_file)] {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(LedgerError::io(&path, e)),
+        };
+        out.extend(
+            text.lines()
+                .filter_map(|l| record::parse(l).ok())
+                .filter_map(|r| record::describe(&r, key)),
+        );
+    }
+    Ok(out)
 }
 
 /// The feedback file of a chunk: its [`ledger_path`] with `.feedback` for `.log`.

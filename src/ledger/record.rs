@@ -126,6 +126,38 @@ pub(super) fn clean_text(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// `rec` in words, when it is about `key`: `<timestamp> <what happened>`.
+pub(super) fn describe(rec: &Record<'_>, key: RecipientKey) -> Option<String> {
+    let what = match &rec.event {
+        Event::Reserve(k) if *k == key => "reserved for sending".to_owned(),
+        Event::Transmit(k) if *k == key => "message transmitting".to_owned(),
+        Event::Release(k) if *k == key => "reservation released unused".to_owned(),
+        Event::Sent {
+            key: k,
+            code,
+            reply,
+        } if *k == key => {
+            format!("accepted by the relay: {code} {reply}")
+        }
+        Event::Failed {
+            key: k, code, text, ..
+        } if *k == key => {
+            format!("failed for good: {code} {text}")
+        }
+        Event::Deferred { key: k, code, text } if *k == key => match code {
+            Some(c) => format!("deferred: {c} {text}"),
+            None => format!("deferred: {text}"),
+        },
+        Event::Unknown { key: k, text } if *k == key => format!("outcome unknown: {text}"),
+        Event::Suppressed { key: k, text } if *k == key => format!("not sent, {text}"),
+        Event::Feedback {
+            key: k, kind, text, ..
+        } if *k == key => format!("came back after sending ({}): {text}", kind.as_str()),
+        _ => return None,
+    };
+    Some(format!("{:.3} {what}", rec.at))
+}
+
 /// `text` as one word for a field such as a status code: control characters and spaces
 /// become `_`, and an empty or `-` value becomes `?`, since `-` means none.
 pub(super) fn clean_token(text: &str) -> String {
