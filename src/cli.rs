@@ -54,7 +54,10 @@ pub enum Command {
     #[command(after_long_help = SEND_HELP)]
     Send(crate::cmd::send::Args),
 
-    /// Show, per segment, how many donors are sent, failed, deferred, unknown and pending.
+    /// Say what happened to a run: per segment how many donors are sent, failed, deferred,
+    /// unknown and pending; whether a send is running (its pid) or why the last one stopped;
+    /// the top failure reasons; when deferred donors are due; and the next command. Exits as
+    /// `send` would: 0 complete, 5 donors left, 6 halted, 7 a send is running.
     #[command(after_long_help = STATUS_HELP)]
     Status(crate::cmd::status::Args),
 
@@ -147,7 +150,14 @@ const SEND_HELP: &str = concat!(
 
 const STATUS_HELP: &str = "Examples:
   campaign status runs/spring
-  campaign status runs/spring --json";
+  campaign status runs/spring --json | jq -r .state
+  campaign status runs/spring >/dev/null; echo $?    # 0 complete, 5 left, 6 halted, 7 sending
+
+Exit status:
+  0  every donor has an outcome
+  5  donors are left (a run not started too): `campaign send` goes on
+  6  the relay halted the run: fix the cause, then `campaign send RUN --clear-halt`
+  7  a send is running now";
 
 const REPORT_HELP: &str = "Examples:
   campaign report runs/spring        # after every `send --shard I/N` has finished";

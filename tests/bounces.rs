@@ -256,7 +256,8 @@ fn reports_are_matched_to_the_run_by_message_id_verp_and_token() {
     assert_code(&o, 0);
     let s: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let sum = |k: &str| -> u64 {
-        s.as_array()
+        s["segments"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|g| g[k].as_u64().unwrap())

@@ -650,8 +650,8 @@ fn a_killed_force_leaves_the_old_run_or_the_new_one_whole() {
         );
         let rows = manifest(&w.path("run"))["input"]["data_rows"].as_u64();
         assert_eq!(rows, Some(if new_in_place { 2 } else { 1 }), "{fault}");
-        // The run in place is whole: status reads it.
-        assert_code(&w.run(&["status", "run"]), 0);
+        // The run in place is whole: status reads it (and finds it not sent yet).
+        assert_code(&w.run(&["status", "run"]), 5);
         assert_code(&segment(&w, &["--force"]), 0);
         assert_eq!(
             w.entries(),
@@ -671,7 +671,7 @@ fn an_old_run_left_aside_by_a_crash_is_restored() {
     // What a process (long gone: no pid this large runs) leaves between the two renames.
     std::fs::rename(w.path("run"), w.path(".run.replaced-4000000000")).unwrap();
     let o = w.run(&["status", "run"]);
-    assert_code(&o, 0);
+    assert_code(&o, 5);
     assert_eq!(w.entries(), ["campaign.toml", "donors.csv", "run"]);
     // segment restores it too, and then refuses to overwrite it without --force.
     std::fs::rename(w.path("run"), w.path(".run.replaced-4000000000")).unwrap();

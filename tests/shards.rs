@@ -53,10 +53,10 @@ fn spawn(w: &Workdir, server: &TestServer, args: &[&str]) -> Child {
 
 fn totals(w: &Workdir) -> BTreeMap<String, u64> {
     let o = w.run(&["status", "run", "--json"]);
-    assert_code(&o, 0);
+    assert!(matches!(o.status.code(), Some(0 | 5 | 6)), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let mut t = BTreeMap::new();
-    for seg in v.as_array().unwrap() {
+    for seg in v["segments"].as_array().unwrap() {
         for (k, x) in seg.as_object().unwrap() {
             if let Some(n) = x.as_u64() {
                 *t.entry(k.clone()).or_insert(0) += n;

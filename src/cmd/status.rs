@@ -1,4 +1,5 @@
-//! `campaign status`: where every donor of a run stands, read from its ledgers.
+//! `campaign status`: what happened to a run and what to do next, read from its ledgers,
+//! locks and reports. The exit code is `send`'s for the same run.
 
 use std::path::PathBuf;
 
@@ -6,7 +7,6 @@ use clap::Args as ClapArgs;
 
 use campaign::exit::{Code, Error};
 use campaign::manifest::Manifest;
-use campaign::run::Selection;
 use campaign::send;
 
 /// Flags of `campaign status`.
@@ -24,15 +24,15 @@ pub struct Args {
 /// Runs `campaign status`.
 pub fn run(args: Args) -> Result<Code, Error> {
     let manifest = Manifest::load(&args.run).map_err(super::usage)?;
-    let segments = send::status(&args.run, &manifest, &Selection::all(&manifest))?;
+    let overview = send::overview(&args.run, &manifest)?;
     let text = if args.json {
         format!(
             "{}\n",
-            serde_json::to_string_pretty(&segments).map_err(anyhow::Error::from)?
+            serde_json::to_string_pretty(&overview).map_err(anyhow::Error::from)?
         )
     } else {
-        super::summary::status(&segments)
+        super::summary::overview(&overview)
     };
     super::print_bytes(text.as_bytes())?;
-    Ok(Code::Success)
+    Ok(overview.exit)
 }

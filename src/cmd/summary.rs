@@ -5,7 +5,7 @@ use std::path::Path;
 
 use campaign::exit::escape_controls;
 use campaign::rundir::{FAILED_CSV, SUPPRESS_BOUNCED, SUPPRESSED_CSV, UNKNOWN_CSV};
-use campaign::send::{SegmentStatus, SendReport, Stop};
+use campaign::send::{Overview, RunState, SegmentStatus, SendReport, Stop};
 
 /// The per-segment table of `status`, also the top of `send`'s summary.
 pub(super) fn status(segments: &[SegmentStatus]) -> String {
@@ -127,6 +127,75 @@ pub(super) fn send(r: &SendReport, run: &Path) -> String {
             s,
             "unknown outcomes (may or may not have been delivered): {run}/{UNKNOWN_CSV}; --on-unknown resend sends them again"
         );
+    }
+    s
+}
+
+/// `status`'s text: the table, then where the run is, why, and what to run next.
+pub(super) fn overview(o: &Overview) -> String {
+    let mut s = status(&o.segments);
+    s.push('\n');
+    let state = match &o.state {
+        RunState::NotStarted => "not started: no send has recorded anything yet".to_owned(),
+        RunState::Sending { processes } => {
+            let who: Vec<String> = processes
+                .iter()
+                .map(|p| match &p.shard {
+                    Some(shard) => format!("shard {shard} ({})", p.holder),
+                    None => p.holder.clone(),
+                })
+                .collect();
+            format!("sending now: {}", who.join("; "))
+        }
+        RunState::Stopped { at: Some(at), why } => format!("stopped at {at}: {why}"),
+        RunState::Stopped { at: None, why } => format!("stopped: {why}"),
+        RunState::Complete => "complete: every donor has an outcome".to_owned(),
+    };
+    let _ = writeln!(s, "state:    {}", escape_controls(&state));
+    if let Some(h) = &o.halt {
+        let _ = writeln!(
+            s,
+            "halt:     {}",
+            escape_controls(h.lines().next().unwrap_or(""))
+        );
+    }
+    if let Some(r) = &o.last_report {
+        let _ = writeln!(s, "report:   {} (written {})", r.file, r.at);
+    }
+    if !o.reasons.is_empty() {
+        let _ = writeln!(s, "reasons:");
+        for r in &o.reasons {
+            let code = r.code.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+            let _ = writeln!(
+                s,
+                "  {:>8}  {:<8}  {code:>3}  {}",
+                r.donors,
+                r.state,
+                escape_controls(&r.text)
+            );
+        }
+    }
+    if let Some(d) = &o.deferred {
+        let last = d
+            .last_deferred_at
+            .as_deref()
+            .map(|t| format!(", the last at {t}"))
+            .unwrap_or_default();
+        let _ = writeln!(s, "deferred: {} donors{last}; due {}", d.donors, d.due);
+    }
+    match o.next.as_slice() {
+        [] => {
+            let _ = writeln!(s, "next:     nothing; the run is done");
+        }
+        [one] => {
+            let _ = writeln!(s, "next:     {}", escape_controls(one));
+        }
+        many => {
+            let _ = writeln!(s, "next:");
+            for (i, n) in many.iter().enumerate() {
+                let _ = writeln!(s, "  {}. {}", i + 1, escape_controls(n));
+            }
+        }
     }
     s
 }

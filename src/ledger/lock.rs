@@ -5,6 +5,10 @@
 //! they vanish with the process (a crashed `send` never leaves a stale lock) and, on a file
 //! system whose locks reach every host (local disks, NFSv4, CephFS, Lustre with `flock`),
 //! they fence processes on different hosts as well.
+//!
+//! [`holders`] tells who is sending now (for `status`) by taking each lock for an instant and
+//! letting go; a `send` that starts in that instant waits a moment for it
+//! ([`try_lock_patiently`]) instead of being refused.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -64,11 +68,7 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        let taken = match mode {
-            LockMode::Exclusive => file.try_lock(),
-            LockMode::Shared => file.try_lock_shared(),
-        };
-        match taken {
+        match try_lock_patiently(&file, mode) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -187,7 +187,7 @@ impl ShardLock {
             }
         }
         let (mut own, own_path) = open(&format!("{index}-of-{count}.lock"))?;
-        match own.try_lock() {
+        match try_lock_patiently(&own, LockMode::Exclusive) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -216,6 +216,104 @@ impl ShardLock {
             _own: own,
             _count: count_file,
         })
+    }
+}
+
+/// A `flock` that is retried for a moment when held: [`holders`] (a `status`) holds each
+/// lock for an instant, and a `send` starting then must not take it for another send.
+fn try_lock_patiently(file: &File, mode: LockMode) -> Result<(), TryLockError> {
+    let mut tries = 0;
+    loop {
+        let taken = match mode {
+            LockMode::Exclusive => file.try_lock(),
+            LockMode::Shared => file.try_lock_shared(),
+        };
+        match taken {
+            Err(TryLockError::WouldBlock) if tries < PATIENCE => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How many 10 ms waits [`try_lock_patiently`] makes: far longer than a probe holds a lock.
+const PATIENCE: u32 = 5;
+
+/// A process sending from a run now, as its lock file describes it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// `None` for a plain `send`; `I/N` for a shard.
+    pub shard: Option<String>,
+    /// The lock file's line: `pid <pid>[ on <host>], started <time>`, or empty if unwritten.
+    pub holder: String,
+}
+
+/// Who is sending from `run` now: a plain `send` or each running shard. Reads without
+/// creating anything; a run that never sent has no holders.
+pub fn holders(run: &Path) -> Result<Vec<Holder>, LedgerError> {
+    let dir = run.join(LEDGER_DIR);
+    let mut out = Vec::new();
+    if let Some(holder) = probe(&dir.join(RUN_LOCK), LockMode::Shared)? {
+        out.push(Holder {
+            shard: None,
+            holder,
+        });
+    }
+    let shards = dir.join(SHARDS_DIR);
+    let entries = match fs::read_dir(&shards) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(LedgerError::io(&shards, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| LedgerError::io(&shards, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let shard = name
+            .strip_suffix(".lock")
+            .and_then(|n| n.split_once("-of-"))
+            .and_then(|(i, n)| Some((i.parse::<u32>().ok()?, n.parse::<u32>().ok()?)));
+        if let Some(shard) = shard {
+            names.push((shard, entry.path()));
+        }
+    }
+    names.sort();
+    for ((index, count), path) in names {
+        if let Some(holder) = probe(&path, LockMode::Exclusive)? {
+            out.push(Holder {
+                shard: Some(format!("{index}/{count}")),
+                holder,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The lock file's content if another process holds the lock against `mode`; the lock is
+/// let go at once when it is free.
+fn probe(path: &Path, mode: LockMode) -> Result<Option<String>, LedgerError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LedgerError::io(path, e)),
+    };
+    let taken = match mode {
+        LockMode::Exclusive => file.try_lock(),
+        LockMode::Shared => file.try_lock_shared(),
+    };
+    match taken {
+        Ok(()) => {
+            let _ = file.unlock();
+            Ok(None)
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            Ok(Some(holder.trim().to_owned()))
+        }
+        Err(TryLockError::Error(e)) => Err(LedgerError::io(path, e)),
     }
 }
 

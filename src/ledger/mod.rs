@@ -148,7 +148,7 @@ use jiff::Timestamp;
 pub use cap::CapClaims;
 pub use feedback::{Report, record_feedback};
 pub use fingerprint::{check_templates, record_templates};
-pub use lock::{LockMode, RunLock, ShardLock};
+pub use lock::{Holder, LockMode, RunLock, ShardLock, holders};
 pub use record::FeedbackKind;
 pub use states::ChunkStates;
 pub use writer::ChunkLedger;

@@ -15,6 +15,7 @@
 
 mod breaker;
 pub mod halt;
+mod overview;
 mod pacing;
 pub mod plan;
 mod reports;
@@ -37,9 +38,10 @@ use crate::run::{OpenedRun, Selection};
 use crate::rundir::{REPORT_JSON, REPORTS_DIR};
 use crate::transport::Transport;
 
+pub use overview::{Deferred, LastReport, Overview, RunState, overview};
 pub use pacing::PacingReport;
 pub use plan::{Budget, InProcessPlan, Lease, PlanError, PlanOptions, WorkSource};
-pub use reports::{RunReport, SegmentStatus, status, whole_run};
+pub use reports::{Reason, RunReport, SegmentStatus, status, whole_run};
 pub use shard::Shard;
 pub use suppression::SuppressionWatch;
 

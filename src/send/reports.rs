@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
+use jiff::Timestamp;
 
 use crate::email::RecipientKey;
 use crate::ledger::{ChunkStates, Entry, FeedbackKind, State};
@@ -56,6 +57,55 @@ pub struct ChunkSummary {
     complaints: u64,
     /// Failed, unknown and suppressed donors, and those with feedback, for the report files.
     listed: HashMap<RecipientKey, Entry>,
+    /// Failed, deferred and unknown donors by what the relay (or the process) said.
+    reasons: HashMap<ReasonKey, u64>,
+    /// The newest record of any donor: when the ledger was last written.
+    last_at: Option<Timestamp>,
+    /// The newest deferral.
+    last_deferred_at: Option<Timestamp>,
+}
+
+/// What a [`Reason`] is grouped by: the outcome, the reply code and the reply's gist.
+type ReasonKey = (&'static str, Option<u16>, String);
+
+/// Why some donors failed, were deferred or are unknown, and how many: `status`'s "top
+/// reasons".
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reason {
+    /// `failed`, `deferred` or `unknown`.
+    pub state: &'static str,
+    /// The SMTP reply code, if there was a reply.
+    pub code: Option<u16>,
+    /// The reply or error text, addresses replaced by `<address>` so one cause counts once.
+    pub text: String,
+    /// Donors with this outcome now.
+    pub donors: u64,
+}
+
+/// A reply's text with the donor-specific parts (addresses) masked, so a relay's one
+/// refusal of many donors groups as one reason. Cut at 200 characters.
+fn gist(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        if word.contains('@') {
+            out.push_str("<address>");
+        } else {
+            out.push_str(word);
+        }
+        if out.len() > 200 {
+            let cut = (0..=200)
+                .rev()
+                .find(|&i| out.is_char_boundary(i))
+                .unwrap_or(0);
+            out.truncate(cut);
+            out.push('…');
+            break;
+        }
+    }
+    out
 }
 
 impl ChunkSummary {
@@ -63,6 +113,19 @@ impl ChunkSummary {
     pub fn of(states: &ChunkStates) -> ChunkSummary {
         let mut s = ChunkSummary::default();
         for (key, e) in states.iter() {
+            s.last_at = s.last_at.max(e.at);
+            let reason = match e.state {
+                State::Failed => Some("failed"),
+                State::Deferred { .. } => Some("deferred"),
+                State::Unknown => Some("unknown"),
+                _ => None,
+            };
+            if let Some(state) = reason {
+                *s.reasons.entry((state, e.code, gist(&e.text))).or_insert(0) += 1;
+            }
+            if matches!(e.state, State::Deferred { .. }) {
+                s.last_deferred_at = s.last_deferred_at.max(e.at);
+            }
             match e.state {
                 State::Sent => s.sent += 1,
                 State::Failed => s.failed += 1,
@@ -192,6 +255,55 @@ pub(super) fn status_of(
         out.push(st);
     }
     Ok(out)
+}
+
+/// What the ledgers of the selected segments say beyond the totals: the reasons, most
+/// donors first, and when the ledgers were last written and a donor last deferred.
+#[derive(Debug, Clone, Default)]
+pub struct Findings {
+    /// Every reason, most donors first.
+    pub reasons: Vec<Reason>,
+    /// The newest record in any ledger.
+    pub last_at: Option<Timestamp>,
+    /// The newest deferral.
+    pub last_deferred_at: Option<Timestamp>,
+}
+
+/// Per-segment totals of the selected segments and their [`Findings`], read from the ledgers.
+pub fn status_and_findings(
+    run: &Path,
+    manifest: &Manifest,
+    selection: &Selection,
+) -> Result<(Vec<SegmentStatus>, Findings)> {
+    let mut known = Summaries::default();
+    let segments = status_with(run, manifest, selection, &mut known)?;
+    let mut reasons: HashMap<ReasonKey, u64> = HashMap::new();
+    let mut f = Findings::default();
+    for &s in selection.indexes() {
+        for c in 0..manifest.segments[s].chunks.len() {
+            let sum = known.get(run, manifest, s, c)?;
+            for (k, n) in &sum.reasons {
+                *reasons.entry(k.clone()).or_insert(0) += n;
+            }
+            f.last_at = f.last_at.max(sum.last_at);
+            f.last_deferred_at = f.last_deferred_at.max(sum.last_deferred_at);
+        }
+    }
+    f.reasons = reasons
+        .into_iter()
+        .map(|((state, code, text), donors)| Reason {
+            state,
+            code,
+            text,
+            donors,
+        })
+        .collect();
+    f.reasons.sort_by(|a, b| {
+        b.donors
+            .cmp(&a.donors)
+            .then_with(|| (a.state, a.code, &a.text).cmp(&(b.state, b.code, &b.text)))
+    });
+    Ok((segments, f))
 }
 
 /// Writes a report as JSON to `path`, replacing it whole.

@@ -71,6 +71,14 @@ SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 cargo build --locked --quiet
 BIN=$ROOT/target/debug/campaign
 
+# `campaign status run --json` in the current directory: exit 0 (complete), 5 (donors left)
+# or 6 (halted) are answers; anything else is a failure.
+status_json() {
+    local rc=0
+    "$BIN" status run --json || rc=$?
+    case $rc in 0 | 5 | 6) ;; *) echo "campaign status exited $rc" >&2; return 1 ;; esac
+}
+
 TOP=$(mktemp -d /tmp/campaign-scale.XXXXXX)
 # smtp-sink runs as nobody when started by root: it must reach the case directories.
 chmod 755 "$TOP"
@@ -224,7 +232,7 @@ TOML
 # received twice; every donor sent or listed unknown; unknown <= KILLS x 2.
 verify() {
     local dir=$1
-    (cd "$dir" && "$BIN" status run --json >status.json)
+    (cd "$dir" && status_json >status.json)
     local rc=0
     (cd "$dir" && "$BIN" report run --json >report-out.json 2>report-err.txt) || rc=$?
     if ((rc != 0)); then
@@ -235,7 +243,7 @@ verify() {
 import collections, csv, glob, json, sys
 d, donors, kills = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 per_process = 2  # --concurrency 2: at most one unknown per connection of a killed process
-status = json.load(open(f"{d}/status.json"))
+status = json.load(open(f"{d}/status.json"))["segments"]
 t = {k: sum(s[k] for s in status) for k in ("donors", "sent", "failed", "deferred", "unknown", "pending")}
 bad = []
 if t["donors"] != donors: bad.append(f"{t['donors']} donors in the run, not {donors}")
@@ -454,11 +462,11 @@ case_cron() { # host mail1's line of cron-hosts.md, once, as cron runs it: shard
         bash -c "$line"
     cat "$d/home/campaign-spring.log"
     [[ $(grep -c 'exit 0$' "$d/home/campaign-spring.log") == 4 ]]
-    (cd "$d" && "$BIN" status run --json >status.json)
+    (cd "$d" && status_json >status.json)
     # 160 donors in 16 chunks of 10: this host's four shards are 40 donors.
     "$PY" - "$d" <<'PY'
 import json, sys
-t = json.load(open(f"{sys.argv[1]}/status.json"))[0]
+t = json.load(open(f"{sys.argv[1]}/status.json"))["segments"][0]
 assert (t["sent"], t["pending"]) == (40, 120), t
 print("the crontab line sent shards 0 4 8 12 of 16: 40 of 160 donors, each shard exit 0")
 PY
