@@ -684,6 +684,11 @@ impl RecipientKey {
         self.0
     }
 
+    /// The key of a raw 128-bit value, as read back from a run directory.
+    pub(crate) fn from_u128(v: u128) -> RecipientKey {
+        RecipientKey(v)
+    }
+
     /// The key as 32 lowercase hex digits, the form stored in run directories.
     pub fn to_hex(self) -> String {
         format!("{:032x}", self.0)

@@ -62,7 +62,8 @@ pub fn record_feedback(
     file.lock().map_err(io)?;
     let at = to_millis(now);
     let mut buf = String::new();
-    record::encode(
+    let mut encoder = record::Encoder::default();
+    encoder.encode(
         &Record {
             session: &session.id,
             at,
@@ -77,7 +78,7 @@ pub fn record_feedback(
     for r in reports {
         let status = r.status.map(record::clean_token);
         let text = record::clean_text(r.text);
-        record::encode(
+        encoder.encode(
             &Record {
                 session: &session.id,
                 at,

@@ -216,6 +216,7 @@ impl ChunkStates {
             line,
             reason,
         };
+        let mut decoder = record::Decoder::new();
         for (i, line) in bytes[..complete]
             .split_inclusive(|&b| b == b'\n')
             .enumerate()
@@ -226,6 +227,7 @@ impl ChunkStates {
             // synced; NUL among other bytes is damage of another kind, never skipped.
             if !line.is_empty() && line.iter().all(|&b| b == 0) {
                 states.ignored += 1;
+                decoder.lost_lines();
                 continue;
             }
             if line.contains(&0) {
@@ -237,8 +239,9 @@ impl ChunkStates {
             let text = std::str::from_utf8(line).map_err(|e| {
                 malformed(number, format!("not UTF-8 (byte {})", e.valid_up_to() + 1))
             })?;
-            let rec = record::parse(text).map_err(|r| malformed(number, r))?;
-            states.apply(&rec).map_err(|r| malformed(number, r))?;
+            decoder
+                .line(text, &mut |rec| states.apply(rec))
+                .map_err(|r| malformed(number, r))?;
         }
         Ok((states, complete))
     }

@@ -96,138 +96,283 @@ fn chunk_paths_leaving_the_run_are_refused() {
     }
 }
 
+/// Every record of format 3 as written, in a section that abbreviates against itself: times
+/// as offsets from the last `A` line (or the `H`), keys by their place in the last `A` line,
+/// and each reply against the one before.
 #[test]
 fn format_is_pinned() {
-    let at = ts("2026-11-29T23:40:00.5Z");
-    let k = key(0xabc);
-    let cases: Vec<(Event<'_>, String)> = vec![
+    let t0 = ts("2026-11-29T23:40:00.5Z");
+    let ms = |n: i64| Timestamp::from_millisecond(t0.as_millisecond() + n).unwrap();
+    let (k1, k2, k3) = (key(1), key(2), key(0xabc));
+    let (b1, b2, b3) = (
+        "AAAAAAAAAAAAAAAAAAAAAQ",
+        "AAAAAAAAAAAAAAAAAAAAAg",
+        "AAAAAAAAAAAAAAAAAAAKvA",
+    );
+    let cases: Vec<(Timestamp, Event<'_>, String)> = vec![
         (
+            t0,
             Event::Start {
                 boot_id: Some(BOOT),
                 pid: 7,
-                format: 2,
+                format: 3,
             },
-            format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.500Z\t7\t2\n"),
+            format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.500Z\t7\t3\n"),
         ),
+        (ms(5), Event::Reserve(k1), format!("A\t5\t{b1}\n")),
+        (ms(6), Event::Transmit(k1), "T\t#0\t1\n".to_owned()),
         (
-            // Version 1 had no format field; such lines still read.
-            Event::Start {
-                boot_id: None,
-                pid: 7,
-                format: 1,
-            },
-            "H\ts1\t-\t2026-11-29T23:40:00.500Z\t7\n".to_owned(),
-        ),
-        (
-            Event::Reserve(k),
-            format!("A\ts1\t{}\t2026-11-29T23:40:00.500Z\n", hex(0xabc)),
-        ),
-        (
-            Event::Transmit(k),
-            format!("T\ts1\t{}\t2026-11-29T23:40:00.500Z\n", hex(0xabc)),
-        ),
-        (
+            ms(46),
             Event::Sent {
-                key: k,
+                key: k1,
                 code: 250,
                 reply: "2.0.0 Ok: queued as 4XyZ",
             },
-            format!(
-                "S\ts1\t{}\t2026-11-29T23:40:00.500Z\t250\t2.0.0 Ok: queued as 4XyZ\n",
-                hex(0xabc)
-            ),
+            "S\t#0\t41\t250\t0:2.0.0 Ok: queued as 4XyZ\n".to_owned(),
+        ),
+        (ms(46), Event::Transmit(k2), format!("T\t{b2}\t41\n")),
+        (
+            ms(76),
+            Event::Sent {
+                key: k2,
+                code: 250,
+                reply: "2.0.0 Ok: queued as 4XzA",
+            },
+            format!("S\t{b2}\t71\t250\t22:zA\n"),
         ),
         (
+            // The wall clock stepped back: offsets may be negative.
+            ms(1),
             Event::Failed {
-                key: k,
+                key: k3,
                 code: 550,
                 text: "5.1.1 no such user",
                 suppress: true,
             },
-            format!(
-                "F\ts1\t{}\t2026-11-29T23:40:00.500Z\t550\t5.1.1 no such user\t1\n",
-                hex(0xabc)
-            ),
+            format!("F\t{b3}\t-4\t550\t5.1.1 no such user\t1\n"),
         ),
         (
+            ms(66),
             Event::Deferred {
-                key: k,
+                key: k1,
                 code: None,
                 text: "timeout",
             },
-            format!(
-                "D\ts1\t{}\t2026-11-29T23:40:00.500Z\t-\ttimeout\n",
-                hex(0xabc)
-            ),
+            "D\t#0\t61\t-\ttimeout\n".to_owned(),
         ),
         (
+            ms(67),
             Event::Deferred {
-                key: k,
+                key: k1,
                 code: Some(451),
                 text: "",
             },
-            format!("D\ts1\t{}\t2026-11-29T23:40:00.500Z\t451\t\n", hex(0xabc)),
+            "D\t#0\t62\t451\t\n".to_owned(),
         ),
         (
+            ms(67),
             Event::Unknown {
-                key: k,
+                key: k2,
                 text: "connection reset",
             },
-            format!(
-                "U\ts1\t{}\t2026-11-29T23:40:00.500Z\tconnection reset\n",
-                hex(0xabc)
-            ),
+            format!("U\t{b2}\t62\tconnection reset\n"),
         ),
+        (ms(67), Event::Release(k1), "R\t#0\t62\n".to_owned()),
         (
-            Event::Release(k),
-            format!("R\ts1\t{}\t2026-11-29T23:40:00.500Z\n", hex(0xabc)),
-        ),
-        (
+            ms(67),
             Event::Suppressed {
-                key: k,
+                key: k3,
                 text: "suppressed: address is on a suppression list",
             },
-            format!(
-                "X\ts1\t{}\t2026-11-29T23:40:00.500Z\tsuppressed: address is on a suppression list\n",
-                hex(0xabc)
-            ),
+            format!("X\t{b3}\t62\tsuppressed: address is on a suppression list\n"),
         ),
         (
+            ms(67),
             Event::Feedback {
-                key: k,
+                key: k3,
                 kind: FeedbackKind::Bounce,
                 status: Some("5.1.1"),
                 text: "smtp; 550 5.1.1 no such user",
             },
-            format!(
-                "B\ts1\t{}\t2026-11-29T23:40:00.500Z\tbounce\t5.1.1\tsmtp; 550 5.1.1 no such user\n",
-                hex(0xabc)
-            ),
+            format!("B\t{b3}\t62\tbounce\t5.1.1\tsmtp; 550 5.1.1 no such user\n"),
         ),
         (
+            ms(67),
             Event::Feedback {
-                key: k,
+                key: k3,
                 kind: FeedbackKind::Complaint,
                 status: None,
                 text: "abuse",
             },
-            format!(
-                "B\ts1\t{}\t2026-11-29T23:40:00.500Z\tcomplaint\t-\tabuse\n",
-                hex(0xabc)
-            ),
+            format!("B\t{b3}\t62\tcomplaint\t-\tabuse\n"),
+        ),
+        // A new batch: offsets and references count from its line.
+        (ms(100), Event::Reserve(k2), format!("A\t95\t{b2}\n")),
+        (ms(101), Event::Transmit(k2), "T\t#0\t1\n".to_owned()),
+        (
+            ms(101),
+            Event::Unknown { key: k1, text: "x" },
+            format!("U\t{b1}\t1\tx\n"),
         ),
     ];
-    for (event, want) in cases {
+    let mut encoder = record::Encoder::default();
+    let mut text = String::new();
+    for (at, event, want) in &cases {
         let r = Record {
             session: "s1",
-            at,
-            event,
+            at: *at,
+            event: event.clone(),
         };
         let mut buf = String::new();
-        record::encode(&r, &mut buf);
-        assert_eq!(buf, want);
-        // And it parses back to the same record.
-        assert_eq!(record::parse(buf.trim_end_matches('\n')).unwrap(), r);
+        encoder.encode(&r, &mut buf);
+        assert_eq!(&buf, want);
+        text.push_str(&buf);
+    }
+    // And the file reads back as the same records.
+    let mut decoder = record::Decoder::new();
+    let mut read = Vec::new();
+    for line in text.lines() {
+        decoder
+            .line(line, &mut |r| {
+                read.push((r.session.to_owned(), r.at, format!("{:?}", r.event)));
+                Ok(())
+            })
+            .unwrap();
+    }
+    let want: Vec<_> = cases
+        .iter()
+        .map(|(at, e, _)| ("s1".to_owned(), *at, format!("{e:?}")))
+        .collect();
+    assert_eq!(read, want);
+}
+
+/// One `A` line reserves a batch; a `T` names a key by its place in it.
+#[test]
+fn a_batch_is_one_a_line() {
+    let t0 = ts("2026-11-29T23:40:00Z");
+    let mut encoder = record::Encoder::default();
+    let mut buf = String::new();
+    encoder.encode(
+        &Record {
+            session: "s1",
+            at: t0,
+            event: Event::Start {
+                boot_id: None,
+                pid: 7,
+                format: 3,
+            },
+        },
+        &mut buf,
+    );
+    encoder.encode_reserve(&[key(1), key(2), key(3)], t0, &mut buf);
+    encoder.encode(
+        &Record {
+            session: "s1",
+            at: t0,
+            event: Event::Transmit(key(3)),
+        },
+        &mut buf,
+    );
+    assert!(buf.ends_with(
+        "A\t0\tAAAAAAAAAAAAAAAAAAAAAQ AAAAAAAAAAAAAAAAAAAAAg AAAAAAAAAAAAAAAAAAAAAw\nT\t#2\t0\n"
+    ));
+    let st = fold(&buf, None).unwrap();
+    assert_eq!(st.len(), 3);
+    assert_eq!(st.state(key(3)), State::Unknown);
+    assert_eq!(
+        st.state(key(1)),
+        State::Unknown,
+        "reserved on an unknown boot"
+    );
+}
+
+/// Lines a power cut turned into NUL bytes lose only themselves: the next reply, written
+/// against a lost one, keeps its own part and says the rest was lost; every state stands.
+#[test]
+fn lines_lost_to_a_power_cut_lose_only_themselves() {
+    let text = format!(
+        "H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t7\t3\n\
+         A\t5\tAAAAAAAAAAAAAAAAAAAAAQ AAAAAAAAAAAAAAAAAAAAAg AAAAAAAAAAAAAAAAAAAAAw\n\
+         T\t#0\t1\n\
+         {nul}\n\
+         {nul}\n\
+         T\t#1\t3\n\
+         S\t#1\t4\t250\t20:4XzA\n",
+        nul = "\0".repeat(17)
+    );
+    let st = fold(&text, Some(BOOT)).unwrap();
+    assert_eq!(st.ignored_lines(), 2);
+    assert_eq!(st.state(key(1)), State::Unknown, "its outcome was lost");
+    assert_eq!(st.state(key(2)), State::Sent);
+    assert_eq!(
+        st.get(key(2)).unwrap().text,
+        "(start lost in a power cut)…4XzA"
+    );
+    assert_eq!(
+        st.get(key(2)).unwrap().at,
+        Some(ts("2026-11-29T23:40:00.009Z"))
+    );
+    assert_eq!(st.state(key(3)), State::Pending);
+}
+
+/// Format 2 files (and sections of a file a newer send appended to) read as before.
+#[test]
+fn format_2_lines_still_read() {
+    let text = format!(
+        "H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t7\t2\n\
+         A\ts1\t{k}\t2026-11-29T23:40:00.100Z\n\
+         T\ts1\t{k}\t2026-11-29T23:40:00.101Z\n\
+         S\ts1\t{k}\t2026-11-29T23:40:00.190Z\t250\t2.0.0 Ok: queued as 4XyZ\n\
+         F\ts1\t{k2}\t2026-11-29T23:40:00.200Z\t550\tno such user\t1\n\
+         H\ts2\t{BOOT}\t2026-11-30T08:00:00.000Z\t8\t3\n\
+         A\t5\tAAAAAAAAAAAAAAAAAAAAAw\n\
+         T\t#0\t1\n\
+         S\t#0\t8\t250\t0:2.0.0 Ok\n",
+        k = hex(1),
+        k2 = hex(2)
+    );
+    let st = fold(&text, Some(BOOT)).unwrap();
+    assert_eq!(st.state(key(1)), State::Sent);
+    assert_eq!(st.get(key(1)).unwrap().text, "2.0.0 Ok: queued as 4XyZ");
+    assert_eq!(st.state(key(2)), State::Failed);
+    assert_eq!(st.state(key(3)), State::Sent);
+    assert_eq!(st.get(key(3)).unwrap().text, "2.0.0 Ok");
+    assert_eq!(
+        st.get(key(3)).unwrap().at,
+        Some(ts("2026-11-30T08:00:00.013Z"))
+    );
+}
+
+/// A format 3 line that refers to what is not there is malformed, never guessed at.
+#[test]
+fn format_3_references_that_point_nowhere_are_errors() {
+    let h = format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t7\t3\n");
+    for (body, reason) in [
+        (
+            "A\t0\tAAAAAAAAAAAAAAAAAAAAAQ\nT\t#1\t0\n",
+            "past the 1 keys",
+        ),
+        (
+            "A\t0\tAAAAAAAAAAAAAAAAAAAAAQ\nS\t#0\t0\t250\t3:ok\n",
+            "keeps 3 bytes",
+        ),
+        ("T\tAAAAAAAAAAAAAAAAAAAAA\t0\n", "bad recipient key"),
+        ("T\tAAAAAAAAAAAAAAAAAAAAAQ\tsoon\n", "bad time offset"),
+        (
+            "S\tAAAAAAAAAAAAAAAAAAAAAQ\t0\t250\tok\n",
+            "expected <length>:<text>",
+        ),
+        ("T\t\t0\n", "bad recipient key"),
+        (
+            "A\ts1\tAAAAAAAAAAAAAAAAAAAAAQ\t0\n",
+            "A record has 4 tab-separated fields, expected 3",
+        ),
+    ] {
+        let err = fold(&format!("{h}{body}"), Some(BOOT))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(reason), "{body:?}: {err}");
+        assert!(err.contains("line "), "{err}");
     }
 }
 
@@ -497,12 +642,14 @@ fn writer_records_are_what_a_reader_folds() {
     assert_eq!(complete, bytes.len());
     assert_eq!(sorted(&read), sorted(l.states()));
     let text = String::from_utf8(bytes).unwrap();
-    assert!(text.starts_with(&format!(
-        "H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\t2\nA\ts1\t{}\t2026-11-29T23:40:00.123Z\n",
-        hex(1)
-    )));
-    // H, 5 A, then T S, T F, D, T U, R.
-    assert_eq!(text.lines().count(), 1 + 5 + 8);
+    assert!(
+        text.starts_with(&format!(
+            "H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\t3\nA\t123\tAAAAAAAAAAAAAAAAAAAAAQ AAAAAAAAAAAAAAAAAAAAAg "
+        )),
+        "{text}"
+    );
+    // H, one A for the batch, then T S, T F, D, T U, R.
+    assert_eq!(text.lines().count(), 1 + 1 + 8, "{text}");
     l.close().unwrap();
 }
 
@@ -564,7 +711,8 @@ fn rerun_after_process_crash_settles_reservations_for_good() {
     assert_eq!(l.states().state(key(3)), State::Pending);
     drop(l);
     let text = fs::read_to_string(ledger_path(run.path(), CHUNK)).unwrap();
-    let tail: Vec<&str> = text.lines().skip(5).map(|l| &l[..1]).collect();
+    // After H, the batch's A line and the T.
+    let tail: Vec<&str> = text.lines().skip(3).map(|l| &l[..1]).collect();
     assert_eq!(tail, ["H", "U", "R", "R"], "{text}");
     // The conclusion was written down, so a later reboot does not change it.
     let (st, _) =
@@ -840,10 +988,10 @@ fn a_failed_write_is_named_by_every_later_refusal() {
 
 #[test]
 fn a_newer_format_is_refused_with_what_to_do() {
-    let text = format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\t3\n");
+    let text = format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\t4\n");
     let err = fold(&text, Some(BOOT)).unwrap_err().to_string();
     assert!(err.contains("line 1"), "{err}");
-    assert!(err.contains("newer campaign (ledger format 3"), "{err}");
+    assert!(err.contains("newer campaign (ledger format 4"), "{err}");
     let text = format!("H\ts1\t{BOOT}\t2026-11-29T23:40:00.000Z\t4242\tx\n");
     assert!(fold(&text, Some(BOOT)).is_err());
 }

@@ -33,6 +33,8 @@ pub struct ChunkLedger {
     session: String,
     /// Reused for formatting records, so the hot path does not allocate.
     buf: String,
+    /// What the records written so far abbreviate against.
+    encoder: record::Encoder,
     /// A write or fsync failed, and how: the file's tail is uncertain.
     poisoned: Option<Poison>,
     /// Records were written since the last fsync.
@@ -98,6 +100,7 @@ impl ChunkLedger {
             states,
             session: session.id.clone(),
             buf: String::with_capacity(256),
+            encoder: record::Encoder::default(),
             poisoned: None,
             dirty: false,
         };
@@ -132,7 +135,7 @@ impl ChunkLedger {
             .collect();
         ledger.buf.clear();
         for rec in std::iter::once(&start).chain(&settle) {
-            record::encode(rec, &mut ledger.buf);
+            ledger.encoder.encode(rec, &mut ledger.buf);
         }
         ledger.write_buf().map_err(|e| ledger.err(e))?;
         for rec in &settle {
@@ -311,7 +314,7 @@ impl ChunkLedger {
             event,
         };
         self.buf.clear();
-        record::encode(&rec, &mut self.buf);
+        self.encoder.encode(&rec, &mut self.buf);
         write_all(&mut self.file, &self.buf, &mut self.poisoned)?;
         self.dirty = true;
         apply(&mut self.states, &rec);
@@ -330,13 +333,17 @@ impl ChunkLedger {
         }
         let at = to_millis(now);
         self.buf.clear();
-        for &key in keys {
-            let rec = Record {
-                session: &self.session,
-                at,
-                event: event(key),
-            };
-            record::encode(&rec, &mut self.buf);
+        if matches!(event(keys[0]), Event::Reserve(_)) {
+            self.encoder.encode_reserve(keys, at, &mut self.buf);
+        } else {
+            for &key in keys {
+                let rec = Record {
+                    session: &self.session,
+                    at,
+                    event: event(key),
+                };
+                self.encoder.encode(&rec, &mut self.buf);
+            }
         }
         self.write_buf().map_err(|e| self.err(e))?;
         for &key in keys {
