@@ -252,6 +252,17 @@ impl<'a> RawRecord<'a> {
             out.extend_from_slice(b"\"\"\n");
             return;
         }
+        // Most rows are a plain line (no quote, CR or LF): without a comma in it either, no
+        // field needs quotes, and swapping the delimiters in a copy of the line is the rewrite.
+        if self.gap == 1 && memchr::memchr(b',', self.data).is_none() {
+            let at = out.len();
+            out.extend_from_slice(self.data);
+            for &end in &self.ends[..self.ends.len() - 1] {
+                out[at + end] = b',';
+            }
+            out.push(b'\n');
+            return;
+        }
         for i in 0..self.ends.len() {
             if i > 0 {
                 out.push(b',');
