@@ -125,6 +125,7 @@ macro_rules! environment {
 
 const SEGMENT_HELP: &str = "Examples:
   campaign segment donors.csv --campaign spring.toml --out runs/spring
+  campaign segment spenden.csv --delimiter ';' --campaign spring.toml --out runs/spring
   campaign segment donors.csv --campaign spring.toml --out runs/spring --suppress unsubscribed.txt --suppress runs/autumn
   campaign segment donors.csv --campaign spring.toml --explain ann@example.org";
 
@@ -132,6 +133,7 @@ const CHECK_HELP: &str = concat!(
     "Examples:
   campaign check spring.toml
   campaign check spring.toml --donors donors.csv --smtp
+  campaign check spring.toml --donors spenden.csv --delimiter ';'
 
 ",
     environment!()

@@ -1,17 +1,24 @@
 //! Streaming CSV input that keeps each record's original bytes.
 //!
 //! Owns how donor exports are read: a UTF-8 BOM is skipped, CRLF and LF both end records,
-//! quoted fields may hold commas, doubled quotes and newlines, blank lines are ignored. Each
-//! record comes with its unescaped fields ([`Fields`], what validation and rules read) *and* its
-//! raw bytes, so the segmenter can copy a row to its chunk without re-serialising it
-//! (re-serialising costs as much as parsing), and with the physical line it starts on, so every
-//! report can name a line.
+//! quoted fields may hold the delimiter, doubled quotes and newlines, blank lines are ignored.
+//! Fields are separated by commas unless the reader is given another [`Delimiter`] (an export
+//! saved with semicolons, tabs or pipes). Each record comes with its unescaped fields
+//! ([`Fields`], what validation and rules read) *and* its raw bytes, so the segmenter can copy a
+//! row to its chunk without re-serialising it (re-serialising costs as much as parsing), and
+//! with the physical line it starts on, so every report can name a line.
+//!
+//! Also owns how a row is written back as comma-separated CSV ([`push_field`],
+//! [`RawRecord::push_comma_line`]): every file a run holds is comma-separated, whatever the
+//! export's delimiter.
 //!
 //! It never decides whether a record is valid: field counts, UTF-8 and values are the caller's
 //! business. It never loads the whole file: memory is one buffer plus the longest record.
 
 use std::io::{self, Read};
+use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::digest::hex;
@@ -30,9 +37,116 @@ const BUFFER_LIMIT: usize = 64 * MAX_RECORD_BYTES;
 /// too, not one long row.
 const MAX_LONG_RECORD_LINES: u64 = 1000;
 
+/// The byte between the fields of a donor export: a comma, or what a spreadsheet wrote
+/// instead (Excel writes semicolons where the comma is the decimal mark: Germany, France,
+/// Poland...). Only these four: a letter, digit or space would split ordinary values, and a
+/// quote or line break is part of CSV's own syntax. In a manifest it is the character itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Delimiter(u8);
+
+impl Delimiter {
+    /// `,`: CSV proper, and what every file of a run holds.
+    pub const COMMA: Delimiter = Delimiter(b',');
+    /// `;`: Excel's "CSV" in locales whose decimal mark is a comma.
+    pub const SEMICOLON: Delimiter = Delimiter(b';');
+    /// A tab: "tab-separated values", as databases and Excel's "Text" export write.
+    pub const TAB: Delimiter = Delimiter(b'\t');
+    /// `|`: some CRMs' "flat file" export.
+    pub const PIPE: Delimiter = Delimiter(b'|');
+
+    /// The byte itself.
+    pub fn byte(self) -> u8 {
+        self.0
+    }
+
+    /// How to write it after `--delimiter` in a shell: `';'`, `tab`, ...
+    pub fn flag_value(self) -> &'static str {
+        match self.0 {
+            b',' => "','",
+            b';' => "';'",
+            b'\t' => "tab",
+            _ => "'|'",
+        }
+    }
+
+    fn from_char(s: &str) -> Option<Delimiter> {
+        [
+            Delimiter::COMMA,
+            Delimiter::SEMICOLON,
+            Delimiter::TAB,
+            Delimiter::PIPE,
+        ]
+        .into_iter()
+        .find(|d| s.as_bytes() == [d.0])
+    }
+}
+
+impl Default for Delimiter {
+    fn default() -> Delimiter {
+        Delimiter::COMMA
+    }
+}
+
+/// Why a `--delimiter` value cannot separate fields (clap names the value).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why}; use ';', '|', ',' or tab (also written '\\t')")]
+pub struct DelimiterError {
+    why: &'static str,
+}
+
+impl FromStr for Delimiter {
+    type Err = DelimiterError;
+
+    /// The character itself, or for a tab also `\t` or the word `tab` (a tab is hard to type
+    /// on a command line).
+    fn from_str(s: &str) -> Result<Delimiter, DelimiterError> {
+        if let Some(d) = Delimiter::from_char(s) {
+            return Ok(d);
+        }
+        if s == "\\t" || s.eq_ignore_ascii_case("tab") {
+            return Ok(Delimiter::TAB);
+        }
+        let quoted = |q: char| s.len() > 2 && s.starts_with(q) && s.ends_with(q);
+        let why = if s.is_empty() {
+            "the value is empty"
+        } else if s == "\"" || s == "'" {
+            "a quote encloses fields, it cannot separate them"
+        } else if quoted('\'') || quoted('"') {
+            "the quotes around it are part of the value (the shell did not remove them): write the character alone"
+        } else if s.contains(['\n', '\r']) {
+            "a line break ends rows, it cannot separate fields"
+        } else if s.chars().count() == 1 && !s.is_ascii() {
+            "not an ASCII character (a separator is one byte)"
+        } else if s.chars().count() > 1 {
+            "a separator is one character"
+        } else {
+            "not a separator exports use"
+        };
+        Err(DelimiterError { why })
+    }
+}
+
+impl TryFrom<String> for Delimiter {
+    type Error = String;
+
+    /// The manifest's form: the character itself, nothing else.
+    fn try_from(s: String) -> Result<Delimiter, String> {
+        Delimiter::from_char(&s).ok_or_else(|| {
+            format!("{s:?} is not a delimiter (one of \",\", \";\", \"|\", \"\\t\")")
+        })
+    }
+}
+
+impl From<Delimiter> for String {
+    fn from(d: Delimiter) -> String {
+        char::from(d.0).to_string()
+    }
+}
+
 /// One CSV row's fields after CSV unescaping, borrowed from the parser's buffers: the field
-/// text, either concatenated (as csv_core writes it) or a plain line with its commas, and each
-/// field's end offset in it.
+/// text, either concatenated (as csv_core writes it) or a plain line with its delimiters, and
+/// each field's end offset in it.
 #[derive(Clone, Copy, Debug)]
 pub struct Fields<'a> {
     data: &'a str,
@@ -94,7 +208,7 @@ pub struct RawRecord<'a> {
     /// `ends[i]` is the end offset of field `i` in `data`.
     ends: &'a [usize],
     /// Bytes between one field's end and the next one's start in `data`: 1 when `data` is the
-    /// line itself (commas left in place, nothing copied), 0 when csv_core unescaped it.
+    /// line itself (delimiters left in place, nothing copied), 0 when csv_core unescaped it.
     gap: usize,
     /// 1-based physical line the record starts on (the header is line 1).
     pub line: u64,
@@ -117,6 +231,45 @@ impl<'a> RawRecord<'a> {
             line: self.line,
             lines: self.lines,
         }
+    }
+
+    /// Appends the record to `out` as one comma-separated line ending in `\n`, each field
+    /// quoted only when it needs quotes: how a row of an export with another delimiter is
+    /// written into a run. Bytes that are not UTF-8 are copied as they are.
+    pub fn push_comma_line(&self, out: &mut Vec<u8>) {
+        let field = |i: usize| {
+            let start = if i == 0 {
+                0
+            } else {
+                self.ends[i - 1] + self.gap
+            };
+            &self.data[start..self.ends[i]]
+        };
+        if let [end] = self.ends
+            && *end == 0
+        {
+            // A lone empty field would be a blank line, which readers skip.
+            out.extend_from_slice(b"\"\"\n");
+            return;
+        }
+        // Most rows are a plain line (no quote, CR or LF): without a comma in it either, no
+        // field needs quotes, and swapping the delimiters in a copy of the line is the rewrite.
+        if self.gap == 1 && memchr::memchr(b',', self.data).is_none() {
+            let at = out.len();
+            out.extend_from_slice(self.data);
+            for &end in &self.ends[..self.ends.len() - 1] {
+                out[at + end] = b',';
+            }
+            out.push(b'\n');
+            return;
+        }
+        for i in 0..self.ends.len() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_field(out, field(i));
+        }
+        out.push(b'\n');
     }
 
     /// The record's fields as text; fails when they are not UTF-8.
@@ -304,10 +457,12 @@ pub struct RawReader<R> {
     /// Whether lines without quotes or stray carriage returns skip csv_core (always, except
     /// in tests that compare both paths).
     plain: bool,
+    /// The field delimiter, which `core` was built with too.
+    delimiter: u8,
 }
 
 impl<R: Read> RawReader<R> {
-    /// Reads CSV from `src`.
+    /// Reads comma-separated CSV from `src`.
     pub fn new(src: R) -> Self {
         RawReader {
             src,
@@ -325,7 +480,15 @@ impl<R: Read> RawReader<R> {
             first: true,
             plain: true,
             after_cr: false,
+            delimiter: b',',
         }
+    }
+
+    /// Separates fields by `d` instead of commas, for the plain-line path and csv_core alike.
+    pub fn with_delimiter(mut self, d: Delimiter) -> Self {
+        self.delimiter = d.byte();
+        self.core = csv_core::ReaderBuilder::new().delimiter(d.byte()).build();
+        self
     }
 
     /// Hashes every byte read (BOM and blank lines included) with SHA-256, for
@@ -441,32 +604,35 @@ impl<R: Read> RawReader<R> {
         }
     }
 
-    /// Splits the next line on commas without csv_core when nothing in it needs csv_core:
+    /// Splits the next line on the delimiter without csv_core when nothing in it needs csv_core:
     /// no quote and no carriage return except one just before the newline. Most rows of a
     /// real export are like that, and scanning eight bytes at a time for the four bytes that
     /// matter costs a fraction of csv_core's byte-at-a-time state machine. Blank lines are
-    /// skipped here as csv_core would skip them. Returns the field count, with the comma
+    /// skipped here as csv_core would skip them. Returns the field count, with the delimiter
     /// offsets in `ends` and `pos` just past the line, or `None` (having consumed nothing but
     /// blank lines) when the line must go through csv_core, which is also how the end of input
     /// is left to csv_core to report.
     fn plain_line(&mut self) -> Result<Option<usize>, CsvError> {
         loop {
-            let (end, next, fields) =
-                match scan_plain(&self.buf[self.pos..self.len], &mut self.ends) {
-                    Scan::Line { end, next, fields } => (end, next, fields),
-                    Scan::NeedsCore => return Ok(None),
-                    Scan::Unfinished { fields } if self.eof => {
-                        let rest = self.len - self.pos;
-                        if rest == 0 || self.buf[self.len - 1] == b'\r' {
-                            return Ok(None);
-                        }
-                        (rest, rest, fields)
+            let (end, next, fields) = match scan_plain(
+                &self.buf[self.pos..self.len],
+                &mut self.ends,
+                self.delimiter,
+            ) {
+                Scan::Line { end, next, fields } => (end, next, fields),
+                Scan::NeedsCore => return Ok(None),
+                Scan::Unfinished { fields } if self.eof => {
+                    let rest = self.len - self.pos;
+                    if rest == 0 || self.buf[self.len - 1] == b'\r' {
+                        return Ok(None);
                     }
-                    Scan::Unfinished { .. } => {
-                        self.refill()?;
-                        continue;
-                    }
-                };
+                    (rest, rest, fields)
+                }
+                Scan::Unfinished { .. } => {
+                    self.refill()?;
+                    continue;
+                }
+            };
             if end == 0 {
                 self.pos += next;
                 self.start = self.pos;
@@ -575,9 +741,10 @@ fn zero_bytes(w: u64) -> u64 {
     !(((w & LOW7).wrapping_add(LOW7)) | w | LOW7)
 }
 
-/// Scans one line for commas (their offsets go to `ends`, followed by the line's end, so
+/// Scans one line for `delimiter` (its offsets go to `ends`, followed by the line's end, so
 /// `ends` holds every field's end) eight bytes at a time. Grows `ends` as needed.
-fn scan_plain(bytes: &[u8], ends: &mut Vec<usize>) -> Scan {
+fn scan_plain(bytes: &[u8], ends: &mut Vec<usize>, delimiter: u8) -> Scan {
+    let delimiters = splat(delimiter);
     let mut n = 0;
     let mut base = 0;
     while base < bytes.len() {
@@ -590,14 +757,15 @@ fn scan_plain(bytes: &[u8], ends: &mut Vec<usize>) -> Scan {
                 u64::from_le_bytes(word)
             }
         };
-        // A word holds at most eight commas, and the line's end may follow.
+        // A word holds at most eight delimiters, and the line's end may follow.
         if ends.len() < n + 9 {
             ends.resize((n + 9) * 2, 0);
         }
-        let mut commas = zero_bytes(w ^ splat(b','));
-        // LF, CR and '"' are the only bytes looked for below 0x23, and text rarely has any
-        // byte that low but a space, so a cheap test for "some byte below 0x23" (no false
-        // negatives) skips the exact search in most words.
+        let mut found = zero_bytes(w ^ delimiters);
+        // LF, CR and '"' are the only bytes looked for below 0x23 besides the delimiter (found
+        // above, even a tab), and text rarely has any byte that low but a space, so a cheap
+        // test for "some byte below 0x23" (no false negatives) skips the exact search in most
+        // words.
         let low = w.wrapping_sub(splat(0x23)) & !w & splat(0x80);
         let special = if low == 0 {
             0
@@ -608,13 +776,13 @@ fn scan_plain(bytes: &[u8], ends: &mut Vec<usize>) -> Scan {
         };
         let stop = (special != 0).then(|| special.trailing_zeros() as usize / 8);
         if let Some(first) = stop {
-            // Only commas before the line's end belong to it.
-            commas &= (1u64 << (first * 8)).wrapping_sub(1);
+            // Only delimiters before the line's end belong to it.
+            found &= (1u64 << (first * 8)).wrapping_sub(1);
         }
-        while commas != 0 {
-            ends[n] = base + commas.trailing_zeros() as usize / 8;
+        while found != 0 {
+            ends[n] = base + found.trailing_zeros() as usize / 8;
             n += 1;
-            commas &= commas - 1;
+            found &= found - 1;
         }
         if let Some(first) = stop {
             let at = base + first;
@@ -642,7 +810,8 @@ fn scan_plain(bytes: &[u8], ends: &mut Vec<usize>) -> Scan {
     Scan::Unfinished { fields: n + 1 }
 }
 
-/// Appends `field` to `out` as one CSV field, quoting it when it needs quotes.
+/// Appends `field` to `out` as one field of comma-separated CSV, quoting it when it needs
+/// quotes.
 pub fn push_field(out: &mut Vec<u8>, field: &[u8]) {
     let needs = field
         .iter()
@@ -730,7 +899,15 @@ mod tests {
     }
 
     fn collect_with<R: Read>(r: R, plain: bool) -> Vec<(u64, u64, Vec<u8>, Vec<String>)> {
-        let mut rdr = RawReader::new(r);
+        collect_delimited(r, plain, Delimiter::COMMA)
+    }
+
+    fn collect_delimited<R: Read>(
+        r: R,
+        plain: bool,
+        d: Delimiter,
+    ) -> Vec<(u64, u64, Vec<u8>, Vec<String>)> {
+        let mut rdr = RawReader::new(r).with_delimiter(d);
         rdr.plain = plain;
         let mut v = Vec::new();
         while let Some(rec) = rdr.next_record().unwrap() {
@@ -743,16 +920,30 @@ mod tests {
 
     /// The plain-line shortcut must be invisible: on random input full of quotes, stray
     /// carriage returns, blank lines and empty fields it gives exactly what csv_core gives,
-    /// wherever the reads happen to split the input.
+    /// wherever the reads happen to split the input, whatever the delimiter.
     #[test]
     fn plain_lines_read_exactly_as_csv_core_reads_them() {
+        for d in [
+            Delimiter::COMMA,
+            Delimiter::SEMICOLON,
+            Delimiter::TAB,
+            Delimiter::PIPE,
+        ] {
+            plain_lines_match_csv_core(d);
+        }
+    }
+
+    fn plain_lines_match_csv_core(d: Delimiter) {
+        let delimiter = [d.byte()];
         let alphabet: &[&[u8]] = &[
             b"a",
             b"bc",
             b"\xc3\xab",
-            b",",
-            b",",
-            b",",
+            &delimiter,
+            &delimiter,
+            &delimiter,
+            // Another delimiter's byte is only text.
+            b",;",
             b"\"",
             b"\"\"",
             b"\n",
@@ -781,14 +972,86 @@ mod tests {
                 };
                 data.extend_from_slice(piece);
             }
-            let slow = collect_with(&data[..], false);
-            assert_eq!(collect_with(&data[..], true), slow, "input {data:?}");
+            let slow = collect_delimited(&data[..], false, d);
+            let fast = collect_delimited(&data[..], true, d);
+            assert_eq!(fast, slow, "{} input {data:?}", d.flag_value());
             let ragged = Ragged {
                 data: &data,
                 step: case,
             };
-            assert_eq!(collect_with(ragged, true), slow, "ragged input {data:?}");
+            let ragged = collect_delimited(ragged, true, d);
+            assert_eq!(ragged, slow, "{} ragged input {data:?}", d.flag_value());
         }
+    }
+
+    /// A row of a semicolon export, quoted fields and all, written with commas reads back
+    /// with the same fields, whichever path read it.
+    #[test]
+    fn a_row_rewritten_with_commas_keeps_its_fields() {
+        let data = b"email;name;note\r\na@example.org;\"Smith; Jo, Dr\";plain\nb@example.org;Zo\xc3\xab, B;\"say \"\"hi\"\"\nthere\"\nc@example.org;;\n\"\"\n";
+        for plain in [true, false] {
+            let read = collect_delimited(&data[..], plain, Delimiter::SEMICOLON);
+            let mut rdr = RawReader::new(&data[..]).with_delimiter(Delimiter::SEMICOLON);
+            rdr.plain = plain;
+            let mut commas = Vec::new();
+            while let Some(rec) = rdr.next_record().unwrap() {
+                rec.push_comma_line(&mut commas);
+            }
+            let again: Vec<Vec<String>> = collect_with(&commas[..], false)
+                .into_iter()
+                .map(|r| r.3)
+                .collect();
+            let fields: Vec<Vec<String>> = read.into_iter().map(|r| r.3).collect();
+            assert_eq!(again, fields, "{}", String::from_utf8_lossy(&commas));
+            assert_eq!(fields[1], ["a@example.org", "Smith; Jo, Dr", "plain"]);
+            assert_eq!(fields[4], [""]);
+            assert!(
+                commas.starts_with(b"email,name,note\na@example.org,\"Smith; Jo, Dr\",plain\n"),
+                "{}",
+                String::from_utf8_lossy(&commas)
+            );
+        }
+    }
+
+    #[test]
+    fn delimiters_are_parsed_with_a_reason_for_each_refusal() {
+        for (flag, d) in [
+            (";", Delimiter::SEMICOLON),
+            (",", Delimiter::COMMA),
+            ("|", Delimiter::PIPE),
+            ("\t", Delimiter::TAB),
+            ("\\t", Delimiter::TAB),
+            ("tab", Delimiter::TAB),
+            ("TAB", Delimiter::TAB),
+        ] {
+            assert_eq!(flag.parse::<Delimiter>(), Ok(d), "{flag:?}");
+        }
+        for (flag, why) in [
+            ("", "the value is empty"),
+            ("\"", "quote encloses fields"),
+            ("';'", "the shell did not remove them"),
+            ("\n", "line break"),
+            ("§", "not an ASCII character"),
+            (";;", "one character"),
+            ("x", "not a separator exports use"),
+            (" ", "not a separator exports use"),
+        ] {
+            let e = flag.parse::<Delimiter>().unwrap_err().to_string();
+            assert!(e.contains(why), "{flag:?}: {e}");
+            assert!(
+                e.ends_with("use ';', '|', ',' or tab (also written '\\t')"),
+                "{e}"
+            );
+        }
+    }
+
+    /// The manifest holds the character itself, and nothing else reads back.
+    #[test]
+    fn a_delimiter_is_stored_as_its_character() {
+        assert_eq!(serde_json::to_string(&Delimiter::TAB).unwrap(), r#""\t""#);
+        let d: Delimiter = serde_json::from_str(r#"";""#).unwrap();
+        assert_eq!(d, Delimiter::SEMICOLON);
+        assert!(serde_json::from_str::<Delimiter>(r#""tab""#).is_err());
     }
 
     /// A batch hands back exactly the records pushed into it, plain and csv_core-read alike.

@@ -9,6 +9,10 @@ use crate::csvio::{Fields, MAX_RECORD_BYTES, RawRecord};
 use crate::email::Address;
 use crate::schema::{Schema, TypedRow};
 
+/// Where Excel keeps the export that is UTF-8 (its plain "CSV" is in the Windows code page),
+/// for every message that asks for one.
+pub const EXCEL_UTF8: &str = "in Excel: Save As, \"CSV UTF-8 (Comma delimited)\"";
+
 /// Why a row is not a donor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RowProblem {
@@ -61,7 +65,7 @@ impl DonorReader {
             RowProblem {
                 kind: "not UTF-8".into(),
                 reason: format!(
-                    "not valid UTF-8 (byte {at} of the line); re-export the file as UTF-8"
+                    "not valid UTF-8 (byte {at} of the line); re-export the file as UTF-8 ({EXCEL_UTF8})"
                 ),
             }
         })?;

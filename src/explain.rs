@@ -1,9 +1,10 @@
 //! `campaign explain RUN EMAIL`: what happened to one donor in a run, from the run itself.
 //!
 //! Owns that report: `segment --explain` over the inputs the run's manifest records (the
-//! export, campaign file, suppression lists and as-of date, so it cannot disagree with the
-//! run by being given other ones), which suppression list and line dropped the donor, and
-//! the donor's records in the ledger and its feedback file. It never writes anything.
+//! export and its delimiter, campaign file, suppression lists and as-of date, so it cannot
+//! disagree with the run by being given other ones), which suppression list and line dropped
+//! the donor, and the donor's records in the ledger and its feedback file. It never writes
+//! anything.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,9 @@ pub fn explain(dir: &Path, email: &str) -> Result<String> {
         .with_context(|| "reading the campaign file the run's manifest records".to_string())?;
     let opts = SegmentOptions {
         donors,
+        // As the run read it, and given rather than guessed: the run was made from this
+        // header, so it is not second-guessed.
+        delimiter: Some(m.input.delimiter),
         campaign,
         suppress: lists.clone(),
         out: dir.to_owned(),

@@ -11,7 +11,8 @@
 //!   "campaign_id": "spring-gala-2026",
 //!   "as_of": "2026-11-29",
 //!   "created_at": "2026-11-29T23:40:00Z",
-//!   "input": { "path": "/abs/donors.csv", "sha256": "…", "bytes": 31337, "data_rows": 300 },
+//!   "input": { "path": "/abs/donors.csv", "sha256": "…", "bytes": 31337, "data_rows": 300,
+//!              "delimiter": ";" },
 //!   "campaign_file": { "path": "/abs/campaign.toml", "sha256": "…" },
 //!   "suppression_files": [ { "path": "/abs/suppress.txt", "sha256": "…" } ],
 //!   "email_column": "email",
@@ -27,12 +28,26 @@
 //! }
 //! ```
 //! Paths inside the run are relative to the run directory, with `/` separators. The rows of
-//! all segments plus all dropped rows equal `input.data_rows`. Each chunk is a CSV file whose
-//! first line is the input header and whose rows are the input rows byte for byte.
+//! all segments plus all dropped rows equal `input.data_rows`.
+//!
+//! `input.delimiter` is the character between the export's fields (`segment --delimiter`):
+//! `","`, `";"`, `"\t"` or `"|"`. It is what re-reading the export needs (`campaign explain`),
+//! not the chunks. It came within version 1: a manifest without it (made before
+//! `--delimiter` existed) means `","`.
+//!
+//! Each chunk is a comma-separated CSV file (RFC 4180 quoting, `\n` line ends), whatever
+//! `input.delimiter` is: its first line is the input header and its rows are the input rows,
+//! byte for byte from a comma-separated export, and from any other written again with commas,
+//! field for field (fields quoted only when they need it). The dropped files are the same
+//! rows after `line,reason,`. So a reader of a run never needs the delimiter, and a `campaign`
+//! older than `--delimiter` sends from a run made with it as from any other (only its
+//! `explain`, which re-reads the export, would refuse a semicolon export as it always did).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::csvio::Delimiter;
 
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -57,6 +72,9 @@ pub struct DonorInput {
     pub bytes: u64,
     /// Records after the header.
     pub data_rows: u64,
+    /// The character between fields (chunks are comma-separated whatever it is).
+    #[serde(default)]
+    pub delimiter: Delimiter,
 }
 
 /// One chunk file.

@@ -21,7 +21,7 @@ use jiff::Timestamp;
 use jiff::civil::Date;
 
 use crate::campaign::{Campaign, SegmentDef};
-use crate::csvio::{OwnedRecord, RawReader};
+use crate::csvio::{Delimiter, OwnedRecord, RawReader};
 use crate::prepare::{Inputs, Preparer, Workspace};
 use crate::rules::{self, Rule};
 use crate::run::OpenedRun;
@@ -165,10 +165,12 @@ pub fn run(
     }
 }
 
-/// Checks a campaign file for `campaign check`, against the export `donors` when given.
+/// Checks a campaign file for `campaign check`, against the export `donors` when given, its
+/// fields separated by `delimiter` (as [`segment::SegmentOptions::delimiter`]).
 pub fn campaign(
     campaign: &Campaign,
     donors: Option<&Path>,
+    delimiter: Option<Delimiter>,
     env: &Environment,
     today: Date,
     now: Timestamp,
@@ -177,7 +179,7 @@ pub fn campaign(
     let mut f = Findings::default();
     let mut export = None;
     let header = match donors {
-        Some(path) => match segment::open_donors(path, false) {
+        Some(path) => match segment::open_donors(path, delimiter, false) {
             Ok((rdr, header, _)) => {
                 export = Some((rdr, path));
                 Some(header)

@@ -126,11 +126,11 @@ fn rows_that_are_not_utf8_are_rejected_with_the_byte() {
     let lines: Vec<&[u8]> = rejected.split(|&b| b == b'\n').collect();
     assert_eq!(
         lines[1],
-        &b"2,not valid UTF-8 (byte 17 of the line); re-export the file as UTF-8,a@example.org,Zo\xeb,1500,2026-01-01"[..]
+        &b"2,\"not valid UTF-8 (byte 17 of the line); re-export the file as UTF-8 (in Excel: Save As, \"\"CSV UTF-8 (Comma delimited)\"\")\",a@example.org,Zo\xeb,1500,2026-01-01"[..]
     );
     assert_eq!(
         lines[2],
-        &b"3,not valid UTF-8 (byte 18 of the line); re-export the file as UTF-8,b@example.org,\"Zo\xeb, B\",1500,2026-01-01"[..]
+        &b"3,\"not valid UTF-8 (byte 18 of the line); re-export the file as UTF-8 (in Excel: Save As, \"\"CSV UTF-8 (Comma delimited)\"\")\",b@example.org,\"Zo\xeb, B\",1500,2026-01-01"[..]
     );
     assert_eq!(manifest(&w.path("run"))["segments"][0]["rows"], 1);
 }
@@ -471,7 +471,9 @@ impl Rng {
 }
 
 /// Property: for random exports full of awkward rows, every data row lands in exactly one
-/// place (a chunk or a dropped file), unchanged, and the manifest's counts agree.
+/// place (a chunk or a dropped file), unchanged, and the manifest's counts agree. Exports
+/// separated by semicolons or tabs (`--delimiter`) land in comma-separated files with every
+/// field unchanged.
 #[test]
 fn prop_every_row_lands_in_exactly_one_place() {
     let emails = [
@@ -490,6 +492,8 @@ fn prop_every_row_lands_in_exactly_one_place() {
     let names = [
         "Ann",
         "\"Smith, J\"",
+        "\"a;b, c\"",
+        "\"tab\tbed\"",
         "\"two\nlines\"",
         "Zoë",
         "\"\"\"quoted\"\"\"",
@@ -497,14 +501,20 @@ fn prop_every_row_lands_in_exactly_one_place() {
     ];
     let totals = ["0", "1500", "999.99", "", "abc", "-5"];
     let dates = ["2026-01-01", "2019-05-05", "", "2026-02-30", "2025-11-29"];
-    for seed in 1..=6u64 {
+    // Seeds 7 and 8 are separated by semicolons and tabs.
+    for seed in 1..=8u64 {
+        let sep = match seed {
+            7 => ';',
+            8 => '\t',
+            _ => ',',
+        };
         let mut rng = Rng(seed);
         let w = Workdir::new();
         w.write("campaign.toml", CAMPAIGN);
         w.write("suppress.txt", "e@example.org\n@closed.example\n");
         let crlf = seed.is_multiple_of(2);
         let nl = if crlf { "\r\n" } else { "\n" };
-        let mut csv = format!("id,email,name,total,last{nl}");
+        let mut csv = ["id", "email", "name", "total", "last"].join(&sep.to_string()) + nl;
         // The last seed spans several of segment's internal batches of 4096 rows.
         let n = if seed == 6 {
             9000
@@ -514,27 +524,30 @@ fn prop_every_row_lands_in_exactly_one_place() {
         let mut rows = Vec::new();
         for i in 0..n {
             let row = if rng.next().is_multiple_of(40) {
-                format!("{i},short")
+                format!("{i}{sep}short")
             } else {
                 let email = rng.pick(&emails);
-                let email = if email.contains(',') {
+                let email = if email.contains([',', sep]) {
                     format!("\"{}\"", email.replace('"', "\"\""))
                 } else {
                     email.to_owned()
                 };
-                format!(
-                    "{i},{email},{},{},{}",
+                [
+                    &i.to_string(),
+                    &email,
                     rng.pick(&names),
                     rng.pick(&totals),
-                    rng.pick(&dates)
-                )
+                    rng.pick(&dates),
+                ]
+                .join(&sep.to_string())
             };
             csv.push_str(&row);
             csv.push_str(nl);
             rows.push(row);
         }
         w.write("donors.csv", &csv);
-        let o = w.run(&[
+        let delimiter = sep.to_string();
+        let mut args = vec![
             "segment",
             "donors.csv",
             "--campaign",
@@ -549,10 +562,24 @@ fn prop_every_row_lands_in_exactly_one_place() {
             "7",
             "--max-reject-rate",
             "1",
-        ]);
+        ];
+        if sep != ',' {
+            args.extend(["--delimiter", &delimiter]);
+        }
+        let o = w.run(&args);
         assert_code(&o, 0);
         let m = manifest(&w.path("run"));
-        // Collect every row written anywhere in the run, by its id (first field).
+        assert_eq!(m["input"]["delimiter"], delimiter);
+        // The export's rows by id, as a CSV reader reads them.
+        let input: Vec<Vec<String>> = csv::ReaderBuilder::new()
+            .flexible(true)
+            .delimiter(sep as u8)
+            .from_reader(csv.as_bytes())
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+            .collect();
+        // Collect every row written anywhere in the run, by its id (first field), checking
+        // each has the fields it has in the export.
         let mut seen: Vec<usize> = Vec::new();
         let ids_in = |path: std::path::PathBuf, skip_cols: usize| -> Vec<usize> {
             let mut rdr = csv::ReaderBuilder::new()
@@ -560,7 +587,13 @@ fn prop_every_row_lands_in_exactly_one_place() {
                 .from_path(&path)
                 .unwrap();
             rdr.records()
-                .map(|r| r.unwrap()[skip_cols].parse().unwrap())
+                .map(|r| {
+                    let r = r.unwrap();
+                    let id: usize = r[skip_cols].parse().unwrap();
+                    let fields: Vec<&str> = r.iter().skip(skip_cols).collect();
+                    assert_eq!(fields, input[id], "seed {seed}: row {id} in {path:?}");
+                    id
+                })
                 .collect()
         };
         let mut chunk_rows = 0;
@@ -598,7 +631,11 @@ fn prop_every_row_lands_in_exactly_one_place() {
         let want: Vec<usize> = (0..n).collect();
         assert_eq!(seen, want, "seed {seed}: every row exactly once");
         assert_eq!(m["input"]["data_rows"], n as u64);
-        // Rows are copied byte for byte (apart from the line ending).
+        if sep != ',' {
+            continue;
+        }
+        // Rows of a comma-separated export are copied byte for byte (apart from the line
+        // ending).
         let mut all = String::new();
         for seg in m["segments"].as_array().unwrap() {
             for c in seg["chunks"].as_array().unwrap() {
@@ -706,27 +743,123 @@ fn a_row_over_the_size_limit_is_rejected_not_the_export() {
 }
 
 /// An export saved by Excel in a locale that writes semicolons is refused with what to do,
-/// not with a complaint about a declared column.
+/// not with a complaint about a declared column; with `--delimiter ';'` it is segmented, and
+/// `check` reads it the same way.
 #[test]
 fn a_semicolon_separated_export_is_refused_with_a_hint() {
-    let w = setup(b"email;name;total\nann@example.org;Ann;1200\nbo@example.org;Bo;10\n");
+    let w = setup(
+        b"email;name;total;last\nann@example.org;\"Smith; Ann, Dr\";1200;2026-01-01\nbo@example.org;Bo;10;2026-06-01\n",
+    );
     let o = segment(&w, &[]);
     assert_code(&o, 2);
     let err = stderr(&o);
     assert!(
-        err.contains("looks semicolon-separated, as Excel writes in some locales"),
+        err.contains("looks semicolon-separated, as Excel writes in some locales; re-export with commas (in Excel: Save As, \"CSV UTF-8 (Comma delimited)\") or pass --delimiter ';'"),
         "{err}"
     );
-    assert!(err.contains("CSV UTF-8 (Comma delimited)"), "{err}");
     assert!(!w.path("run").exists());
     let o = w.run(&["check", "campaign.toml", "--donors", "donors.csv"]);
     assert_code(&o, 2);
     assert!(
-        stdout(&o).contains("semicolon-separated") || stderr(&o).contains("semicolon-separated")
+        stdout(&o).contains("pass --delimiter ';'"),
+        "{}",
+        stdout(&o)
     );
+
+    let o = segment(&w, &["--delimiter", ";"]);
+    assert_code(&o, 0);
+    let m = manifest(&w.path("run"));
+    assert_eq!(m["input"]["delimiter"], ";");
+    assert_eq!(
+        m["header"],
+        serde_json::json!(["email", "name", "total", "last"])
+    );
+    // Chunks are comma-separated: the field holding both separators is quoted.
+    assert_eq!(
+        w.read("run/segments/major/00001.csv"),
+        "email,name,total,last\nann@example.org,\"Smith; Ann, Dr\",1200,2026-01-01\n"
+    );
+    assert_eq!(
+        w.read("run/segments/recent/00001.csv"),
+        "email,name,total,last\nbo@example.org,Bo,10,2026-06-01\n"
+    );
+    // `check` reads the columns with the delimiter given: the right one finds them all.
+    let check = |d: &str| {
+        let args = ["check", "campaign.toml", "--donors", "donors.csv"];
+        stdout(&w.run(&[&args[..], &["--delimiter", d]].concat()))
+    };
+    let out = check(";");
+    assert!(!out.contains("separated"), "{out}");
+    assert!(!out.contains("has no such column"), "{out}");
+    assert!(
+        check("|")
+            .contains("column \"last\" under [columns], but the donor file has no such column")
+    );
+}
+
+/// A tab-separated export is refused the same way, and read with `--delimiter tab` (or
+/// `'\t'`, as a shell passes it); a pipe-separated one names its own flag.
+#[test]
+fn a_tab_separated_export_is_read_with_delimiter_tab() {
+    let w = setup(
+        b"email\tname\ttotal\tlast\r\nann@example.org\t\"Ann \"\"A\"\"\tLee\"\t1200\t2026-01-01\r\nbo@example.org\tBo, B\t10\t2026-06-01\r\n",
+    );
+    let err = stderr(&segment(&w, &[]));
+    assert!(
+        err.contains("looks tab-separated; re-export with commas")
+            && err.ends_with("or pass --delimiter tab\n"),
+        "{err}"
+    );
+    for flag in ["tab", "\\t", "\t"] {
+        let o = segment(&w, &["--delimiter", flag, "--force"]);
+        assert_code(&o, 0);
+        assert_eq!(manifest(&w.path("run"))["input"]["delimiter"], "\t");
+        assert_eq!(
+            w.read("run/segments/major/00001.csv"),
+            "email,name,total,last\nann@example.org,\"Ann \"\"A\"\"\tLee\",1200,2026-01-01\n",
+            "--delimiter {flag:?}"
+        );
+        assert_eq!(
+            w.read("run/segments/recent/00001.csv"),
+            "email,name,total,last\nbo@example.org,\"Bo, B\",10,2026-06-01\n"
+        );
+    }
     w.write(
         "donors.csv",
-        "email\tname\ttotal\nann@example.org\tAnn\t1\n",
+        "email|name|total|last\nann@example.org|Ann|1|2026-01-01\n",
     );
-    assert!(stderr(&segment(&w, &[])).contains("tab-separated"));
+    let err = stderr(&segment(&w, &["--force"]));
+    assert!(
+        err.contains("looks pipe-separated; re-export with commas"),
+        "{err}"
+    );
+    assert!(err.contains("or pass --delimiter '|'"), "{err}");
+    assert_code(&segment(&w, &["--delimiter", "|", "--force"]), 0);
+}
+
+/// A `--delimiter` that cannot separate fields is a usage error (exit 2) saying why and what
+/// to use, before any file is read.
+#[test]
+fn a_bad_delimiter_is_refused_with_what_to_use() {
+    let w = setup(b"email,name,total\nann@example.org,Ann,1\n");
+    for (value, why) in [
+        ("x", "not a separator exports use"),
+        (";;", "a separator is one character"),
+        ("\"", "a quote encloses fields"),
+        ("';'", "the shell did not remove them"),
+        ("\u{ff1b}", "not an ASCII character"),
+        ("\n", "a line break ends rows"),
+        ("", "the value is empty"),
+    ] {
+        let o = segment(&w, &["--delimiter", value]);
+        assert_code(&o, 2);
+        let err = stderr(&o);
+        assert!(err.contains("--delimiter"), "{value:?}: {err}");
+        assert!(err.contains(why), "{value:?}: {err}");
+        assert!(
+            err.contains("use ';', '|', ',' or tab (also written '\\t')"),
+            "{value:?}: {err}"
+        );
+        assert!(!w.path("run").exists());
+    }
 }

@@ -519,3 +519,28 @@ fn the_unsubscribe_secret_can_come_from_the_campaign_file() {
         stdout(&o)
     );
 }
+
+/// A run made before `segment --delimiter` existed has no `input.delimiter` in its manifest:
+/// the dry run and `explain` (which re-reads the export) read it as comma-separated.
+#[test]
+fn a_manifest_without_a_delimiter_is_read_as_comma_separated() {
+    let w = setup(DONORS);
+    segment(&w);
+    let mut m = manifest(&w.path("run"));
+    assert_eq!(m["input"]["delimiter"], ",");
+    m["input"].as_object_mut().unwrap().remove("delimiter");
+    w.write(
+        "run/manifest.json",
+        serde_json::to_string_pretty(&m).unwrap(),
+    );
+    let o = w.run(&["send", "run", "--dry-run"]);
+    assert_code(&o, 0);
+    assert!(stdout(&o).contains("nothing was sent"), "{}", stdout(&o));
+    let o = w.run(&["explain", "run", "zoe@example.org"]);
+    assert_code(&o, 0);
+    assert!(
+        stdout(&o).contains("goes to segment \"major\""),
+        "{}",
+        stdout(&o)
+    );
+}

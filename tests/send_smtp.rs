@@ -843,3 +843,78 @@ fn explain_tells_a_donor_s_story_from_the_run() {
     let o = w.run(&["explain", "run", "stranger@example.org"]);
     assert_code(&o, 2);
 }
+
+/// A semicolon-separated export (`segment --delimiter ';'`) is previewed, sent and explained
+/// with every field as the export has it: a name holding both separators, one holding a
+/// comma unquoted, one with doubled quotes.
+#[test]
+fn a_semicolon_export_is_previewed_sent_and_explained_field_for_field() {
+    let server = TestServer::start();
+    let w = setup(
+        "email;name;total\n\
+         ann@example.org;\"Smith; Ann, Dr\";1200\n\
+         bo@example.org;Bo, B;10\n\
+         cy@example.org;\"Cy \"\"C\"\" Ng\";5000\n",
+    );
+    assert_code(&try_segment_with(&w, &["--delimiter", ";"]), 0);
+
+    assert_code(&w.run(&["send", "run", "--dry-run"]), 0);
+    let preview = std::fs::read(preview(&w, "major", 1)).unwrap();
+    let m = mail_parser::MessageParser::default()
+        .parse(&preview)
+        .unwrap();
+    assert_eq!(m.subject(), Some("Thank you, Smith; Ann, Dr"));
+    assert_eq!(
+        m.to().unwrap().first().unwrap().name(),
+        Some("Smith; Ann, Dr")
+    );
+
+    assert_code(&send(&w, &server, &[]), 0);
+    let counts = server.counts();
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [
+            ("ann@example.org".to_owned(), 1),
+            ("bo@example.org".to_owned(), 1),
+            ("cy@example.org".to_owned(), 1)
+        ]
+    );
+    let text_to = |to: &str| {
+        let r = server
+            .received()
+            .into_iter()
+            .find(|r| r.to == [to])
+            .unwrap();
+        let m = mail_parser::MessageParser::default()
+            .parse(&r.data)
+            .unwrap();
+        (
+            m.to().unwrap().first().unwrap().name().unwrap().to_owned(),
+            m.body_text(0).unwrap().replace("\r\n", "\n"),
+        )
+    };
+    let (name, text) = text_to("ann@example.org");
+    assert_eq!(name, "Smith; Ann, Dr");
+    assert!(
+        text.starts_with("Dear Smith; Ann, Dr,\nyou gave £1,200."),
+        "{text}"
+    );
+    let (name, text) = text_to("bo@example.org");
+    assert_eq!(name, "Bo, B");
+    assert!(text.starts_with("Hello Bo, B\n"), "{text}");
+    let (_, text) = text_to("cy@example.org");
+    assert!(
+        text.starts_with("Dear Cy \"C\" Ng,\nyou gave £5,000."),
+        "{text}"
+    );
+
+    // explain re-reads the export with the delimiter the manifest records.
+    let o = w.run(&["explain", "run", "ann@example.org"]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("goes to segment \"major\""), "{out}");
+    assert!(out.contains("accepted by the relay: 250"), "{out}");
+    assert!(!out.contains("note: changed"), "{out}");
+    let out = stdout(&w.run(&["explain", "run", "bo@example.org"]));
+    assert!(out.contains("goes to segment \"rest\""), "{out}");
+}

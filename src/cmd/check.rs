@@ -7,6 +7,7 @@ use clap::Args as ClapArgs;
 
 use campaign::campaign::Campaign;
 use campaign::clock::{Clock, SystemClock};
+use campaign::csvio::Delimiter;
 use campaign::exit::{Code, Error, escape_controls};
 use std::sync::Arc;
 
@@ -26,6 +27,11 @@ pub struct Args {
     #[arg(long, value_name = "DONORS.csv")]
     pub donors: Option<PathBuf>,
 
+    /// The character between the fields of --donors, as for `segment --delimiter`: ';', '|',
+    /// tab or ','.
+    #[arg(long, value_name = "CHAR", requires = "donors")]
+    pub delimiter: Option<Delimiter>,
+
     /// Also connect to the relay exactly as `send` would (TLS, EHLO, AUTH), print what it
     /// offers, and QUIT without sending. Exit 6 when it refuses, 5 when it cannot be reached.
     #[arg(long)]
@@ -38,7 +44,14 @@ pub fn run(args: Args) -> Result<Code, Error> {
     let clock = SystemClock::new();
     let today = jiff::ZonedDateTime::now().date();
     let env = Environment::from_process();
-    let found = preflight::campaign(&campaign, args.donors.as_deref(), &env, today, clock.now());
+    let found = preflight::campaign(
+        &campaign,
+        args.donors.as_deref(),
+        args.delimiter,
+        &env,
+        today,
+        clock.now(),
+    );
     // Notes go where `send`'s do: stderr, as warnings; stdout holds the verdict.
     super::warn(&found.notes);
     let mut out = String::new();

@@ -6,13 +6,15 @@ use clap::Args as ClapArgs;
 use jiff::civil::Date;
 
 use campaign::campaign::Campaign;
+use campaign::csvio::Delimiter;
 use campaign::exit::{Code, Error};
 use campaign::segment::{self, SegmentError, SegmentOptions};
 
 /// Flags of `campaign segment`.
 #[derive(Debug, ClapArgs)]
 pub struct Args {
-    /// The donor export: CSV with a header line, UTF-8 (a BOM is fine), LF or CRLF.
+    /// The donor export: CSV with a header line, UTF-8 (a BOM is fine), LF or CRLF, fields
+    /// separated by commas unless --delimiter says otherwise.
     #[arg(value_name = "DONORS.csv")]
     pub donors: PathBuf,
 
@@ -64,6 +66,12 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub email_column: Option<String>,
 
+    /// The character between fields, for an export not separated by commas: ';' (Excel in
+    /// locales whose decimal mark is a comma), '|', tab (also '\t'), or ','. Without it, an
+    /// export whose header looks separated by one of these is refused, saying which.
+    #[arg(long, value_name = "CHAR")]
+    pub delimiter: Option<Delimiter>,
+
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub quiet: bool,
@@ -97,6 +105,7 @@ pub fn run(args: Args) -> Result<Code, Error> {
     };
     let opts = SegmentOptions {
         donors: args.donors,
+        delimiter: args.delimiter,
         campaign,
         suppress: args.suppress,
         out: args.out.clone().unwrap_or_default(),

@@ -1,9 +1,15 @@
 //! The master step: stream a donor export into a run directory of per-segment chunks.
 //!
 //! Owns the decision for every input row: rejected (invalid), suppressed, duplicate, a
-//! segment, or unmatched, in that order; and writing each row, byte for byte, to exactly one
-//! place in the run. It never sends or renders anything, and never loads the export whole:
-//! memory is the dedupe set (16 bytes of hash per distinct donor) plus one chunk per segment.
+//! segment, or unmatched, in that order; and writing each row to exactly one place in the run.
+//! It never sends or renders anything, and never loads the export whole: memory is the dedupe
+//! set (16 bytes of hash per distinct donor) plus one chunk per segment.
+//!
+//! Every file of a run is comma-separated, so nothing that reads a run needs to know how the
+//! export was: a row of a comma-separated export is copied byte for byte; a row of an export
+//! read with `--delimiter` (semicolons, tabs, pipes) is written again with commas, field for
+//! field, quoting only the fields that need it. The manifest records the export's delimiter
+//! for what re-reads the export (`campaign explain`).
 //!
 //! Three stages run at once, joined by bounded queues of row batches, in this order:
 //!
@@ -33,8 +39,9 @@ use anyhow::{Context, Result, anyhow};
 use jiff::civil::Date;
 
 use crate::campaign::Campaign;
-use crate::csvio::{CsvError, RawReader, push_field};
+use crate::csvio::{CsvError, Delimiter, RawReader, push_field};
 use crate::digest;
+use crate::donor::EXCEL_UTF8;
 use crate::manifest::{self, DonorInput, DroppedFiles, InputFile, Manifest};
 use crate::progress::{Event, Progress};
 use crate::rundir::{self, DROPPED_DIR, MANIFEST, ReplaceError, SEGMENTS_DIR, Staging};
@@ -54,6 +61,10 @@ pub const DEFAULT_CHUNK_SIZE: usize = 1000;
 pub struct SegmentOptions {
     /// The donor export.
     pub donors: PathBuf,
+    /// The export's field delimiter, if the operator gave one. `None` reads commas and
+    /// refuses an export whose header looks separated by something else ([`WrongSeparator`]);
+    /// a delimiter given is taken at its word.
+    pub delimiter: Option<Delimiter>,
     /// The campaign.
     pub campaign: Campaign,
     /// Suppression lists.
@@ -147,13 +158,18 @@ fn absolute(path: &Path) -> String {
         .to_string()
 }
 
-/// Opens the export and reads its header. With `hash`, the reader computes the input's
-/// SHA-256 as it reads ([`RawReader::sha256`]).
-pub fn open_donors(path: &Path, hash: bool) -> Result<(RawReader<File>, Vec<String>, u64)> {
+/// Opens the export and reads its header, with fields separated by `delimiter` (see
+/// [`SegmentOptions::delimiter`]). With `hash`, the reader computes the input's SHA-256 as it
+/// reads ([`RawReader::sha256`]).
+pub fn open_donors(
+    path: &Path,
+    delimiter: Option<Delimiter>,
+    hash: bool,
+) -> Result<(RawReader<File>, Vec<String>, u64)> {
     let file =
         File::open(path).with_context(|| format!("cannot open donor file {}", path.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut rdr = RawReader::new(file);
+    let mut rdr = RawReader::new(file).with_delimiter(delimiter.unwrap_or_default());
     if hash {
         rdr = rdr.with_sha256();
     }
@@ -169,7 +185,7 @@ pub fn open_donors(path: &Path, hash: bool) -> Result<(RawReader<File>, Vec<Stri
             })?;
         let fields = rec.fields().map_err(|_| {
             anyhow!(
-                "{}: line 1 (the header) is not valid UTF-8; re-export the file as UTF-8 (in Excel: Save As, \"CSV UTF-8 (Comma delimited)\")",
+                "{}: line 1 (the header) is not valid UTF-8; re-export the file as UTF-8 ({EXCEL_UTF8})",
                 path.display()
             )
         })?;
@@ -177,12 +193,14 @@ pub fn open_donors(path: &Path, hash: bool) -> Result<(RawReader<File>, Vec<Stri
             .map(|i| fields.get(i).to_owned())
             .collect::<Vec<String>>()
     };
-    if let [only] = header.as_slice()
-        && let Some(hint) = other_separator(only)
+    if delimiter.is_none()
+        && let [only] = header.as_slice()
+        && let Some((d, hint)) = other_separator(only)
     {
         return Err(WrongSeparator(format!(
-            "{}: line 1 (the header) has no commas but looks {hint}; re-export the file as \"CSV UTF-8 (Comma delimited)\", or replace the separators with commas",
-            path.display()
+            "{}: line 1 (the header) has no commas but looks {hint}; re-export with commas ({EXCEL_UTF8}) or pass --delimiter {}",
+            path.display(),
+            d.flag_value()
         ))
         .into());
     }
@@ -197,15 +215,23 @@ pub struct WrongSeparator(String);
 
 /// What a header of one field looks separated by instead of commas, if anything: Excel
 /// writes semicolons where the comma is the decimal mark (Germany, France, Poland...).
-fn other_separator(header: &str) -> Option<&'static str> {
+fn other_separator(header: &str) -> Option<(Delimiter, &'static str)> {
     [
-        (';', "semicolon-separated, as Excel writes in some locales"),
-        ('\t', "tab-separated"),
-        ('|', "pipe-separated"),
+        (
+            Delimiter::SEMICOLON,
+            "semicolon-separated, as Excel writes in some locales",
+        ),
+        (Delimiter::TAB, "tab-separated"),
+        (Delimiter::PIPE, "pipe-separated"),
     ]
     .into_iter()
-    .find(|(c, _)| header.split(*c).filter(|f| !f.trim().is_empty()).count() >= 2)
-    .map(|(_, hint)| hint)
+    .find(|(d, _)| {
+        header
+            .split(char::from(d.byte()))
+            .filter(|f| !f.trim().is_empty())
+            .count()
+            >= 2
+    })
 }
 
 fn csv_error(path: &Path, e: CsvError) -> anyhow::Error {
@@ -238,7 +264,7 @@ fn open_input(opts: &SegmentOptions) -> Result<Input, SegmentError> {
         .collect();
     // A path that is not a file is the command line's mistake (exit 2, as for the campaign
     // file); failing to read a file that is there is not.
-    let (rdr, header, size) = open_donors(&opts.donors, true).map_err(|e| {
+    let (rdr, header, size) = open_donors(&opts.donors, opts.delimiter, true).map_err(|e| {
         if opts.donors.is_file() && !e.is::<WrongSeparator>() {
             SegmentError::Other(e)
         } else {
@@ -317,6 +343,8 @@ pub fn run(opts: &SegmentOptions, progress: &dyn Progress) -> Result<SegmentRepo
     chunk_header.push(b'\n');
 
     let (chunk_size, expected_donors) = (opts.chunk_size as u64, estimate_rows(size, &header));
+    let delimiter = opts.delimiter.unwrap_or_default();
+    let rewrite = delimiter != Delimiter::COMMA;
     let router_root = root.clone();
     // Three stages, each on its own thread: reading and splitting lines (here), classifying
     // (two rayon workers per batch), routing. Bounded queues keep memory flat whichever is
@@ -337,6 +365,7 @@ pub fn run(opts: &SegmentOptions, progress: &dyn Progress) -> Result<SegmentRepo
                 &chunk_header,
                 chunk_size,
                 expected_donors,
+                rewrite,
             )?;
             for mut batch in routed_rx {
                 router.route(&batch)?;
@@ -465,6 +494,7 @@ pub fn run(opts: &SegmentOptions, progress: &dyn Progress) -> Result<SegmentRepo
             sha256: input_sha256,
             bytes: rdr.bytes_read(),
             data_rows: rows,
+            delimiter,
         },
         campaign_file,
         suppression_files,

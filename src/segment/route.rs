@@ -1,9 +1,11 @@
 //! The routing stage: where each classified row is written.
 //!
-//! Owns dedupe in input order, copying every row byte for byte to its segment's chunk file or
-//! to the dropped file of its kind (with its line and reason), writing and syncing those files,
-//! and hashing each chunk for the manifest. It never looks inside a row: validity, suppression
-//! and the segment were decided by the classifying stage.
+//! Owns dedupe in input order, copying every row to its segment's chunk file or to the dropped
+//! file of its kind (with its line and reason), writing and syncing those files, and hashing
+//! each chunk for the manifest. A row is copied byte for byte, or, from an export with another
+//! delimiter than the comma, written again with commas (so every file of a run is
+//! comma-separated). It never judges a row: validity, suppression and the segment were decided
+//! by the classifying stage.
 
 use std::fs::File;
 use std::io::Write;
@@ -57,6 +59,10 @@ pub(super) struct Router {
     /// Reused per batch: the valid rows' keys and whether each was new.
     keys: Vec<RecipientKey>,
     fresh: Vec<bool>,
+    /// Rows are written again with commas rather than copied (the export has another
+    /// delimiter); `line` holds the row being written.
+    rewrite: bool,
+    line: Vec<u8>,
 }
 
 impl Router {
@@ -66,6 +72,7 @@ impl Router {
         chunk_header: &[u8],
         chunk_size: u64,
         expected_donors: usize,
+        rewrite: bool,
     ) -> Result<Router> {
         let mut dropped_header = b"line,reason,".to_vec();
         dropped_header.extend_from_slice(chunk_header);
@@ -98,6 +105,8 @@ impl Router {
             segment_dirs,
             keys: Vec::with_capacity(BATCH_ROWS),
             fresh: Vec::with_capacity(BATCH_ROWS),
+            rewrite,
+            line: Vec::new(),
         })
     }
 
@@ -112,8 +121,15 @@ impl Router {
         self.seen.insert_batch(&self.keys, &mut self.fresh);
         let mut fresh = std::mem::take(&mut self.fresh);
         let mut is_new = fresh.iter().copied();
+        let mut rewritten = std::mem::take(&mut self.line);
         for (i, &pre) in batch.pres.iter().enumerate() {
-            let raw = batch.records.terminated(i);
+            let raw = if self.rewrite {
+                rewritten.clear();
+                batch.records.get(i).push_comma_line(&mut rewritten);
+                &rewritten[..]
+            } else {
+                batch.records.terminated(i)
+            };
             let line = batch.records.line(i);
             match pre {
                 Pre::Valid { segment, .. } => {
@@ -139,6 +155,7 @@ impl Router {
         }
         fresh.clear();
         self.fresh = fresh;
+        self.line = rewritten;
         Ok(())
     }
 
@@ -215,7 +232,8 @@ impl Router {
 const DUPLICATE_REASON: &str = "duplicate: an earlier row has the same address";
 const UNMATCHED_REASON: &str = "unmatched: no segment rule matched";
 
-/// Writes one dropped row: `line,reason,` then the original row (ending in `\n`).
+/// Writes one dropped row: `line,reason,` then the row as it goes into a chunk (ending in
+/// `\n`).
 fn push_dropped(out: &mut Vec<u8>, line: u64, reason: &str, raw_line: &[u8]) {
     out.extend_from_slice(line.to_string().as_bytes());
     out.push(b',');

@@ -104,6 +104,7 @@ fn segmented(dir: &Path) -> OpenedRun {
     std::fs::write(dir.join("templates/all/body.txt"), "Dear {{ name }}\n").unwrap();
     let opts = SegmentOptions {
         donors: dir.join("donors.csv"),
+        delimiter: None,
         campaign: Campaign::load(&dir.join("campaign.toml")).unwrap(),
         suppress: Vec::new(),
         out: dir.join("run"),
