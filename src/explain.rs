@@ -130,7 +130,8 @@ fn suppressed_by(lists: &[PathBuf], addr: &Address<'_>) -> Result<Vec<(PathBuf, 
         let text =
             std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         let line = text.lines().position(|l| {
-            l.split(',').any(|cell| {
+            // Any separator a list may use (see crate::suppress); the list itself said yes.
+            l.split([',', ';', '\t', '|']).any(|cell| {
                 let c = cell.trim().trim_matches('"').to_lowercase();
                 c == want || c == domain
             })

@@ -2,17 +2,19 @@
 //!
 //! Owns reading `--suppress` files and answering "is this address suppressed, and why". A file
 //! is either a plain list (one address per line, `#` comments, blank lines, `@domain` lines that
-//! suppress a whole domain) or a CSV export whose header has an `email` column. Matching is
+//! suppress a whole domain) or a CSV export whose header has an `email` column, separated by
+//! commas, or by semicolons, tabs or pipes as spreadsheets in some locales write it. Matching is
 //! case-insensitive on the whole address; a domain entry matches that exact domain, not its
 //! subdomains. A run directory given as a list suppresses every donor that run sent, or may
 //! have sent (outcome unknown), according to its ledger, so a new run made from an edited
-//! export does not mail them again. It never modifies the files.
+//! export does not mail them again. A list of which not one entry can be read is refused:
+//! reading it as empty would mail everyone on it. It never modifies the files.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::csvio::RawReader;
+use crate::csvio::{Delimiter, RawReader};
 use crate::digest::{self, Sha256Files};
 use crate::email::{Address, KeySet, RecipientKey, domain_key};
 use crate::ledger::{ChunkStates, State, ledger_path};
@@ -132,12 +134,28 @@ impl Suppressions {
     }
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
+        let before = (self.len(), self.ignored.len());
+        self.read_file(path)?;
+        let (entries, ignored) = (self.len() - before.0, self.ignored.len() - before.1);
+        if entries == 0 && ignored > 0 {
+            let first = &self.ignored[before.1];
+            bail!(
+                "not one of its {ignored} entries is an address or @domain (line {}: {}); as it is, it would suppress nobody. Fix the list (one address per line, or a CSV with an `email` column)",
+                first.line,
+                first.reason
+            );
+        }
+        Ok(())
+    }
+
+    fn read_file(&mut self, path: &Path) -> Result<()> {
         let bytes = std::fs::read(path)?;
         let text = std::str::from_utf8(&bytes)
             .context("not valid UTF-8; save the list as UTF-8")?
             .trim_start_matches('\u{feff}');
         // The first line that is not blank or a comment decides the format: a CSV header has
-        // a comma, an address never does outside quotes.
+        // a comma, an address never does outside quotes; a header separated otherwise has a
+        // field that is `email` itself.
         let mut offset = 0;
         for (i, line) in text.split_inclusive('\n').enumerate() {
             let t = line.trim();
@@ -146,7 +164,16 @@ impl Suppressions {
                 continue;
             }
             if t.contains(',') {
-                return self.add_csv(path, &text[offset..], i as u64);
+                return self.add_csv(path, &text[offset..], i as u64, Delimiter::COMMA);
+            }
+            let other = [Delimiter::SEMICOLON, Delimiter::TAB, Delimiter::PIPE]
+                .into_iter()
+                .find(|d| {
+                    t.split(char::from(d.byte()))
+                        .any(|f| f.trim().trim_matches('"').eq_ignore_ascii_case("email"))
+                });
+            if let Some(d) = other {
+                return self.add_csv(path, &text[offset..], i as u64, d);
             }
             break;
         }
@@ -193,8 +220,8 @@ impl Suppressions {
     }
 
     /// Reads a CSV list whose header is the first line of `text`, `skipped` lines into the file.
-    fn add_csv(&mut self, path: &Path, text: &str, skipped: u64) -> Result<()> {
-        let mut rdr = RawReader::new(text.as_bytes());
+    fn add_csv(&mut self, path: &Path, text: &str, skipped: u64, d: Delimiter) -> Result<()> {
+        let mut rdr = RawReader::new(text.as_bytes()).with_delimiter(d);
         let header: Vec<String> = match rdr.next_record()? {
             Some(rec) => {
                 let fields = rec.fields()?;

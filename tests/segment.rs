@@ -229,6 +229,32 @@ fn suppression_lists_plain_csv_and_domains() {
     assert!(s.contains("4,suppressed: domain is on a suppression list,x@closed.example"));
 }
 
+/// A list saved by a spreadsheet with semicolons or tabs suppresses its addresses; one of
+/// which not a single entry reads is refused, since it would suppress nobody.
+#[test]
+fn suppression_lists_separated_otherwise_are_read_and_unreadable_ones_refused() {
+    let csv = "email,total,last\n\
+        keep@example.org,5000,2026-01-01\n\
+        ann@example.org,5000,2026-01-01\n\
+        bo@example.org,5000,2026-01-01\n";
+    let w = setup(csv.as_bytes());
+    w.write("semi.csv", "name;Email\nAnn;ann@example.org\n");
+    w.write("tabs.tsv", "email\tdate\nbo@example.org\t2026-01-01\n");
+    let o = segment(&w, &["--suppress", "semi.csv", "--suppress", "tabs.tsv"]);
+    assert_code(&o, 0);
+    let m = manifest(&w.path("run"));
+    assert_eq!(m["dropped"]["suppressed"], 2, "{}", stderr(&o));
+    assert_eq!(m["suppression_entries_ignored"], 0);
+
+    w.write("broken.txt", "ann@example.org;Ann\nbo@example.org;Bo\n");
+    let o = segment(&w, &["--suppress", "broken.txt", "--force"]);
+    assert_code(&o, 2);
+    let err = stderr(&o);
+    assert!(err.contains("broken.txt"), "{err}");
+    assert!(err.contains("not one of its 2 entries"), "{err}");
+    assert!(err.contains("would suppress nobody"), "{err}");
+}
+
 #[test]
 fn too_many_rejects_writes_no_run() {
     let csv =
