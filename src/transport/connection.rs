@@ -583,6 +583,21 @@ impl Connection {
         self.broken
     }
 
+    /// Asks the kernel to acknowledge what the relay sends next at once, not after the
+    /// delayed-ACK timer (Linux; elsewhere nothing). Needed after a BDAT transaction: postfix
+    /// smtpd sends the MAIL and RCPT replies as soon as it must read beyond its 4 KB buffer
+    /// into the chunk, and with that small segment unacknowledged Nagle's algorithm holds its
+    /// 250 for the chunk until our delayed ACK, 40 ms later: 47 ms per message measured here
+    /// against postfix 3.7, 0.75 ms with this. The kernel drops the mode again once replies
+    /// and commands alternate, so it is asked for once per transaction. A failure only costs
+    /// time, so it is ignored.
+    pub fn ack_promptly(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(tcp) = self.stream.get_ref().tcp() {
+            let _ = rustix::net::sockopt::set_tcp_quickack(tcp, true);
+        }
+    }
+
     /// How long since the last reply was read (since the greeting, on a new connection).
     pub fn idle(&self) -> Duration {
         self.last_reply.elapsed()

@@ -431,6 +431,7 @@ impl SmtpTransport {
         before_body().map_err(Failure::Aborted)?;
         conn.write(wire)
             .map_err(|e| Failure::Smtp(Stage::Message, e))?;
+        conn.ack_promptly();
         let mut refused: Option<(Stage, SmtpError)> = None;
         for stage in [Stage::Mail, Stage::Rcpt, Stage::Message] {
             match (conn.read_reply(), refused.take()) {
