@@ -39,6 +39,11 @@ enum Failure {
     Aborted(std::io::Error),
 }
 
+/// A connection error (no reply) or a 421: no more replies will come.
+fn ends_session(e: &SmtpError) -> bool {
+    e.code().is_none_or(|code| code == 421)
+}
+
 /// A connection idle for longer than this carries its next message the two-round-trip way
 /// (DATA), so that its first reply shows the connection is alive before the body leaves. With
 /// BDAT the message goes out with MAIL, and a relay (or a NAT or load balancer on the way)
@@ -378,10 +383,6 @@ impl SmtpTransport {
     /// 421 (the server is closing); if one comes after the first failure, or DATA was
     /// accepted although MAIL or RCPT was not, the connection is not reused.
     fn pipelined_envelope(conn: &mut Connection, mail: &Mail, rcpt: &Rcpt) -> Result<(), Failure> {
-        /// A connection error (no reply) or a 421: no more replies will come.
-        fn ends_session(e: &SmtpError) -> bool {
-            e.code().is_none_or(|code| code == 421)
-        }
         let mut first_failure: Option<(Stage, SmtpError)> = None;
         for stage in [Stage::Mail, Stage::Rcpt, Stage::Data] {
             let reply = if stage == Stage::Mail {
@@ -433,44 +434,44 @@ impl SmtpTransport {
             .map_err(|e| Failure::Smtp(Stage::Message, e))?;
         conn.ack_promptly();
         let mut refused: Option<(Stage, SmtpError)> = None;
-        for stage in [Stage::Mail, Stage::Rcpt, Stage::Message] {
+        for stage in [Stage::Mail, Stage::Rcpt] {
             match (conn.read_reply(), refused.take()) {
-                (Ok(reply), None) if stage == Stage::Message && reply.code == 250 => {
-                    return Ok(reply);
-                }
-                (Ok(reply), None) if stage == Stage::Message => {
-                    conn.abort();
-                    return Err(Failure::Smtp(
-                        Stage::Message,
-                        SmtpError::Garbled(format!(
-                            "{} {} after BDAT LAST, where only 250 means accepted",
-                            reply.code,
-                            reply.text()
-                        )),
-                    ));
-                }
                 (Ok(_), None) => {}
-                // The server took a message without the refused MAIL or RCPT: it does not
-                // follow the protocol, so the connection is not reused.
-                (Ok(_), Some((first, e))) if stage == Stage::Message => {
-                    return Err(Failure::Unusable(first, e));
-                }
                 (Ok(_), Some(first)) => refused = Some(first),
+                // No reply at all: the server may have read everything and queued it.
                 (Err(e), None) if e.code().is_none() => {
                     return Err(Failure::Smtp(Stage::Message, e));
                 }
-                (Err(e), None) if stage == Stage::Message => return Err(Failure::Chunk(e)),
                 (Err(e), None) if e.code() == Some(421) => return Err(Failure::Smtp(stage, e)),
                 (Err(e), None) => refused = Some((stage, e)),
-                (Err(e), Some((first, first_e))) if e.code().is_none_or(|c| c == 421) => {
+                (Err(e), Some((first, first_e))) if ends_session(&e) => {
                     return Err(Failure::Unusable(first, first_e));
                 }
                 (Err(_), Some(first)) => refused = Some(first),
             }
         }
-        match refused {
-            Some((stage, e)) => Err(Failure::Smtp(stage, e)),
-            None => unreachable!("the BDAT reply returns when MAIL and RCPT were accepted"),
+        match (conn.read_reply(), refused) {
+            (Ok(reply), None) if reply.code == 250 => Ok(reply),
+            (Ok(reply), None) => {
+                conn.abort();
+                Err(Failure::Smtp(
+                    Stage::Message,
+                    SmtpError::Garbled(format!(
+                        "{} {} after BDAT LAST, where only 250 means accepted",
+                        reply.code,
+                        reply.text()
+                    )),
+                ))
+            }
+            // The server took a message without the refused MAIL or RCPT: it does not follow
+            // the protocol, so the connection is not reused.
+            (Ok(_), Some((first, e))) => Err(Failure::Unusable(first, e)),
+            (Err(e), None) if e.code().is_none() => Err(Failure::Smtp(Stage::Message, e)),
+            (Err(e), None) => Err(Failure::Chunk(e)),
+            (Err(e), Some((first, first_e))) if ends_session(&e) => {
+                Err(Failure::Unusable(first, first_e))
+            }
+            (Err(_), Some((stage, e))) => Err(Failure::Smtp(stage, e)),
         }
     }
 
