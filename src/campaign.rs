@@ -187,6 +187,9 @@ pub struct SmtpTable {
     pub timeout_seconds: Option<u64>,
     /// Open a fresh connection after this many messages.
     pub reconnect_after: Option<usize>,
+    /// Send with BDAT (RFC 3030) when the relay offers CHUNKING and PIPELINING; `false` keeps
+    /// DATA, for a relay whose CHUNKING is broken.
+    pub chunking: Option<bool>,
 }
 
 /// The `[send]` table as written; [`SendSettings`] is its checked form.

@@ -162,6 +162,7 @@ fn settings(port: u16) -> SmtpSettings {
         hello_name: "client.test".into(),
         timeout: Duration::from_secs(5),
         reconnect_after: 1000,
+        chunking: true,
         allow_insecure_auth: false,
         ca_certificates: Vec::new(),
         skip_certificate_check: false,

@@ -245,6 +245,7 @@ fn settings(addr: SocketAddr, tls: TlsMode, ca: Option<&TestCa>) -> SmtpSettings
         hello_name: "client.test".into(),
         timeout: Duration::from_secs(5),
         reconnect_after: 1000,
+        chunking: true,
         allow_insecure_auth: false,
         ca_certificates: ca.map(|c| vec![c.ca.clone()]).unwrap_or_default(),
         skip_certificate_check: false,

@@ -33,7 +33,8 @@ pub struct Args {
     pub delimiter: Option<Delimiter>,
 
     /// Also connect to the relay exactly as `send` would (TLS, EHLO, AUTH), print what it
-    /// offers, and QUIT without sending. Exit 6 when it refuses, 5 when it cannot be reached.
+    /// offers and how messages will go (BDAT when it offers CHUNKING, unless `[smtp] chunking
+    /// = false`; else DATA), and QUIT without sending. Exit 6 when it refuses, 5 when it cannot be reached.
     #[arg(long)]
     pub smtp: bool,
 }
@@ -142,6 +143,16 @@ fn check_relay(campaign: &Campaign, env: &Environment) -> Result<Code, Error> {
             "nothing".to_owned()
         } else {
             offers.join(", ")
+        }
+    ));
+    let transfer = smtp::Transfer::of(ext, settings.chunking);
+    out.push_str(&format!(
+        "  sends: {}{}\n",
+        transfer.describe(),
+        if ext.chunking && !settings.chunking {
+            "; CHUNKING is offered but [smtp] chunking = false"
+        } else {
+            ""
         }
     ));
     super::warn(&notes);

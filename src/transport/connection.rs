@@ -13,7 +13,7 @@ use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use lettre::transport::smtp::commands::{Ehlo, Quit, Starttls};
@@ -381,6 +381,9 @@ pub struct Connection {
     extensions: Extensions,
     /// A read or write failed: the conversation's state is unknown, so it is not reused.
     broken: bool,
+    /// When the last reply was read: how long the relay has had to close the connection
+    /// without this client noticing.
+    last_reply: Instant,
 }
 
 impl Connection {
@@ -402,6 +405,7 @@ impl Connection {
             stream: BufReader::new(stream),
             extensions: Extensions::default(),
             broken: false,
+            last_reply: Instant::now(),
         };
         match conn.read_reply() {
             // A port that never greets is most often not an SMTP port, or the wrong TLS mode.
@@ -557,6 +561,7 @@ impl Connection {
             };
             lines.push(line.get(4..).unwrap_or("").to_owned());
             if sep != b'-' {
+                self.last_reply = Instant::now();
                 let reply = Reply { code, lines };
                 return if code < 400 {
                     Ok(reply)
@@ -576,6 +581,26 @@ impl Connection {
     /// A read or write failed: do not reuse the connection.
     pub fn has_broken(&self) -> bool {
         self.broken
+    }
+
+    /// Asks the kernel to acknowledge what the relay sends next at once, not after the
+    /// delayed-ACK timer (Linux; elsewhere nothing). Needed after a BDAT transaction: postfix
+    /// smtpd sends the MAIL and RCPT replies as soon as it must read beyond its 4 KB buffer
+    /// into the chunk, and with that small segment unacknowledged Nagle's algorithm holds its
+    /// 250 for the chunk until our delayed ACK, 40 ms later: 47 ms per message measured here
+    /// against postfix 3.7, 0.75 ms with this. The kernel drops the mode again once replies
+    /// and commands alternate, so it is asked for once per transaction. A failure only costs
+    /// time, so it is ignored.
+    pub fn ack_promptly(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(tcp) = self.stream.get_ref().tcp() {
+            let _ = rustix::net::sockopt::set_tcp_quickack(tcp, true);
+        }
+    }
+
+    /// How long since the last reply was read (since the greeting, on a new connection).
+    pub fn idle(&self) -> Duration {
+        self.last_reply.elapsed()
     }
 
     /// Says goodbye; a failure changes nothing (the connection is dropped either way).

@@ -133,7 +133,7 @@ impl Envelope {
 pub struct Outbound<'a> {
     /// Sender and recipient.
     pub envelope: &'a Envelope,
-    /// The whole message, sent as given (only dot-stuffed).
+    /// The whole message, sent as given (dot-stuffed after DATA, as it is after BDAT).
     pub message: &'a [u8],
 }
 
@@ -144,10 +144,11 @@ pub trait Journal {
     /// message of the batch is started. This is where the caller paces and stops.
     fn proceed(&mut self, i: usize) -> bool;
 
-    /// Message `i`'s body is about to leave: from now on its outcome may be
-    /// [`Outcome::Unknown`], so this is where the caller records "in flight". If it fails,
-    /// the body is not sent (the transaction is abandoned without the final dot, so the
-    /// server discards it) and the outcome is [`Outcome::Halt`] with the error.
+    /// Message `i`'s body is about to leave (with BDAT, its whole transaction: the body goes
+    /// in the same write as MAIL): from now on its outcome may be [`Outcome::Unknown`], so
+    /// this is where the caller records "in flight". If it fails, the body is not sent (the
+    /// transaction is abandoned without the final dot, or never written, so the server has
+    /// nothing) and the outcome is [`Outcome::Halt`] with the error.
     fn transmitting(&mut self, i: usize) -> std::io::Result<()>;
 
     /// Message `i`'s outcome, as soon as it is known: exactly once for every message started,

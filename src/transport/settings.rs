@@ -123,6 +123,9 @@ pub struct SmtpSettings {
     pub timeout: Duration,
     /// Open a fresh connection after this many messages (at least 1).
     pub reconnect_after: usize,
+    /// Use BDAT when the relay offers CHUNKING and PIPELINING (`[smtp] chunking`, default
+    /// true): one round trip per message instead of two.
+    pub chunking: bool,
     /// AUTH over an unencrypted connection to a host that is not loopback was allowed.
     pub allow_insecure_auth: bool,
     /// Certificate authorities trusted besides the built-in roots (`[smtp] ca_file`).
@@ -560,6 +563,7 @@ impl SmtpSettings {
             hello_name: hello_name.to_owned(),
             timeout: Duration::from_secs(timeout_secs),
             reconnect_after,
+            chunking: table.chunking.unwrap_or(true),
             allow_insecure_auth: table.allow_insecure_auth.unwrap_or(false),
         };
         if settings.username.is_some()
@@ -645,9 +649,20 @@ mod tests {
         assert_eq!(s.hello_name, "localhost");
         assert_eq!(s.timeout, Duration::from_secs(60));
         assert_eq!(s.reconnect_after, 1000);
+        assert!(s.chunking, "BDAT when offered, unless turned off");
         assert!(s.username.is_none() && s.password.is_none());
         assert!(!s.allow_insecure_auth);
         assert_eq!(s.describe(), "smtp://relay.example:587 (STARTTLS)");
+    }
+
+    #[test]
+    fn chunking_can_be_turned_off() {
+        let mut t = table("relay.example");
+        t.chunking = Some(false);
+        assert!(!resolve(&t, None, None).unwrap().chunking);
+        let parsed: campaign::SmtpTable =
+            toml::from_str("host = \"relay.example\"\nchunking = false").unwrap();
+        assert_eq!(parsed.chunking, Some(false));
     }
 
     #[test]

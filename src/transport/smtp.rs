@@ -1,20 +1,23 @@
 //! One SMTP session to the relay per worker ([`SmtpTransport`]), on a [`Connection`]:
-//! connect, STARTTLS or implicit TLS, AUTH, then MAIL, RCPT, DATA and the body for each
-//! message of a batch, pipelined when the server offers it.
+//! connect, STARTTLS or implicit TLS, AUTH, then for each message of a batch either MAIL,
+//! RCPT, DATA and the body (pipelined when the server offers it), or MAIL, RCPT and
+//! `BDAT n LAST` with the message in one write when it offers CHUNKING too ([`Transfer`]).
 //!
 //! Owns the line between "the server cannot have it" ([`Outcome::Deferred`]) and "the server
 //! may have it" ([`Outcome::Unknown`]), which is the moment the body starts to go out, and
 //! keeping a connection usable after a refusal (RSET) or dropping it. Replies are read by
 //! [`super::reply`]. It never decides what happens next, never changes a message (bytes go out
-//! as given, only dot-stuffed), and never puts the password in an outcome, error or `Debug`.
+//! as given: dot-stuffed after DATA, as they are after BDAT), and never puts the password in an
+//! outcome, error or `Debug`.
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
 
-use super::connection::{Connection, Reply, SmtpError, TlsSetup};
+use super::connection::{Connection, Extensions, Reply, SmtpError, TlsSetup};
 use super::reply::{Stage, classify};
 use super::{
     CLIENT_REFUSED, Envelope, Journal, Outbound, Outcome, SmtpSettings, TlsMode, Transport,
@@ -29,8 +32,63 @@ enum Failure {
     /// the server answered DATA with a go-ahead after refusing MAIL or RCPT and now waits for a
     /// body that will not come (an RSET would only become body text).
     Unusable(Stage, SmtpError),
+    /// The server refused `BDAT n LAST` after accepting MAIL and RCPT: the end-of-message
+    /// reply, but RFC 3030 leaves the session's state undefined until an RSET.
+    Chunk(SmtpError),
     /// `before_body` refused.
     Aborted(std::io::Error),
+}
+
+/// A connection error (no reply) or a 421: no more replies will come.
+fn ends_session(e: &SmtpError) -> bool {
+    e.code().is_none_or(|code| code == 421)
+}
+
+/// A connection idle for longer than this carries its next message the two-round-trip way
+/// (DATA), so that its first reply shows the connection is alive before the body leaves. With
+/// BDAT the message goes out with MAIL, and a relay (or a NAT or load balancer on the way)
+/// that dropped the idle connection would show it only after that: the donor would be
+/// [`Outcome::Unknown`] instead of retried on a fresh connection. Servers close idle sessions
+/// after minutes (RFC 5321 asks at least 5), middleboxes after tens of seconds; messages sent
+/// back to back wait microseconds.
+const IDLE_BEFORE_CHUNKING: Duration = Duration::from_secs(1);
+
+/// How a connection carries a message: chosen per connection from what the relay offers and
+/// `[smtp] chunking`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// MAIL, RCPT and `BDAT <size> LAST` followed by the message, in one write (RFC 3030 with
+    /// RFC 2920), then their three replies: one round trip per message.
+    Chunked,
+    /// MAIL, RCPT and DATA in one write (RFC 2920), then the dot-stuffed body: two round trips.
+    Pipelined,
+    /// Each command waits for its reply: four round trips.
+    LockStep,
+}
+
+impl Transfer {
+    /// The transfer for a relay offering `ext`; `chunking` is `[smtp] chunking`. BDAT only
+    /// with PIPELINING: without it the three commands would each wait for a reply.
+    pub fn of(ext: &Extensions, chunking: bool) -> Transfer {
+        match (ext.pipelining, ext.chunking && chunking) {
+            (true, true) => Transfer::Chunked,
+            (true, false) => Transfer::Pipelined,
+            (false, _) => Transfer::LockStep,
+        }
+    }
+
+    /// For the operator, e.g. in `campaign check --smtp`.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Transfer::Chunked => {
+                "MAIL, RCPT and BDAT with the message in one write (CHUNKING): one round trip per message"
+            }
+            Transfer::Pipelined => {
+                "MAIL, RCPT and DATA in one write, then the message (PIPELINING): two round trips per message"
+            }
+            Transfer::LockStep => "one command at a time: four round trips per message",
+        }
+    }
 }
 
 /// The message body, dot-stuffed (RFC 5321 §4.5.2), followed by the end-of-data marker.
@@ -75,6 +133,29 @@ impl fmt::Display for CommandGroup<'_> {
     }
 }
 
+/// Writes into `out` (emptied first) `MAIL FROM`, `RCPT TO`, `BDAT <size> LAST` and the
+/// message: one write, so one round trip, and the body after its command in the same segment
+/// (see [`BodyAndDot`] on Nagle). The message goes as it is, with no dot-stuffing and no end
+/// marker (RFC 3030); `<size>` counts its bytes exactly. A message not ending in CRLF gets one,
+/// as after DATA, so both deliver the same bytes.
+fn chunked_wire(out: &mut Vec<u8>, mail: &Mail, rcpt: &Rcpt, message: &[u8]) {
+    use std::io::Write as _;
+    let tail: &[u8] = if message.ends_with(b"\r\n") {
+        b""
+    } else {
+        b"\r\n"
+    };
+    out.clear();
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "{mail}{rcpt}BDAT {} LAST\r\n",
+        message.len() + tail.len()
+    );
+    out.extend_from_slice(message);
+    out.extend_from_slice(tail);
+}
+
 /// One SMTP session to the relay, owned by one worker thread.
 ///
 /// Connects lazily (TLS per the settings, AUTH if configured), keeps the connection across
@@ -83,7 +164,8 @@ impl fmt::Display for CommandGroup<'_> {
 /// the connection (lettre's high-level `send` would QUIT, costing a reconnect per bad
 /// address). One message per transaction, one recipient per message. When the server offers
 /// PIPELINING (RFC 2920), MAIL, RCPT and DATA go out in one write and their replies are read
-/// together: two round trips per message instead of four.
+/// together: two round trips per message instead of four; with CHUNKING (RFC 3030) too, BDAT
+/// takes the message along in the same write: one round trip (see [`Transfer`]).
 pub struct SmtpTransport {
     settings: Arc<SmtpSettings>,
     /// `settings.describe()`, computed once for messages.
@@ -94,6 +176,8 @@ pub struct SmtpTransport {
     conn: Option<Connection>,
     /// Transactions started on `conn`.
     used: usize,
+    /// The bytes of a chunked transaction, kept to spare an allocation per message.
+    wire: Vec<u8>,
 }
 
 impl fmt::Debug for SmtpTransport {
@@ -116,6 +200,7 @@ impl SmtpTransport {
             tls: None,
             conn: None,
             used: 0,
+            wire: Vec::new(),
         }
     }
 
@@ -252,18 +337,30 @@ impl SmtpTransport {
         Ok(())
     }
 
-    /// Runs MAIL, RCPT, DATA and the body on the open connection: the three commands in
-    /// lock-step, or as one pipelined group when the server offers PIPELINING.
+    /// Runs one message's transaction on the open connection as [`Transfer::of`] says: MAIL,
+    /// RCPT and BDAT with the message in one write; or MAIL, RCPT and DATA as one pipelined
+    /// group, or in lock-step, then the body. A chunking connection idle for longer than
+    /// [`IDLE_BEFORE_CHUNKING`] sends this one message with DATA.
     fn transaction(
         conn: &mut Connection,
+        chunking: bool,
+        wire: &mut Vec<u8>,
         envelope: &Envelope,
         params: Vec<MailParameter>,
-        body: &[u8],
+        message: &[u8],
         before_body: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Result<Reply, Failure> {
         let mail = Mail::new(Some(envelope.from().clone()), params);
         let rcpt = Rcpt::new(envelope.to().clone(), Vec::new());
-        if conn.extensions().pipelining {
+        let transfer = Transfer::of(conn.extensions(), chunking);
+        if transfer == Transfer::Chunked && conn.idle() < IDLE_BEFORE_CHUNKING {
+            chunked_wire(wire, &mail, &rcpt, message);
+            return Self::chunked(conn, wire, before_body);
+        }
+        // The end-of-data marker brings its own CRLF; a message already ending in one would
+        // otherwise gain an empty last line.
+        let body = message.strip_suffix(b"\r\n").unwrap_or(message);
+        if transfer != Transfer::LockStep {
             Self::pipelined_envelope(conn, &mail, &rcpt)?;
         } else {
             conn.command(mail)
@@ -286,10 +383,6 @@ impl SmtpTransport {
     /// 421 (the server is closing); if one comes after the first failure, or DATA was
     /// accepted although MAIL or RCPT was not, the connection is not reused.
     fn pipelined_envelope(conn: &mut Connection, mail: &Mail, rcpt: &Rcpt) -> Result<(), Failure> {
-        /// A connection error (no reply) or a 421: no more replies will come.
-        fn ends_session(e: &SmtpError) -> bool {
-            e.code().is_none_or(|code| code == 421)
-        }
         let mut first_failure: Option<(Stage, SmtpError)> = None;
         for stage in [Stage::Mail, Stage::Rcpt, Stage::Data] {
             let reply = if stage == Stage::Mail {
@@ -319,9 +412,72 @@ impl SmtpTransport {
         }
     }
 
-    /// Turns a failed transaction into an outcome, leaving the connection clean (RSET) or
-    /// gone.
-    fn failed(&mut self, stage: Stage, err: &SmtpError, to: &str) -> Outcome {
+    /// Writes a chunked transaction (`wire`, from [`chunked_wire`]) and reads its three
+    /// replies: MAIL, RCPT, BDAT.
+    ///
+    /// `before_body` comes before the write: the message leaves with the commands. From then
+    /// on the server may have it, so a connection that fails before a refusal makes the
+    /// outcome [`Outcome::Unknown`] (as a failure after the dot does), never a retry. A refused
+    /// MAIL or RCPT decides, at its stage, as in a pipelined group: the donor is not a
+    /// recipient, so the message cannot reach them, and the server answers BDAT with 503 or 554
+    /// after reading the chunk (RFC 3030); that reply is read only to stay in step. A 421
+    /// before any refusal means the server is closing without taking the message. Only a 250 to
+    /// BDAT LAST is an acceptance: any other positive reply is not one RFC 3030 allows, and is
+    /// treated as a lost connection (Unknown), never as sent.
+    fn chunked(
+        conn: &mut Connection,
+        wire: &[u8],
+        before_body: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<Reply, Failure> {
+        before_body().map_err(Failure::Aborted)?;
+        conn.write(wire)
+            .map_err(|e| Failure::Smtp(Stage::Message, e))?;
+        conn.ack_promptly();
+        let mut refused: Option<(Stage, SmtpError)> = None;
+        for stage in [Stage::Mail, Stage::Rcpt] {
+            match (conn.read_reply(), refused.take()) {
+                (Ok(_), None) => {}
+                (Ok(_), Some(first)) => refused = Some(first),
+                // No reply at all: the server may have read everything and queued it.
+                (Err(e), None) if e.code().is_none() => {
+                    return Err(Failure::Smtp(Stage::Message, e));
+                }
+                (Err(e), None) if e.code() == Some(421) => return Err(Failure::Smtp(stage, e)),
+                (Err(e), None) => refused = Some((stage, e)),
+                (Err(e), Some((first, first_e))) if ends_session(&e) => {
+                    return Err(Failure::Unusable(first, first_e));
+                }
+                (Err(_), Some(first)) => refused = Some(first),
+            }
+        }
+        match (conn.read_reply(), refused) {
+            (Ok(reply), None) if reply.code == 250 => Ok(reply),
+            (Ok(reply), None) => {
+                conn.abort();
+                Err(Failure::Smtp(
+                    Stage::Message,
+                    SmtpError::Garbled(format!(
+                        "{} {} after BDAT LAST, where only 250 means accepted",
+                        reply.code,
+                        reply.text()
+                    )),
+                ))
+            }
+            // The server took a message without the refused MAIL or RCPT: it does not follow
+            // the protocol, so the connection is not reused.
+            (Ok(_), Some((first, e))) => Err(Failure::Unusable(first, e)),
+            (Err(e), None) if e.code().is_none() => Err(Failure::Smtp(Stage::Message, e)),
+            (Err(e), None) => Err(Failure::Chunk(e)),
+            (Err(e), Some((first, first_e))) if ends_session(&e) => {
+                Err(Failure::Unusable(first, first_e))
+            }
+            (Err(_), Some((stage, e))) => Err(Failure::Smtp(stage, e)),
+        }
+    }
+
+    /// Turns a failed transaction into an outcome, leaving the connection clean (RSET, when
+    /// `reset`) or gone.
+    fn failed(&mut self, stage: Stage, err: &SmtpError, to: &str, reset: bool) -> Outcome {
         let Some(code) = err.code() else {
             // No reply: the connection is broken or timed out.
             self.drop_connection();
@@ -348,7 +504,7 @@ impl SmtpTransport {
         if code == 421 {
             // The server is closing the connection.
             self.drop_connection();
-        } else if stage != Stage::Message
+        } else if reset
             && let Some(conn) = &mut self.conn
             && conn.command(Rset).is_err()
         {
@@ -378,10 +534,7 @@ impl SmtpTransport {
     ) -> Outcome {
         let from: &str = envelope.from().as_ref();
         let to: &str = envelope.to().as_ref();
-        // lettre appends CRLF.CRLF itself; a message already ending in CRLF would otherwise
-        // gain an empty last line.
-        let body = message.strip_suffix(b"\r\n").unwrap_or(message);
-        let eight_bit = !body.is_ascii();
+        let eight_bit = !message.is_ascii();
 
         if self.used >= self.settings.reconnect_after {
             self.close();
@@ -445,7 +598,15 @@ impl SmtpTransport {
             }
 
             self.used += 1;
-            let result = Self::transaction(conn, envelope, params, body, before_body);
+            let result = Self::transaction(
+                conn,
+                self.settings.chunking,
+                &mut self.wire,
+                envelope,
+                params,
+                message,
+                before_body,
+            );
             return match result {
                 Ok(response) => Outcome::Accepted {
                     reply: response.text(),
@@ -466,11 +627,12 @@ impl SmtpTransport {
                     retried = true;
                     continue;
                 }
-                Err(Failure::Smtp(stage, e)) => self.failed(stage, &e, to),
+                Err(Failure::Smtp(stage, e)) => self.failed(stage, &e, to, stage != Stage::Message),
+                Err(Failure::Chunk(e)) => self.failed(Stage::Message, &e, to, true),
                 Err(Failure::Unusable(stage, e)) => {
                     // No RSET: the outcome is the first failure's, the connection is gone.
                     self.drop_connection();
-                    self.failed(stage, &e, to)
+                    self.failed(stage, &e, to, false)
                 }
             };
         }
@@ -593,6 +755,33 @@ mod tests {
             CommandGroup(&mail, &rcpt).to_string(),
             "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nDATA\r\n"
         );
+    }
+
+    #[test]
+    fn chunking_needs_pipelining_and_the_setting() {
+        let ext = |pipelining, chunking| Extensions {
+            pipelining,
+            chunking,
+            ..Extensions::default()
+        };
+        assert_eq!(Transfer::of(&ext(true, true), true), Transfer::Chunked);
+        assert_eq!(Transfer::of(&ext(true, true), false), Transfer::Pipelined);
+        assert_eq!(Transfer::of(&ext(true, false), true), Transfer::Pipelined);
+        assert_eq!(Transfer::of(&ext(false, true), true), Transfer::LockStep);
+    }
+
+    #[test]
+    fn chunk_is_sized_exactly_and_not_stuffed() {
+        let mail = Mail::new(Some("a@b.example".parse().unwrap()), Vec::new());
+        let rcpt = Rcpt::new("c@d.example".parse().unwrap(), Vec::new());
+        let mut wire = b"left over".to_vec();
+        chunked_wire(&mut wire, &mail, &rcpt, b".x\r\n.\r\n");
+        assert_eq!(
+            String::from_utf8(wire.clone()).unwrap(),
+            "MAIL FROM:<a@b.example>\r\nRCPT TO:<c@d.example>\r\nBDAT 7 LAST\r\n.x\r\n.\r\n"
+        );
+        chunked_wire(&mut wire, &mail, &rcpt, b"");
+        assert!(wire.ends_with(b"BDAT 2 LAST\r\n\r\n"));
     }
 
     #[test]

@@ -13,9 +13,14 @@
 # And a takeover from "another host": a shard run under `unshare -m` with a bind-mounted fake
 # boot id is killed mid-run and the run finished here: nobody twice, unknown at most one
 # batch per connection (root only).
+# And CHUNKING against a real postfix smtpd (tests/system/discard_postfix.sh, root): offered,
+# every message goes by BDAT (smtpd's own per-session command counts say so), every donor
+# arrives once (discard(8) logs each delivery), a recipient smtpd refuses at RCPT is failed
+# and suppressed, never sent; with `[smtp] chunking = false`, or CHUNKING hidden by smtpd, DATA.
 #
 #   bash tests/system/faults.sh          # installs postfix if smtp-sink is missing
 #   KEEP=1 bash tests/system/faults.sh   # keep the temp dirs (printed by failing cases)
+#   CASES="postfix_chunking" bash tests/system/faults.sh   # only these cases
 #
 # Only 127.0.0.1 is contacted; every sink and postfix instance is stopped when its case ends
 # (KEEP=1 too) and every temp dir removed on exit.
@@ -51,6 +56,8 @@ status_json() {
 }
 # start_postfix, stop_postfix, wait_for_dsns: a throwaway postfix instance.
 source tests/system/postfix.sh
+# discard_postfix_start and _stop, discard_postfix_drained: one that delivers nowhere.
+source tests/system/discard_postfix.sh
 TOP=$(mktemp -d)
 # smtp-sink runs as nobody when started by root: it must reach the case directories.
 chmod 755 "$TOP"
@@ -444,11 +451,65 @@ assert got["sent"] + got["unknown"] == 200, got
 PY
 }
 
-for c in healthy soft_reject_at_rcpt hard_reject_at_rcpt sequence_error_at_data \
+# chunking_case DIR N CHUNKING TRANSFER [SEND FLAGS...]: N donors sent to a real postfix
+# smtpd offering CHUNKING or not (on/off), which refuses d3@example.org at RCPT (5.1.1) and
+# delivers the rest to discard(8). Checks the ledger (N-1 sent, d3 failed and suppressed),
+# that each other donor was delivered exactly once and d3 never, that smtpd saw every
+# transaction by TRANSFER (bdat or data) and none the other way, and that a re-run sends
+# nothing.
+chunking_case() {
+    local dir=$1 n=$2 chunking=$3 transfer=$4 pfx=$1/postfix
+    shift 4
+    echo "$pfx/etc" >>"$TOP/postfix-instances"
+    mkdir -p "$pfx/etc"
+    printf 'd3@example.org 550 5.1.1 No such user here\n' >"$pfx/etc/refuse"
+    discard_postfix_start "$pfx" deliver "$chunking"
+    new_run "$dir" "$n"
+    send "$dir" "$PFX_PORT" --concurrency 2 "$@"
+    check "$dir" code=0 sent=$((n - 1)) failed=1 deferred=0 unknown=0 pending=0 stop=finished
+    grep -qx 'd3@example.org' "$dir/run/suppress-bounced.txt"
+    discard_postfix_drained "$pfx"
+    send "$dir" "$PFX_PORT" --concurrency 2 "$@"
+    check "$dir" code=0 sent=$((n - 1)) failed=1 pending=0
+    discard_postfix_drained "$pfx"
+    python3 - "$pfx/maillog" "$n" "$transfer" <<'PY'
+import collections, re, sys
+log, n, transfer = open(sys.argv[1]).read(), int(sys.argv[2]), sys.argv[3]
+other = "data" if transfer == "bdat" else "bdat"
+delivered = collections.Counter(re.findall(r" to=<([^>]+)>, relay=none, .* status=sent ", log))
+want = {f"d{i}@example.org": 1 for i in range(n) if i != 3}
+assert delivered == want, f"delivered {dict(delivered)}"
+assert len(re.findall(r"NOQUEUE: reject: RCPT from .*<d3@example.org>: Recipient address rejected", log)) == 1
+# smtpd's per-session command counts, "bdat=29" or "bdat=0/1" (accepted/all) when one failed.
+used = collections.Counter()
+for line in re.findall(r"disconnect from \S+ (.*)", log):
+    for cmd, ok, total in re.findall(r"\b(\w+)=(\d+)(?:/(\d+))?", line):
+        used[cmd] += int(total or ok)
+assert used[transfer] == n and used[other] == 0, f"smtpd counted {dict(used)}"
+PY
+}
+
+case_postfix_chunking() { # real smtpd offers CHUNKING: BDAT for every message, each donor once
+    chunking_case "$1" 30 on bdat
+    # check --smtp says how it will send.
+    (cd "$1" && CAMPAIGN_SMTP_URL="smtp://127.0.0.1:$PFX_PORT" "$BIN" check campaign.toml --smtp >check.txt)
+    grep -q "offers: .*CHUNKING" "$1/check.txt"
+    grep -q "sends: MAIL, RCPT and BDAT with the message in one write" "$1/check.txt"
+}
+
+case_postfix_chunking_off() { # [smtp] chunking = false: DATA although smtpd offers CHUNKING
+    EXTRA_TOML=$'[smtp]\nchunking = false' chunking_case "$1" 12 on data
+}
+
+case_postfix_chunking_hidden() { # smtpd without CHUNKING (smtpd_discard_ehlo_keywords): DATA
+    chunking_case "$1" 12 off data
+}
+
+for c in ${CASES:-healthy soft_reject_at_rcpt hard_reject_at_rcpt sequence_error_at_data \
     abort_after_data 421_at_rcpt 421_at_mail drop_after_the_dot server_exits_mid_run \
     no_esmtp no_pipelining no_enhanced_codes_bounce slow_replies \
     dkim_rsa dkim_ed25519 dkim_rsa_and_ed25519 dkim_bad_keys_send_nothing postfix_dsn \
-    takeover_from_another_host; do
+    takeover_from_another_host postfix_chunking postfix_chunking_off postfix_chunking_hidden}; do
     case_ "$c"
 done
 echo
