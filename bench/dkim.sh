@@ -59,7 +59,8 @@ lto = "thin"
 
 [workspace]
 TOML
-    [[ -e $dir/Cargo.lock ]] || cp Cargo.lock "$dir/Cargo.lock"
+    # Fresh every run, so the shared crates follow this checkout's lock file.
+    cp Cargo.lock "$dir/Cargo.lock"
     log "building the $backend signer (release)"
     cargo build --release --quiet --manifest-path "$dir/Cargo.toml"
     # Guard against feature unification handing both crates the same backend: mail-auth uses
