@@ -1,4 +1,4 @@
-//! `transport::SmtpTransport` against real SMTP servers on 127.0.0.1: mailin-embedded with a
+//! `transport::SmtpTransport` against real SMTP servers on 127.0.0.1: mailin's engine with a
 //! scripted handler (per-RCPT and end-of-data replies), and a tiny raw server for what
 //! mailin cannot do (closing without a reply after the dot, going silent, closing while idle).
 
@@ -11,11 +11,11 @@ use std::time::Duration;
 use campaign::transport::{
     CLIENT_REFUSED, Outcome, SmtpSettings, SmtpTransport, TlsMode, Transport, send_one,
 };
-use mailin_embedded::response::OK;
-use mailin_embedded::{Handler, Response, Server};
+use mailin::response::OK;
+use mailin::{Handler, Response};
 
 mod common;
-use common::smtp::raw_server;
+use common::smtp::{raw_server, serve_mailin};
 
 const FROM: &str = "appeal@park.example";
 
@@ -105,7 +105,7 @@ struct Mailin {
 }
 
 impl Mailin {
-    /// Starts a server on a free port; its thread lives until the test process ends.
+    /// Starts a server on a free port; its threads live until the test process ends.
     fn start() -> Mailin {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -115,11 +115,7 @@ impl Mailin {
             greeted: false,
         };
         let (seen, script) = (handler.seen.clone(), handler.script.clone());
-        let mut server = Server::new(handler);
-        server.with_name("mailin.test").with_tcp_listener(listener);
-        std::thread::spawn(move || {
-            let _ = server.serve();
-        });
+        serve_mailin(listener, "mailin.test", handler);
         Mailin { port, seen, script }
     }
 

@@ -1,5 +1,5 @@
-//! `campaign send` against a real SMTP server (mailin-embedded on loopback): delivery,
-//! retries, bounces, halts, resume after a crash, the lock, pacing and the daily cap.
+//! `campaign send` against a real SMTP server (mailin on loopback): delivery, retries,
+//! bounces, halts, resume after a crash, the lock, pacing and the daily cap.
 
 mod common;
 

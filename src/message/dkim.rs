@@ -182,9 +182,15 @@ fn rsa(der: PrivateKeyDer<'_>, shown: &str, t: &DkimTable) -> Result<Key, String
         )
     };
     let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| {
-        // aws-lc refuses keys under 2048 bits itself, in its own words.
-        if e.to_string().contains("TooSmall") {
+        // ring signs with RSA keys of 2048 to 4096 bits and refuses others itself, in its own
+        // words (its KeyRejected reasons).
+        let why = e.to_string();
+        if why.contains("TooSmall") {
             too_small("fewer than 2048 bits")
+        } else if why.contains("TooLarge") {
+            format!(
+                "{shown} is an RSA key of more than 4096 bits, the most the signing library takes; use a 2048-bit key, what receivers expect (make one with `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048`)"
+            )
         } else {
             format!("{shown} is neither an RSA nor an Ed25519 private key that can sign ({e})")
         }
@@ -378,6 +384,63 @@ mod tests {
         let t = table(dir.path(), &ed, 0o600, None);
         let twice = Signers::load(&[t.clone(), t], dir.path()).err().unwrap();
         assert!(twice[0].contains("both sign with selector"), "{twice:?}");
+    }
+
+    /// A PKCS#1 `RSAPrivateKey` PEM whose modulus is `bits` (a multiple of 8) of ones and whose
+    /// other numbers are 1: no key, but enough for its size to be judged, which comes first.
+    fn rsa_pem_of(bits: usize) -> String {
+        use base64::Engine as _;
+        fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag];
+            let len = body.len();
+            if len < 0x80 {
+                out.push(len as u8);
+            } else {
+                let bytes: Vec<u8> = len
+                    .to_be_bytes()
+                    .into_iter()
+                    .skip_while(|&b| b == 0)
+                    .collect();
+                out.push(0x80 | bytes.len() as u8);
+                out.extend(bytes);
+            }
+            out.extend_from_slice(body);
+            out
+        }
+        let mut modulus = vec![0x00];
+        modulus.extend(std::iter::repeat_n(0xff, bits / 8));
+        let mut fields = tlv(0x02, &[0]);
+        fields.extend(tlv(0x02, &modulus));
+        fields.extend(tlv(0x02, &[0x01, 0x00, 0x01]));
+        for _ in 0..6 {
+            fields.extend(tlv(0x02, &[1]));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD.encode(tlv(0x30, &fields));
+        format!("-----BEGIN RSA PRIVATE KEY-----\n{b64}\n-----END RSA PRIVATE KEY-----\n")
+    }
+
+    #[test]
+    fn rsa_keys_outside_2048_to_4096_bits_are_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |bits| {
+            Signers::load(
+                &[table(dir.path(), &rsa_pem_of(bits), 0o600, None)],
+                dir.path(),
+            )
+            .err()
+            .map(|p| p.join("\n"))
+            .unwrap_or_default()
+        };
+        let short = load(1024);
+        assert!(
+            short.contains("fewer than 2048 bits") && short.contains("rsa_keygen_bits:2048"),
+            "{short}"
+        );
+        let long = load(4104);
+        assert!(
+            long.contains("more than 4096 bits") && long.contains("rsa_keygen_bits:2048"),
+            "{long}"
+        );
     }
 
     #[test]

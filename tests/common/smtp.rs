@@ -1,14 +1,14 @@
-//! A real SMTP server for tests: mailin-embedded on a free loopback port, recording every
-//! message it accepts, with a policy deciding each reply.
+//! A real SMTP server for tests: mailin's protocol engine on a free loopback port, recording
+//! every message it accepts, with a policy deciding each reply.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use mailin_embedded::response::{OK, START_DATA};
-use mailin_embedded::{Handler, Response, Server};
+use mailin::response::{OK, START_DATA};
+use mailin::{Action, Handler, Response, SessionBuilder};
 
 /// One accepted message.
 #[derive(Debug, Clone)]
@@ -142,14 +142,7 @@ impl TestServer {
             to: Vec::new(),
             data: Vec::new(),
         };
-        let mut server = Server::new(handler);
-        server
-            .with_name("test.invalid")
-            .with_num_threads(16)
-            .with_tcp_listener(listener);
-        std::thread::spawn(move || {
-            let _ = server.serve();
-        });
+        serve_mailin(listener, "test.invalid", handler);
         TestServer { port, inner }
     }
 
@@ -174,6 +167,62 @@ impl TestServer {
 
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves SMTP on `listener` with mailin's protocol engine (its parser and state machine decide
+/// every reply the handler does not), one thread per connection, each with its own clone of
+/// `handler`. The threads live until the test process ends.
+///
+/// mailin is the protocol core of mailin-embedded without that crate's TLS, whose rustls
+/// default features build a C crypto library; STARTTLS is not offered here (tls_smtp.rs has
+/// its own TLS server).
+pub fn serve_mailin<H: Handler + Clone + Send + 'static>(
+    listener: TcpListener,
+    name: &str,
+    handler: H,
+) {
+    let builder = SessionBuilder::new(name);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (builder, handler) = (builder.clone(), handler.clone());
+            std::thread::spawn(move || {
+                // A client that hangs up mid-session ends only its own session.
+                let _ = mailin_session(stream, &builder, handler);
+            });
+        }
+    });
+}
+
+/// One connection: the greeting, then a reply for each line until QUIT, an error that
+/// closes, or the client hanging up.
+fn mailin_session<H: Handler>(
+    stream: TcpStream,
+    builder: &SessionBuilder,
+    handler: H,
+) -> std::io::Result<()> {
+    let mut session = builder.build(stream.peer_addr()?.ip(), handler);
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = BufWriter::new(stream);
+    session.greeting().write_to(&mut writer)?;
+    writer.flush()?;
+    let mut line = Vec::with_capacity(128);
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let res = session.process(&line);
+        if res.action == Action::NoReply {
+            continue;
+        }
+        res.write_to(&mut writer)?;
+        writer.flush()?;
+        // UpgradeTls cannot come: STARTTLS is never offered.
+        if matches!(res.action, Action::Close | Action::UpgradeTls) {
+            return Ok(());
+        }
     }
 }
 
