@@ -1,4 +1,4 @@
-//! `campaign status` against runs sent to a real SMTP server (mailin-embedded on loopback):
+//! `campaign status` against runs sent to a real SMTP server (mailin on loopback):
 //! the run's state, the top reasons, the deferred donors, the next command and the exit code,
 //! which mirrors `send`'s.
 
