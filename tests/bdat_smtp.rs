@@ -1,7 +1,7 @@
 //! `transport::SmtpTransport` with CHUNKING (RFC 3030): MAIL, RCPT and `BDAT <size> LAST`
 //! with the message in one write, and what each reply then means.
 //!
-//! mailin-embedded (the in-process server of the other tests) does not offer CHUNKING, and
+//! mailin (the protocol engine of the other tests' in-process server) does not offer CHUNKING, and
 //! the Rust servers that do were not fit to add (one is GPL-3.0 on an old TLS stack, one a
 //! young part of a whole mail suite), so the server here is a small one of our own on a
 //! loopback port, one connection at a time, that reads BDAT chunks by their size as postfix
