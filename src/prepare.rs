@@ -15,7 +15,7 @@ use crate::csvio::RawRecord;
 use crate::donor::DonorReader;
 use crate::email::{RecipientKey, normalise};
 use crate::message::dkim::Signers;
-use crate::message::{Composer, MessageDate, Outgoing, recipient};
+use crate::message::{Composer, LineCache, MessageDate, Outgoing, recipient};
 use crate::render::{Donor, Problem, RunInfo, TemplateSet};
 use crate::schema::{Schema, TypedRow};
 use crate::suppress::{Suppressed, Suppressions};
@@ -42,10 +42,12 @@ pub struct PrepareError {
     pub reason: String,
 }
 
-/// Per-thread working space, so rows are checked without allocating each time.
+/// Per-thread working space, so rows are checked without allocating each time and body lines
+/// met before are not encoded again.
 #[derive(Default)]
 pub struct Workspace {
     typed: TypedRow,
+    lines: LineCache,
 }
 
 /// Everything needed to prepare any donor's message of a run; shared by all worker threads.
@@ -291,24 +293,27 @@ impl Preparer {
         let to = recipient(wire_to).map_err(|e| fail(&email, e.to_string()))?;
         let bytes = self
             .composer
-            .compose(&Outgoing {
-                to: &to,
-                to_name: rendered.to_name.as_deref(),
-                subject: &if subject_prefix.is_empty() {
-                    std::borrow::Cow::Borrowed(rendered.subject.as_str())
-                } else {
-                    std::borrow::Cow::Owned(format!("{subject_prefix}{}", rendered.subject))
+            .compose(
+                &Outgoing {
+                    to: &to,
+                    to_name: rendered.to_name.as_deref(),
+                    subject: &if subject_prefix.is_empty() {
+                        std::borrow::Cow::Borrowed(rendered.subject.as_str())
+                    } else {
+                        std::borrow::Cow::Owned(format!("{subject_prefix}{}", rendered.subject))
+                    },
+                    text: &rendered.text,
+                    html: rendered.html.as_deref(),
+                    unsubscribe_url: rendered.unsubscribe_url.as_deref(),
+                    list_id: rendered.list_id.as_deref(),
+                    feedback_id: rendered.feedback_id.as_deref(),
+                    email: &email,
+                    unsubscribe_token: &token,
+                    key,
+                    date: &self.date,
                 },
-                text: &rendered.text,
-                html: rendered.html.as_deref(),
-                unsubscribe_url: rendered.unsubscribe_url.as_deref(),
-                list_id: rendered.list_id.as_deref(),
-                feedback_id: rendered.feedback_id.as_deref(),
-                email: &email,
-                unsubscribe_token: &token,
-                key,
-                date: &self.date,
-            })
+                &mut ws.lines,
+            )
             .map_err(|e| fail(&email, e.to_string()))?;
         let bytes = self.dkim.sign(bytes).map_err(|e| fail(&email, e))?;
         Ok(Prepared {

@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use lettre::message::Mailbox;
 
-use super::body::{room, write_part};
+use super::body::{LineCache, room, write_part};
 use super::headers::{
     LIST_UNSUBSCRIBE_POST, ascii_value, check_header_value, list_unsubscribe_value, mailto_escape,
     mailto_uri, parse_mailbox, write_encoded_subject, write_mailbox, write_text, write_verbatim,
@@ -216,14 +216,19 @@ impl Composer {
         id
     }
 
-    /// Builds the full message bytes (CRLF line endings) ready for SMTP DATA.
+    /// Builds the full message bytes (CRLF line endings) ready for SMTP DATA. `lines` is the
+    /// calling worker's memory of encoded body lines, kept from one message to the next.
     ///
     /// # Errors
     /// [`MessageError::HeaderInjection`] for a control character in `to`, `to_name`, `subject`
     /// or `unsubscribe_url`; [`MessageError::UnsubscribeUrl`] for an unusable URL;
     /// [`MessageError::NotAscii`] for a List-Id or Feedback-ID that is not printable ASCII;
     /// [`MessageError::Build`] if a header line would exceed 998 octets.
-    pub fn compose(&self, m: &Outgoing<'_>) -> Result<Vec<u8>, MessageError> {
+    pub fn compose(
+        &self,
+        m: &Outgoing<'_>,
+        lines: &mut LineCache,
+    ) -> Result<Vec<u8>, MessageError> {
         let to: &str = m.to.as_ref();
         let to_name = m.to_name.map(str::trim).filter(|n| !n.is_empty());
         if let Some(name) = to_name {
@@ -301,7 +306,7 @@ impl Composer {
             // ends in CRLF because the body is written with a final line break.
             None => {
                 out.extend_from_slice(TEXT_PLAIN);
-                write_part(m.text, true, &mut out);
+                write_part(m.text, true, lines, &mut out);
             }
             Some(html) => {
                 let mut boundary = [0u8; BOUNDARY_LEN];
@@ -316,7 +321,7 @@ impl Composer {
                     out.extend_from_slice(&boundary);
                     out.extend_from_slice(b"\r\n");
                     out.extend_from_slice(content_type);
-                    write_part(body, false, &mut out);
+                    write_part(body, false, lines, &mut out);
                     out.extend_from_slice(b"\r\n");
                 }
                 out.extend_from_slice(b"--");
@@ -468,7 +473,9 @@ mod tests {
     fn bodies_round_trip_in_order() {
         let text = "Dear Zoë,\nthank you for £1,250.\n\nFriends of the Park — Łódź\n";
         let html = "<p>Dear Zoë,</p>\n<p>thank you for <b>£1,250</b> ✓</p>\n";
-        let bytes = composer().compose(&outgoing(text, Some(html))).unwrap();
+        let bytes = composer()
+            .compose(&outgoing(text, Some(html)), &mut LineCache::default())
+            .unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         let root = msg.root_part();
         assert_eq!(root.content_type().unwrap().ctype(), "multipart");
@@ -504,7 +511,9 @@ mod tests {
     #[test]
     fn text_only_is_a_single_part() {
         let text = "Dear Zoë,\r\nthank you.\r\n";
-        let bytes = composer().compose(&outgoing(text, None)).unwrap();
+        let bytes = composer()
+            .compose(&outgoing(text, None), &mut LineCache::default())
+            .unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
         let ct = msg.root_part().content_type().unwrap();
@@ -533,10 +542,16 @@ mod tests {
         assert_ne!(a, c.message_id(key("bob@example.org")));
         let other = Composer::new("gala-2027", &settings()).unwrap();
         assert_ne!(a, other.message_id(key("zoe@example.org")));
-        let bytes = c.compose(&outgoing("hi", None)).unwrap();
+        let bytes = c
+            .compose(&outgoing("hi", None), &mut LineCache::default())
+            .unwrap();
         assert!(header_block(&bytes).contains(&format!("\r\nMessage-ID: {a}\r\n")));
         // Two composes differ only in the MIME boundary (none here): same bytes.
-        assert_eq!(bytes, c.compose(&outgoing("hi", None)).unwrap());
+        assert_eq!(
+            bytes,
+            c.compose(&outgoing("hi", None), &mut LineCache::default())
+                .unwrap()
+        );
         for bad in ["", "a..b", "a.", ".a", "a b", "gala\n"] {
             assert!(
                 matches!(
@@ -605,7 +620,7 @@ mod tests {
                     if j == 6 {
                         m.to = crate::message::fixtures::to("josé@example.es");
                     }
-                    let ours = c.compose(&m).unwrap();
+                    let ours = c.compose(&m, &mut LineCache::default()).unwrap();
                     let lettres = crate::message::reference::compose(&c, "gala-2026", &s, &m);
                     assert_eq!(
                         String::from_utf8(crate::message::reference::without_boundary(&ours))
@@ -629,8 +644,8 @@ mod tests {
             rest[..rest.find('"').unwrap()].to_owned()
         };
         let (a, b) = (
-            composer().compose(&m).unwrap(),
-            composer().compose(&m).unwrap(),
+            composer().compose(&m, &mut LineCache::default()).unwrap(),
+            composer().compose(&m, &mut LineCache::default()).unwrap(),
         );
         let (ba, bb) = (boundary(&a), boundary(&b));
         assert_ne!(ba, bb);
@@ -652,12 +667,16 @@ mod tests {
         let m = outgoing(&text, Some(&html));
         let mut total = 0usize;
         for _ in 0..200 {
-            total += c.compose(&m).unwrap().len();
+            total += c.compose(&m, &mut LineCache::default()).unwrap().len();
         }
         let n = 20_000u32;
         let start = std::time::Instant::now();
         for _ in 0..n {
-            total += std::hint::black_box(c.compose(std::hint::black_box(&m)).unwrap()).len();
+            total += std::hint::black_box(
+                c.compose(std::hint::black_box(&m), &mut LineCache::default())
+                    .unwrap(),
+            )
+            .len();
         }
         let per = start.elapsed() / n;
         println!(

@@ -400,7 +400,7 @@ mod tests {
     use crate::message::fixtures::{
         NAME, SUBJECT, URL, assert_wire_format, composer, header_block, key, outgoing, settings,
     };
-    use crate::message::{Composer, Outgoing, fixtures, recipient};
+    use crate::message::{Composer, LineCache, Outgoing, fixtures, recipient};
 
     #[test]
     fn text_that_looks_like_an_encoded_word_reads_as_written() {
@@ -412,7 +412,7 @@ mod tests {
         ] {
             let mut m = outgoing("hi\n", None);
             m.subject = subject;
-            let bytes = c.compose(&m).unwrap();
+            let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
             assert_wire_format(&bytes);
             let head = header_block(&bytes);
             assert!(!head.contains(subject), "passed through as it is:\n{head}");
@@ -427,7 +427,9 @@ mod tests {
         let text = "Dear Zoë,\nthank you for £1,250.\n\nFriends of the Park\n";
         let html = "<p>Dear Zoë,</p>\n<p>thank you for <b>£1,250</b> ✓</p>\n";
         let c = composer();
-        let bytes = c.compose(&outgoing(text, Some(html))).unwrap();
+        let bytes = c
+            .compose(&outgoing(text, Some(html)), &mut LineCache::default())
+            .unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
 
@@ -496,7 +498,7 @@ mod tests {
         let inj = |f: &dyn Fn(&mut Outgoing<'_>)| {
             let mut m = outgoing("hi", None);
             f(&mut m);
-            c.compose(&m).unwrap_err()
+            c.compose(&m, &mut LineCache::default()).unwrap_err()
         };
         let evil = "Bob\r\nBcc: evil@x.org";
         assert_eq!(
@@ -564,7 +566,7 @@ mod tests {
         // A tab is legal whitespace in a subject.
         let mut m = outgoing("hi", None);
         m.subject = "Thanks\tagain";
-        let bytes = c.compose(&m).unwrap();
+        let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         assert!(msg.subject().unwrap().starts_with("Thanks"));
     }
@@ -582,7 +584,9 @@ mod tests {
         ] {
             let mut m = outgoing("hi", None);
             m.to_name = Some(name);
-            let bytes = c.compose(&m).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let bytes = c
+                .compose(&m, &mut LineCache::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_wire_format(&bytes);
             let msg = MessageParser::default().parse(&bytes).unwrap();
             let to = msg.to().unwrap().first().unwrap();
@@ -592,7 +596,7 @@ mod tests {
         // Blank names give a bare address.
         let mut m = outgoing("hi", None);
         m.to_name = Some("  ");
-        let bytes = c.compose(&m).unwrap();
+        let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
         assert!(header_block(&bytes).contains("\r\nTo: zoe@example.org\r\n"));
     }
 
@@ -604,7 +608,7 @@ mod tests {
         let subject = subject.trim_end();
         let mut m = outgoing("hi", None);
         m.subject = subject;
-        let bytes = c.compose(&m).unwrap();
+        let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
         assert_eq!(msg.subject(), Some(subject));
@@ -612,7 +616,7 @@ mod tests {
         // as they are): refused, not sent broken.
         let word = "x".repeat(1200);
         m.subject = &word;
-        let e = c.compose(&m).unwrap_err();
+        let e = c.compose(&m, &mut LineCache::default()).unwrap_err();
         assert!(matches!(e, MessageError::Build(_)), "{e}");
         assert!(e.to_string().contains("998"), "{e}");
     }
@@ -622,7 +626,7 @@ mod tests {
         let head = |c: &Composer, url: Option<&str>| {
             let mut m = outgoing("hi", None);
             m.unsubscribe_url = url;
-            let bytes = c.compose(&m).unwrap();
+            let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
             header_block(&bytes).to_owned()
         };
         let mut s = settings();
@@ -672,7 +676,7 @@ mod tests {
         let err = |url: &str| {
             let mut m = outgoing("hi", None);
             m.unsubscribe_url = Some(url);
-            c.compose(&m).unwrap_err()
+            c.compose(&m, &mut LineCache::default()).unwrap_err()
         };
         for (url, says) in [
             ("http://park.example/u", "does not start with https://"),
@@ -697,7 +701,7 @@ mod tests {
         // Upper-case scheme is fine.
         let mut m = outgoing("hi", None);
         m.unsubscribe_url = Some("HTTPS://park.example/u");
-        assert!(c.compose(&m).is_ok());
+        assert!(c.compose(&m, &mut LineCache::default()).is_ok());
     }
 
     #[test]
@@ -737,7 +741,9 @@ mod tests {
         s.from = "appeal@park.example".into();
         s.reply_to = Some("\"Park \\\"Friends\\\"\" <r@park.example>".into());
         let c = Composer::new("g", &s).unwrap();
-        let bytes = c.compose(&outgoing("hi", None)).unwrap();
+        let bytes = c
+            .compose(&outgoing("hi", None), &mut LineCache::default())
+            .unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         let from = msg.from().unwrap().first().unwrap();
         assert_eq!(
@@ -762,7 +768,9 @@ mod tests {
         ] {
             let mut m = outgoing("hi", None);
             m.to = fixtures::to(to);
-            let bytes = c.compose(&m).unwrap_or_else(|e| panic!("{to}: {e}"));
+            let bytes = c
+                .compose(&m, &mut LineCache::default())
+                .unwrap_or_else(|e| panic!("{to}: {e}"));
             assert_wire_format(&bytes);
             assert!(
                 header_block(&bytes).contains(&format!("<{to}>\r\n")),

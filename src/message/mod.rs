@@ -47,6 +47,7 @@ mod fixtures;
 #[cfg(test)]
 mod reference;
 
+pub use body::LineCache;
 pub use composer::{Composer, MessageDate, recipient};
 
 use crate::email::RecipientKey;

@@ -24,7 +24,12 @@ fn verbatim(name: &'static str, value: &str) -> HeaderValue {
 /// `text` encoded as the composer encodes a body, handed to lettre as pre-encoded.
 fn body(text: &str, final_newline: bool) -> Body {
     let mut out = Vec::new();
-    write_part(text, final_newline, &mut out);
+    write_part(
+        text,
+        final_newline,
+        &mut super::LineCache::default(),
+        &mut out,
+    );
     let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = std::str::from_utf8(&out[..at]).unwrap();
     let encoding = match head.strip_prefix("Content-Transfer-Encoding: ").unwrap() {
