@@ -15,7 +15,7 @@ use crate::csvio::RawRecord;
 use crate::donor::DonorReader;
 use crate::email::{RecipientKey, normalise};
 use crate::message::dkim::Signers;
-use crate::message::{Composer, LineCache, MessageDate, Outgoing, recipient};
+use crate::message::{Composer, MessageDate, Outgoing, Scratch, recipient};
 use crate::render::{Donor, Problem, RunInfo, TemplateSet};
 use crate::schema::{Schema, TypedRow};
 use crate::suppress::{Suppressed, Suppressions};
@@ -42,12 +42,19 @@ pub struct PrepareError {
     pub reason: String,
 }
 
-/// Per-thread working space, so rows are checked without allocating each time and body lines
-/// met before are not encoded again.
+/// Per-thread working space, so rows are checked and messages written without allocating
+/// each time, and body lines met before are not encoded again.
 #[derive(Default)]
 pub struct Workspace {
     typed: TypedRow,
-    lines: LineCache,
+    message: Scratch,
+}
+
+impl Workspace {
+    /// Takes back a message's bytes once they are no longer needed, for the next message.
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        self.message.recycle(bytes);
+    }
 }
 
 /// Everything needed to prepare any donor's message of a run; shared by all worker threads.
@@ -312,7 +319,7 @@ impl Preparer {
                     key,
                     date: &self.date,
                 },
-                &mut ws.lines,
+                &mut ws.message,
             )
             .map_err(|e| fail(&email, e.to_string()))?;
         let bytes = self.dkim.sign(bytes).map_err(|e| fail(&email, e))?;

@@ -61,33 +61,53 @@ struct Scan {
 
 /// What one worker remembers between messages: the quoted-printable of the lines it has met
 /// before. Nearly every line of a message is the templates' own text, the same for every
-/// donor, so most lines are copied from here instead of encoded again.
+/// donor, so most of a body is copied from here instead of encoded again.
 ///
-/// A line is looked up by a hash of it and compared in full before its encoding is used. It is
+/// Lines are kept in the order met, each followed by its line break, and their encodings
+/// likewise, so a run of lines kept one after the other is one stretch of both. A body line is
+/// looked up by a hash of it; once found, as much of the body as goes on equal to what was
+/// kept after that line is matched byte by byte and its encoding copied at once. A line is
 /// kept from its second sighting on, so a line with one donor's name in it is rarely kept;
 /// when the cache is full it starts again empty.
 #[derive(Default)]
-pub struct LineCache {
+pub(super) struct LineCache {
     lines: HashMap<u64, Line, BuildHasherDefault<Unmixed>>,
-    /// Each kept line followed by its encoding.
-    arena: Vec<u8>,
+    /// The kept lines in the order kept, as they are in `text` and `encoded`.
+    kept: Vec<Kept>,
+    /// The kept lines, each followed by `\n`.
+    text: Vec<u8>,
+    /// Their encodings, each followed by CRLF.
+    encoded: Vec<u8>,
+    /// Whether the line before was just added to `kept`: a short run of lines met again then
+    /// is added once more, so that `kept` holds a template's lines in their order even where
+    /// lines recur (a `</td>` kept at its first place would end every run at its second).
+    adding: bool,
 }
+
+/// Runs of fewer kept lines than this are added again while adding (see `adding`); a longer
+/// one means the lines that follow are kept already.
+const SHORT_RUN: usize = 8;
 
 /// What [`LineCache`] knows of a line.
 enum Line {
     /// Met once.
     Seen,
-    /// Kept: the line at `arena[at..at + len]`, its encoding right after it.
-    Kept {
-        at: usize,
-        len: usize,
-        encoded: usize,
-        escaped: usize,
-    },
+    /// Kept: `kept[i]`.
+    Kept(usize),
 }
 
-/// Lines shorter than this are encoded each time: that costs about what a look-up does.
-const MIN_CACHED_LINE: usize = 1;
+/// Where a kept line is.
+#[derive(Clone, Copy)]
+struct Kept {
+    /// `text[at..at + len]`.
+    at: usize,
+    len: usize,
+    /// `encoded[encoded_at..encoded_at + encoded_len]`.
+    encoded_at: usize,
+    encoded_len: usize,
+    escaped: usize,
+}
+
 /// Bounds of one worker's cache: the fixture templates' lines take ~100 KB.
 const MAX_CACHED_LINES: usize = 16_384;
 const MAX_CACHED_BYTES: usize = 1 << 20;
@@ -112,50 +132,151 @@ impl Hasher for Unmixed {
     }
 }
 
-impl LineCache {
-    /// Appends the quoted-printable of `line` (no line break in it), from the cache when it
-    /// is there; adds its escapes to `scan`.
-    fn encode(&mut self, line: &[u8], out: &mut Vec<u8>, scan: &mut Scan) {
-        let key = xxhash_rust::xxh3::xxh3_64(line);
-        let seen = match self.lines.get(&key) {
-            Some(&Line::Kept {
-                at,
-                len,
-                encoded,
-                escaped,
-            }) if &self.arena[at..at + len] == line => {
-                out.extend_from_slice(&self.arena[at + len..at + len + encoded]);
-                scan.escaped += escaped;
-                return;
-            }
-            Some(Line::Seen) => true,
-            // Not met, or another line with the same hash: that one stays.
-            Some(Line::Kept { .. }) | None => false,
+/// How many bytes `a` and `b` have in common at the start, sixteen at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        let word = |s: &[u8]| {
+            let mut w = [0u8; 16];
+            w.copy_from_slice(&s[i..i + 16]);
+            u128::from_le_bytes(w)
         };
+        let diff = word(a) ^ word(b);
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
+        i += 16;
+    }
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+impl LineCache {
+    /// Appends the encoding of `input[pos..]`'s first line and of as many lines after it as
+    /// were kept after it, each with its CRLF, when that first line is kept and ends in `\n`;
+    /// returns where the input goes on, or `None` when the line is not kept.
+    fn copy_kept(
+        &mut self,
+        input: &[u8],
+        pos: usize,
+        line: &[u8],
+        key: u64,
+        out: &mut Vec<u8>,
+        scan: &mut Scan,
+    ) -> Option<usize> {
+        let &Line::Kept(first) = self.lines.get(&key)? else {
+            return None;
+        };
+        let start = self.kept[first];
+        // The line and its `\n`, then whatever follows equally.
+        let same = common_prefix(&input[pos..], &self.text[start.at..]);
+        if same < line.len() + 1 {
+            return None;
+        }
+        let mut last = first;
+        while let Some(next) = self.kept.get(last + 1)
+            && next.at + next.len < start.at + same
+        {
+            last += 1;
+        }
+        for k in &self.kept[first..=last] {
+            scan.escaped += k.escaped;
+            scan.longest_line = scan.longest_line.max(k.len);
+        }
+        let end = self.kept[last];
+        out.extend_from_slice(
+            &self.encoded[start.encoded_at..end.encoded_at + end.encoded_len + 2],
+        );
+        if self.adding && last - first < SHORT_RUN {
+            self.repeat(first, last);
+        } else {
+            self.adding = false;
+        }
+        Some(pos + (end.at + end.len + 1 - start.at))
+    }
+
+    /// Adds `kept[first..=last]` to the end of `kept` once more.
+    fn repeat(&mut self, first: usize, last: usize) {
+        let (start, end) = (self.kept[first], self.kept[last]);
+        let text = start.at..end.at + end.len + 1;
+        let encoded = start.encoded_at..end.encoded_at + end.encoded_len + 2;
+        if self.kept.len() + (last - first) >= MAX_CACHED_LINES
+            || self.text.len() + self.encoded.len() + text.len() + encoded.len() > MAX_CACHED_BYTES
+        {
+            self.adding = false;
+            return;
+        }
+        let (text_shift, encoded_shift) = (
+            self.text.len() - text.start,
+            self.encoded.len() - encoded.start,
+        );
+        for i in first..=last {
+            let k = self.kept[i];
+            self.kept.push(Kept {
+                at: k.at + text_shift,
+                encoded_at: k.encoded_at + encoded_shift,
+                ..k
+            });
+        }
+        self.text.extend_from_within(text);
+        self.encoded.extend_from_within(encoded);
+    }
+
+    /// Adds `line` and its encoding to the end of `kept`, starting again empty when full.
+    fn add(&mut self, line: &[u8], encoded: &[u8], escaped: usize) -> usize {
+        if self.kept.len() >= MAX_CACHED_LINES
+            || self.text.len() + self.encoded.len() + line.len() + encoded.len() > MAX_CACHED_BYTES
+        {
+            self.lines.clear();
+            self.kept.clear();
+            self.text.clear();
+            self.encoded.clear();
+        }
+        self.kept.push(Kept {
+            at: self.text.len(),
+            len: line.len(),
+            encoded_at: self.encoded.len(),
+            encoded_len: encoded.len(),
+            escaped,
+        });
+        self.text.extend_from_slice(line);
+        self.text.push(b'\n');
+        self.encoded.extend_from_slice(encoded);
+        self.encoded.extend_from_slice(b"\r\n");
+        self.adding = true;
+        self.kept.len() - 1
+    }
+
+    /// Appends the encoding of `line` (no line break in it), keeping it if this is its second
+    /// sighting and `terminated` (it ends in `\n`).
+    fn encode(
+        &mut self,
+        line: &[u8],
+        key: u64,
+        terminated: bool,
+        out: &mut Vec<u8>,
+        scan: &mut Scan,
+    ) {
         let start = out.len();
         let escaped = quoted_printable(line, out).escaped;
         scan.escaped += escaped;
-        let encoded = out.len() - start;
-        if self.lines.len() >= MAX_CACHED_LINES
-            || self.arena.len() + line.len() + encoded > MAX_CACHED_BYTES
-        {
-            self.lines.clear();
-            self.arena.clear();
+        scan.longest_line = scan.longest_line.max(line.len());
+        if !terminated {
+            self.adding = false;
+            return;
         }
-        if seen {
-            let at = self.arena.len();
-            self.arena.extend_from_slice(line);
-            self.arena.extend_from_slice(&out[start..]);
-            let kept = Line::Kept {
-                at,
-                len: line.len(),
-                encoded,
-                escaped,
-            };
-            self.lines.insert(key, kept);
-        } else {
+        if !matches!(self.lines.get(&key), Some(Line::Seen)) {
+            // Met for the first time, or another line with the same hash: that one stays.
             self.lines.entry(key).or_insert(Line::Seen);
+            self.adding = false;
+            return;
         }
+        let i = self.add(line, &out[start..], escaped);
+        self.lines.insert(key, Line::Kept(i));
     }
 }
 
@@ -171,22 +292,23 @@ fn quoted_printable_lines(input: &[u8], cache: &mut LineCache, out: &mut Vec<u8>
         escaped: 0,
         longest_line: 0,
     };
-    let mut start = 0;
-    loop {
-        let end = memchr::memchr(b'\n', &input[start..]).map_or(input.len(), |k| start + k);
-        let line = &input[start..end];
-        scan.longest_line = scan.longest_line.max(line.len());
-        if line.len() >= MIN_CACHED_LINE {
-            cache.encode(line, out, &mut scan);
-        } else {
-            scan.escaped += quoted_printable(line, out).escaped;
+    let mut pos = 0;
+    while pos < input.len() {
+        let end = memchr::memchr(b'\n', &input[pos..]).map_or(input.len(), |k| pos + k);
+        let line = &input[pos..end];
+        let terminated = end < input.len();
+        let key = xxhash_rust::xxh3::xxh3_64(line);
+        if terminated && let Some(next) = cache.copy_kept(input, pos, line, key, out, &mut scan) {
+            pos = next;
+            continue;
         }
-        if end == input.len() {
-            return scan;
+        cache.encode(line, key, terminated, out, &mut scan);
+        if terminated {
+            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"\r\n");
-        start = end + 1;
+        pos = end + 1;
     }
+    scan
 }
 
 /// Room to reserve for the encoded part of `len` bytes of mostly ASCII text, so it is
@@ -420,6 +542,7 @@ mod tests {
     use mail_parser::MessageParser;
 
     use super::*;
+    use crate::message::Scratch;
     use crate::message::fixtures::{
         assert_wire_format, composer, header_block, long_html, outgoing,
     };
@@ -429,7 +552,7 @@ mod tests {
         let c = composer();
         let enc = |text: &str| {
             let bytes = c
-                .compose(&outgoing(text, None), &mut LineCache::default())
+                .compose(&outgoing(text, None), &mut Scratch::default())
                 .unwrap();
             assert_wire_format(&bytes);
             let head = header_block(&bytes).to_owned();
@@ -451,7 +574,7 @@ mod tests {
         assert_eq!(enc(&"田中さん、ありがとう。".repeat(50)), "base64");
         // A stray CR becomes a line break instead of a bare CR on the wire.
         let bytes = c
-            .compose(&outgoing("a\rb\r\nc\n", None), &mut LineCache::default())
+            .compose(&outgoing("a\rb\r\nc\n", None), &mut Scratch::default())
             .unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
@@ -465,7 +588,7 @@ mod tests {
         let long_text = format!("{}\n", "word ".repeat(1200));
         for html in [&long_html, &long_ascii_html] {
             let bytes = composer()
-                .compose(&outgoing(&long_text, Some(html)), &mut LineCache::default())
+                .compose(&outgoing(&long_text, Some(html)), &mut Scratch::default())
                 .unwrap();
             assert_wire_format(&bytes);
             let msg = MessageParser::default().parse(&bytes).unwrap();
@@ -576,7 +699,7 @@ mod tests {
             );
             for html in [None, Some(text.as_str())] {
                 let m = outgoing(&text, html);
-                let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
+                let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
                 assert_wire_format(&bytes);
                 let msg = MessageParser::default().parse(&bytes).unwrap();
                 assert_eq!(
@@ -707,9 +830,49 @@ mod tests {
                 quoted_printable_lines(line.as_bytes(), &mut cache, &mut out);
                 assert_eq!(out, line.as_bytes());
             }
-            assert!(cache.lines.len() <= MAX_CACHED_LINES);
-            assert!(cache.arena.len() <= MAX_CACHED_BYTES);
+            assert!(cache.kept.len() <= MAX_CACHED_LINES);
+            assert!(cache.text.len() + cache.encoded.len() <= MAX_CACHED_BYTES);
         }
+    }
+
+    #[test]
+    fn runs_of_remembered_lines_match_only_as_far_as_they_go() {
+        // Texts made of lines from a small pool, so runs of kept lines recur, break off, go
+        // on elsewhere, and end at the end of the text with or without a line break.
+        let pool = [
+            "<td style=\"padding:0\">",
+            "Dear Zoë,",
+            "",
+            "a line longer than seventy-six characters, which gets a soft break somewhere in it",
+            "trailing space ",
+            "</td>",
+            "£500",
+        ];
+        let mut seed = 0x1234_5678_9abc_def1_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut cache = LineCache::default();
+        for round in 0..500 {
+            let lines = (next() % 12) as usize;
+            let mut text: String = (0..lines)
+                .map(|_| pool[(next() % pool.len() as u64) as usize])
+                .collect::<Vec<_>>()
+                .join("\n");
+            if next() % 2 == 0 {
+                text.push('\n');
+            }
+            let mut whole = Vec::new();
+            let expected = quoted_printable(text.as_bytes(), &mut whole);
+            let mut by_lines = b"head".to_vec();
+            let scan = quoted_printable_lines(text.as_bytes(), &mut cache, &mut by_lines);
+            assert_eq!(&by_lines[4..], &whole[..], "round {round}: {text:?}");
+            assert_eq!(scan, expected, "round {round}: {text:?}");
+        }
+        assert!(!cache.kept.is_empty());
     }
 
     #[test]

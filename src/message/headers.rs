@@ -18,6 +18,9 @@ use lettre::message::Mailbox;
 use super::{MessageError, codepoint, describe};
 use crate::email::Address;
 
+/// Where the header encoders fold a line (email-encoding's limit, RFC 2047's 76).
+const MAX_HEADER_LINE: usize = 76;
+
 /// The longest unsubscribe URL accepted: `List-Unsubscribe: <URL>,` must fit one line.
 const MAX_URL: usize = 900;
 
@@ -131,6 +134,13 @@ pub(super) fn write_text(name: &str, value: &str, out: &mut Vec<u8>) -> Result<(
     }
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
+    // Plain text that fits the line needs neither encoding nor folding: the writers below
+    // would give it back as it is, at a few hundred instructions a word.
+    if name.len() + 2 + value.len() <= MAX_HEADER_LINE && plain(value) {
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        return Ok(());
+    }
     let mut sink = Sink(out);
     written((|| {
         let mut w = EmailWriter::new(&mut sink, name.len() + 2, 0, false);
@@ -400,7 +410,7 @@ mod tests {
     use crate::message::fixtures::{
         NAME, SUBJECT, URL, assert_wire_format, composer, header_block, key, outgoing, settings,
     };
-    use crate::message::{Composer, LineCache, Outgoing, fixtures, recipient};
+    use crate::message::{Composer, Outgoing, Scratch, fixtures, recipient};
 
     #[test]
     fn text_that_looks_like_an_encoded_word_reads_as_written() {
@@ -412,7 +422,7 @@ mod tests {
         ] {
             let mut m = outgoing("hi\n", None);
             m.subject = subject;
-            let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
+            let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
             assert_wire_format(&bytes);
             let head = header_block(&bytes);
             assert!(!head.contains(subject), "passed through as it is:\n{head}");
@@ -428,7 +438,7 @@ mod tests {
         let html = "<p>Dear Zoë,</p>\n<p>thank you for <b>£1,250</b> ✓</p>\n";
         let c = composer();
         let bytes = c
-            .compose(&outgoing(text, Some(html)), &mut LineCache::default())
+            .compose(&outgoing(text, Some(html)), &mut Scratch::default())
             .unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
@@ -498,7 +508,7 @@ mod tests {
         let inj = |f: &dyn Fn(&mut Outgoing<'_>)| {
             let mut m = outgoing("hi", None);
             f(&mut m);
-            c.compose(&m, &mut LineCache::default()).unwrap_err()
+            c.compose(&m, &mut Scratch::default()).unwrap_err()
         };
         let evil = "Bob\r\nBcc: evil@x.org";
         assert_eq!(
@@ -566,7 +576,7 @@ mod tests {
         // A tab is legal whitespace in a subject.
         let mut m = outgoing("hi", None);
         m.subject = "Thanks\tagain";
-        let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
+        let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         assert!(msg.subject().unwrap().starts_with("Thanks"));
     }
@@ -585,7 +595,7 @@ mod tests {
             let mut m = outgoing("hi", None);
             m.to_name = Some(name);
             let bytes = c
-                .compose(&m, &mut LineCache::default())
+                .compose(&m, &mut Scratch::default())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_wire_format(&bytes);
             let msg = MessageParser::default().parse(&bytes).unwrap();
@@ -596,7 +606,7 @@ mod tests {
         // Blank names give a bare address.
         let mut m = outgoing("hi", None);
         m.to_name = Some("  ");
-        let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
+        let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
         assert!(header_block(&bytes).contains("\r\nTo: zoe@example.org\r\n"));
     }
 
@@ -608,7 +618,7 @@ mod tests {
         let subject = subject.trim_end();
         let mut m = outgoing("hi", None);
         m.subject = subject;
-        let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
+        let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
         assert_eq!(msg.subject(), Some(subject));
@@ -616,7 +626,7 @@ mod tests {
         // as they are): refused, not sent broken.
         let word = "x".repeat(1200);
         m.subject = &word;
-        let e = c.compose(&m, &mut LineCache::default()).unwrap_err();
+        let e = c.compose(&m, &mut Scratch::default()).unwrap_err();
         assert!(matches!(e, MessageError::Build(_)), "{e}");
         assert!(e.to_string().contains("998"), "{e}");
     }
@@ -626,7 +636,7 @@ mod tests {
         let head = |c: &Composer, url: Option<&str>| {
             let mut m = outgoing("hi", None);
             m.unsubscribe_url = url;
-            let bytes = c.compose(&m, &mut LineCache::default()).unwrap();
+            let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
             header_block(&bytes).to_owned()
         };
         let mut s = settings();
@@ -676,7 +686,7 @@ mod tests {
         let err = |url: &str| {
             let mut m = outgoing("hi", None);
             m.unsubscribe_url = Some(url);
-            c.compose(&m, &mut LineCache::default()).unwrap_err()
+            c.compose(&m, &mut Scratch::default()).unwrap_err()
         };
         for (url, says) in [
             ("http://park.example/u", "does not start with https://"),
@@ -701,7 +711,7 @@ mod tests {
         // Upper-case scheme is fine.
         let mut m = outgoing("hi", None);
         m.unsubscribe_url = Some("HTTPS://park.example/u");
-        assert!(c.compose(&m, &mut LineCache::default()).is_ok());
+        assert!(c.compose(&m, &mut Scratch::default()).is_ok());
     }
 
     #[test]
@@ -742,7 +752,7 @@ mod tests {
         s.reply_to = Some("\"Park \\\"Friends\\\"\" <r@park.example>".into());
         let c = Composer::new("g", &s).unwrap();
         let bytes = c
-            .compose(&outgoing("hi", None), &mut LineCache::default())
+            .compose(&outgoing("hi", None), &mut Scratch::default())
             .unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         let from = msg.from().unwrap().first().unwrap();
@@ -769,7 +779,7 @@ mod tests {
             let mut m = outgoing("hi", None);
             m.to = fixtures::to(to);
             let bytes = c
-                .compose(&m, &mut LineCache::default())
+                .compose(&m, &mut Scratch::default())
                 .unwrap_or_else(|e| panic!("{to}: {e}"));
             assert_wire_format(&bytes);
             assert!(

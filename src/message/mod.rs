@@ -47,8 +47,7 @@ mod fixtures;
 #[cfg(test)]
 mod reference;
 
-pub use body::LineCache;
-pub use composer::{Composer, MessageDate, recipient};
+pub use composer::{Composer, MessageDate, Scratch, recipient};
 
 use crate::email::RecipientKey;
 

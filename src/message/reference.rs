@@ -27,7 +27,7 @@ fn body(text: &str, final_newline: bool) -> Body {
     write_part(
         text,
         final_newline,
-        &mut super::LineCache::default(),
+        &mut super::body::LineCache::default(),
         &mut out,
     );
     let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
