@@ -279,6 +279,7 @@ fn render_chunk(
                         e.empty_name = Some(candidate());
                     }
                 }
+                ws.recycle(p.bytes);
             }
             Err(e) => out.failures.push(Failure {
                 chunk: chunk.file.clone(),

@@ -15,7 +15,7 @@ use crate::csvio::RawRecord;
 use crate::donor::DonorReader;
 use crate::email::{RecipientKey, normalise};
 use crate::message::dkim::Signers;
-use crate::message::{Composer, Outgoing};
+use crate::message::{Composer, MessageDate, Outgoing, Scratch, recipient};
 use crate::render::{Donor, Problem, RunInfo, TemplateSet};
 use crate::schema::{Schema, TypedRow};
 use crate::suppress::{Suppressed, Suppressions};
@@ -42,10 +42,19 @@ pub struct PrepareError {
     pub reason: String,
 }
 
-/// Per-thread working space, so rows are checked without allocating each time.
+/// Per-thread working space, so rows are checked and messages written without allocating
+/// each time, and body lines met before are not encoded again.
 #[derive(Default)]
 pub struct Workspace {
     typed: TypedRow,
+    message: Scratch,
+}
+
+impl Workspace {
+    /// Takes back a message's bytes once they are no longer needed, for the next message.
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        self.message.recycle(bytes);
+    }
 }
 
 /// Everything needed to prepare any donor's message of a run; shared by all worker threads.
@@ -56,7 +65,7 @@ pub struct Preparer {
     dkim: Signers,
     secret: Option<UnsubscribeSecret>,
     campaign_id: String,
-    now: Timestamp,
+    date: MessageDate,
 }
 
 /// What a [`Preparer`] is built from: the donor file's header and the segments, from a run's
@@ -141,15 +150,20 @@ impl Preparer {
                     .map(Problem::to_string),
             );
         }
-        match (reader, composer) {
-            (Some(reader), Some(composer)) if problems.is_empty() => Ok(Preparer {
+        let date = MessageDate::new(now)
+            .map_err(|e| format!("{}: {e}: check the system clock", campaign.path.display()));
+        if let Err(e) = &date {
+            problems.push(e.clone());
+        }
+        match (reader, composer, date) {
+            (Some(reader), Some(composer), Ok(date)) if problems.is_empty() => Ok(Preparer {
                 reader,
                 templates,
                 composer,
                 dkim,
                 secret,
                 campaign_id: campaign.id.as_str().to_owned(),
-                now,
+                date,
             }),
             _ => Err(problems),
         }
@@ -282,29 +296,33 @@ impl Preparer {
         // donor needs no SMTPUTF8 of the relay; the ledger keeps the address as given.
         let ascii = addr.ascii_domain_form();
         let wire_to = ascii.as_deref().unwrap_or(addr.as_str());
+        // Read by lettre once, for the To header and the envelope both.
+        let to = recipient(wire_to).map_err(|e| fail(&email, e.to_string()))?;
         let bytes = self
             .composer
-            .compose(&Outgoing {
-                to: wire_to,
-                to_name: rendered.to_name.as_deref(),
-                subject: &if subject_prefix.is_empty() {
-                    std::borrow::Cow::Borrowed(rendered.subject.as_str())
-                } else {
-                    std::borrow::Cow::Owned(format!("{subject_prefix}{}", rendered.subject))
+            .compose(
+                &Outgoing {
+                    to: &to,
+                    to_name: rendered.to_name.as_deref(),
+                    subject: &if subject_prefix.is_empty() {
+                        std::borrow::Cow::Borrowed(rendered.subject.as_str())
+                    } else {
+                        std::borrow::Cow::Owned(format!("{subject_prefix}{}", rendered.subject))
+                    },
+                    text: &rendered.text,
+                    html: rendered.html.as_deref(),
+                    unsubscribe_url: rendered.unsubscribe_url.as_deref(),
+                    list_id: rendered.list_id.as_deref(),
+                    feedback_id: rendered.feedback_id.as_deref(),
+                    email: &email,
+                    unsubscribe_token: &token,
+                    key,
+                    date: &self.date,
                 },
-                text: &rendered.text,
-                html: rendered.html.as_deref(),
-                unsubscribe_url: rendered.unsubscribe_url.as_deref(),
-                list_id: rendered.list_id.as_deref(),
-                feedback_id: rendered.feedback_id.as_deref(),
-                email: &email,
-                unsubscribe_token: &token,
-                key,
-                date: self.now,
-            })
+                &mut ws.message,
+            )
             .map_err(|e| fail(&email, e.to_string()))?;
         let bytes = self.dkim.sign(bytes).map_err(|e| fail(&email, e))?;
-        let to = Envelope::recipient(wire_to).map_err(|o| fail(&email, format!("{o:?}")))?;
         Ok(Prepared {
             key,
             envelope: Envelope::new(self.composer.sender(key), to),

@@ -2,22 +2,26 @@
 //!
 //! This owns which headers a message has and in what order, the Message-ID (and so what the
 //! campaign id and the From domain must be), the MIME structure (a plain body, or
-//! `multipart/alternative` with text first) and the last check of the bytes (CRLF only, no line
-//! over 998 octets). It never decides which characters a header value may hold or how a
-//! `[message]` address is read ([`super::headers`] does), and never encodes a body
-//! ([`super::body`] does).
+//! `multipart/alternative` with text first) and the last check of the header lines (CRLF only,
+//! none over 998 octets). It never decides which characters a header value may hold, how a
+//! `[message]` address is read or how a header line is encoded ([`super::headers`] does), and
+//! never encodes a body ([`super::body`] does).
+//!
+//! The bytes are those lettre's message builder wrote (same headers, order, encodings,
+//! folding and MIME layout; the tests hold them to it), written straight into one buffer: the
+//! builder re-parsed every mailbox it had just written and copied each part several times,
+//! more than half of a message's cost.
 
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
-use lettre::address::Envelope;
-use lettre::message::header::{ContentType, MIME_VERSION_1_0};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::Mailbox;
 
-use super::body::encode_body;
+use super::body::{LineCache, room, write_part};
+
 use super::headers::{
-    EncodedSubject, FeedbackId, ListId, ListUnsubscribe, ListUnsubscribePost, check_header_value,
-    list_unsubscribe_value, mailto_escape, mailto_uri, parse_mailbox,
+    LIST_UNSUBSCRIBE_POST, ascii_value, check_header_value, list_unsubscribe_value, mailto_escape,
+    mailto_uri, parse_mailbox, write_encoded_subject, write_mailbox, write_text, write_verbatim,
 };
 use super::{MAX_LINE, MessageError, Outgoing};
 use crate::campaign::MessageSettings;
@@ -32,7 +36,8 @@ pub struct Composer {
     from: Mailbox,
     /// The envelope sender: `[message] return_path`, else From's address.
     sender: Sender,
-    reply_to: Option<Mailbox>,
+    /// The From and Reply-To header lines, the same in every message.
+    originator: Vec<u8>,
     /// `<mailto:...?subject=unsubscribe`: each message adds its campaign, address and token
     /// (see [`Composer::compose`]).
     mailto: Option<String>,
@@ -52,6 +57,70 @@ enum Sender {
 
 /// What `[message] return_path` writes for the donor's key.
 const VERP_KEY: &str = "{{ key }}";
+
+/// The Date header of a run's messages, as lettre writes it, formatted once: every message of
+/// a run is dated when the run started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageDate(pub(super) String);
+
+impl MessageDate {
+    /// The Date header line for `at`.
+    ///
+    /// # Errors
+    /// [`MessageError::Build`] for a time before 1970, which no clock in service shows.
+    pub fn new(at: jiff::Timestamp) -> Result<MessageDate, MessageError> {
+        let time = SystemTime::try_from(at)
+            .ok()
+            .filter(|d| *d >= SystemTime::UNIX_EPOCH)
+            .ok_or_else(|| MessageError::Build(format!("the date {at} is before 1970")))?;
+        let mut headers = lettre::message::header::Headers::new();
+        headers.set(lettre::message::header::Date::new(time));
+        Ok(MessageDate(headers.to_string()))
+    }
+}
+
+/// What one worker keeps from one message to the next: the body lines it has encoded, and
+/// the last message's buffer once it is given back, so a message is written without
+/// allocating (a 10 KB buffer cost more than a short header's encoding).
+#[derive(Default)]
+pub struct Scratch {
+    lines: LineCache,
+    spare: Vec<u8>,
+}
+
+impl Scratch {
+    /// Takes back a message's bytes, once sent or thrown away, for the next message.
+    pub fn recycle(&mut self, bytes: Vec<u8>) {
+        self.spare = bytes;
+    }
+}
+
+/// Reads a donor's address as lettre writes it, into To and into the envelope.
+///
+/// # Errors
+/// [`MessageError::BadAddress`] when lettre cannot represent it.
+pub fn recipient(to: &str) -> Result<lettre::Address, MessageError> {
+    to.trim_ascii().parse().map_err(
+        |e: lettre::address::AddressError| MessageError::BadAddress {
+            field: "to",
+            value: to.to_owned(),
+            reason: format!("{to:?}: {e} (lettre cannot write it into a header)"),
+        },
+    )
+}
+
+/// The MIME-Version line of every message.
+const MIME_VERSION: &[u8] = b"MIME-Version: 1.0\r\n";
+/// The message's Content-Type up to the boundary, which comes next, then [`MULTIPART_END`].
+const MULTIPART: &[u8] = b"Content-Type: multipart/alternative;\r\n boundary=\"";
+const MULTIPART_END: &[u8] = b"\"\r\n\r\n";
+/// Characters in a boundary, as lettre makes them: random letters and digits, so that no
+/// body line can be one by chance.
+const BOUNDARY_LEN: usize = 40;
+const TEXT_PLAIN: &[u8] = b"Content-Type: text/plain; charset=utf-8\r\n";
+const TEXT_HTML: &[u8] = b"Content-Type: text/html; charset=utf-8\r\n";
+/// Room for the header block, so that a message is written without growing its buffer.
+const HEADER_ROOM: usize = 1536;
 
 impl Composer {
     /// Parses From / Reply-To (`Display Name <addr>` or bare, display name may be non-ASCII)
@@ -110,11 +179,17 @@ impl Composer {
                 Sender::Fixed(mailbox.email)
             }
         };
+        let mut originator = Vec::new();
+        for (name, mailbox) in [("From", Some(&from)), ("Reply-To", reply_to.as_ref())] {
+            if let Some(m) = mailbox {
+                write_mailbox(name, m.name.as_deref(), m.email.as_ref(), &mut originator)?;
+            }
+        }
         Ok(Composer {
             campaign_id: campaign_id.to_owned(),
             sender,
             from,
-            reply_to,
+            originator,
             mailto,
             id_domain,
         })
@@ -158,14 +233,20 @@ impl Composer {
         id
     }
 
-    /// Builds the full message bytes (CRLF line endings) ready for SMTP DATA.
+    /// Builds the full message bytes (CRLF line endings) ready for SMTP DATA, with the calling
+    /// worker's `scratch`.
     ///
     /// # Errors
     /// [`MessageError::HeaderInjection`] for a control character in `to`, `to_name`, `subject`
     /// or `unsubscribe_url`; [`MessageError::UnsubscribeUrl`] for an unusable URL;
-    /// [`MessageError::BadAddress`] if lettre cannot represent `to`; [`MessageError::Build`]
-    /// if lettre refuses the message or a header line would exceed 998 octets.
-    pub fn compose(&self, m: &Outgoing<'_>) -> Result<Vec<u8>, MessageError> {
+    /// [`MessageError::NotAscii`] for a List-Id or Feedback-ID that is not printable ASCII;
+    /// [`MessageError::Build`] if a header line would exceed 998 octets.
+    pub fn compose(
+        &self,
+        m: &Outgoing<'_>,
+        scratch: &mut Scratch,
+    ) -> Result<Vec<u8>, MessageError> {
+        let to: &str = m.to.as_ref();
         let to_name = m.to_name.map(str::trim).filter(|n| !n.is_empty());
         if let Some(name) = to_name {
             check_header_value("to_name", name, false)?;
@@ -174,7 +255,7 @@ impl Composer {
         if let Some(url) = m.unsubscribe_url {
             check_header_value("unsubscribe_url", url, false)?;
         }
-        check_header_value("to", m.to, false)?;
+        check_header_value("to", to, false)?;
 
         // The mailto's subject carries the campaign, the address and its token, so a reply
         // can be checked (`campaign bounces`) without trusting its From.
@@ -195,94 +276,88 @@ impl Composer {
             (None, Some(mailto)) => Some(mailto),
             (None, None) => None,
         };
+        let list_id = m.list_id.map(|v| ascii_value("list_id", v)).transpose()?;
+        let feedback_id = m
+            .feedback_id
+            .map(|v| ascii_value("feedback_id", v))
+            .transpose()?;
 
-        let to_addr: lettre::Address =
-            m.to.trim_ascii()
-                .parse()
-                .map_err(
-                    |e: lettre::address::AddressError| MessageError::BadAddress {
-                        field: "to",
-                        value: m.to.to_owned(),
-                        reason: format!("{:?}: {e} (lettre cannot write it into a header)", m.to),
-                    },
-                )?;
-        let date = SystemTime::try_from(m.date)
-            .ok()
-            .filter(|d| *d >= SystemTime::UNIX_EPOCH)
-            .ok_or_else(|| MessageError::Build(format!("the date {} is before 1970", m.date)))?;
-
-        // The envelope is given rather than derived: lettre would otherwise re-parse the From
-        // and To headers it has just written.
-        let envelope = Envelope::new(Some(self.sender(m.key)), vec![to_addr.clone()])
-            .map_err(|e| MessageError::Build(e.to_string()))?;
-        let mut builder = lettre::Message::builder()
-            .envelope(envelope)
-            .from(self.from.clone());
-        if let Some(r) = &self.reply_to {
-            builder = builder.reply_to(r.clone());
-        }
-        builder = builder.to(Mailbox::new(to_name.map(str::to_owned), to_addr));
+        let mut out = std::mem::take(&mut scratch.spare);
+        out.clear();
+        out.reserve(HEADER_ROOM + room(m.text.len()) + m.html.map_or(0, |h| room(h.len())));
+        let lines = &mut scratch.lines;
+        out.extend_from_slice(&self.originator);
+        write_mailbox("To", to_name, to, &mut out)?;
         // Text that a client could decode as an RFC 2047 encoded word (a donor whose name is
         // `=?utf-8?b?...?=`) is encoded as a whole, so the subject reads as written; lettre
         // would pass ASCII text through as it is.
-        builder = if m.subject.contains("=?") {
-            builder.header(EncodedSubject::new(m.subject))
+        if m.subject.contains("=?") {
+            write_encoded_subject(m.subject, &mut out);
         } else {
-            builder.subject(m.subject)
-        };
-        builder = builder.date(date).message_id(Some(self.message_id(m.key)));
-        if let Some(v) = m.list_id {
-            builder = builder.header(ListId::new("list_id", v)?);
+            write_text("Subject", m.subject, &mut out)?;
         }
-        if let Some(v) = m.feedback_id {
-            builder = builder.header(FeedbackId::new("feedback_id", v)?);
+        out.extend_from_slice(m.date.0.as_bytes());
+        write_verbatim("Message-ID", &self.message_id(m.key), &mut out);
+        if let Some(v) = list_id {
+            write_verbatim("List-Id", v, &mut out);
         }
-        if let Some(value) = list_unsubscribe {
-            builder = builder.header(ListUnsubscribe(value));
+        if let Some(v) = feedback_id {
+            write_verbatim("Feedback-ID", v, &mut out);
+        }
+        if let Some(value) = &list_unsubscribe {
+            // Checked printable ASCII, with the folds put there by `list_unsubscribe_value`.
+            write_verbatim("List-Unsubscribe", value, &mut out);
             // RFC 8058 one-click needs an https URI in List-Unsubscribe; a mailto alone is not
             // one-click, so the Post header would be a false promise.
             if m.unsubscribe_url.is_some() {
-                builder = builder.header(ListUnsubscribePost);
+                out.extend_from_slice(LIST_UNSUBSCRIBE_POST.as_bytes());
             }
         }
+        // Only header lines can be too long: donor data sets their length (an unbreakable
+        // word in a subject, say), while every body line is encoded to at most 76 characters.
+        check_lines(&out)?;
+        out.extend_from_slice(MIME_VERSION);
 
-        let message = match m.html {
-            // Not `singlepart`: lettre ends a single part with an extra CRLF that becomes part
-            // of the body (a blank line the donor did not write). A plain body keeps the text
-            // exact; the message still ends in CRLF because `encode_body` ensures a final line
-            // break, as SMTP DATA wants.
-            None => builder
-                .header(MIME_VERSION_1_0)
-                .header(ContentType::TEXT_PLAIN)
-                .body(encode_body(m.text, true)),
-            Some(html) => builder.multipart(
-                MultiPart::alternative()
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_PLAIN)
-                            .body(encode_body(m.text, false)),
-                    )
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_HTML)
-                            .body(encode_body(html, false)),
-                    ),
-            ),
+        match m.html {
+            // Not a MIME part of its own: lettre ended a single part with an extra CRLF that
+            // became part of the body (a blank line the donor did not write). The message still
+            // ends in CRLF because the body is written with a final line break.
+            None => {
+                out.extend_from_slice(TEXT_PLAIN);
+                write_part(m.text, true, lines, &mut out);
+            }
+            Some(html) => {
+                let mut boundary = [0u8; BOUNDARY_LEN];
+                for b in &mut boundary {
+                    *b = fastrand::alphanumeric() as u8;
+                }
+                out.extend_from_slice(MULTIPART);
+                out.extend_from_slice(&boundary);
+                out.extend_from_slice(MULTIPART_END);
+                for (content_type, body) in [(TEXT_PLAIN, m.text), (TEXT_HTML, html)] {
+                    out.extend_from_slice(b"--");
+                    out.extend_from_slice(&boundary);
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(content_type);
+                    write_part(body, false, lines, &mut out);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"--");
+                out.extend_from_slice(&boundary);
+                out.extend_from_slice(b"--\r\n");
+            }
         }
-        .map_err(|e| MessageError::Build(e.to_string()))?;
-        let mut bytes = message.formatted();
         // Safety net (every body already ends so): SMTP DATA wants the message to end in CRLF.
-        if !bytes.ends_with(b"\r\n") {
-            bytes.extend_from_slice(b"\r\n");
+        if !out.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
         }
-        check_lines(&bytes)?;
-        Ok(bytes)
+        Ok(out)
     }
 }
 
-/// Checks that every line ends in CRLF and fits RFC 5322's 998 octets. lettre chooses
-/// quoted-printable or base64 for long body lines, but does not break a header word that is
-/// longer than a line (an ASCII subject with no spaces, say), so the result is checked.
+/// Checks that every line ends in CRLF and fits RFC 5322's 998 octets. Header encoding does
+/// not break a word that is longer than a line (an ASCII subject with no spaces, say), so the
+/// header lines are checked.
 fn check_lines(bytes: &[u8]) -> Result<(), MessageError> {
     let mut start = 0;
     for (n, end) in memchr::memchr_iter(b'\n', bytes).enumerate() {
@@ -416,7 +491,9 @@ mod tests {
     fn bodies_round_trip_in_order() {
         let text = "Dear Zoë,\nthank you for £1,250.\n\nFriends of the Park — Łódź\n";
         let html = "<p>Dear Zoë,</p>\n<p>thank you for <b>£1,250</b> ✓</p>\n";
-        let bytes = composer().compose(&outgoing(text, Some(html))).unwrap();
+        let bytes = composer()
+            .compose(&outgoing(text, Some(html)), &mut Scratch::default())
+            .unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         let root = msg.root_part();
         assert_eq!(root.content_type().unwrap().ctype(), "multipart");
@@ -452,7 +529,9 @@ mod tests {
     #[test]
     fn text_only_is_a_single_part() {
         let text = "Dear Zoë,\r\nthank you.\r\n";
-        let bytes = composer().compose(&outgoing(text, None)).unwrap();
+        let bytes = composer()
+            .compose(&outgoing(text, None), &mut Scratch::default())
+            .unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
         let ct = msg.root_part().content_type().unwrap();
@@ -481,10 +560,16 @@ mod tests {
         assert_ne!(a, c.message_id(key("bob@example.org")));
         let other = Composer::new("gala-2027", &settings()).unwrap();
         assert_ne!(a, other.message_id(key("zoe@example.org")));
-        let bytes = c.compose(&outgoing("hi", None)).unwrap();
+        let bytes = c
+            .compose(&outgoing("hi", None), &mut Scratch::default())
+            .unwrap();
         assert!(header_block(&bytes).contains(&format!("\r\nMessage-ID: {a}\r\n")));
         // Two composes differ only in the MIME boundary (none here): same bytes.
-        assert_eq!(bytes, c.compose(&outgoing("hi", None)).unwrap());
+        assert_eq!(
+            bytes,
+            c.compose(&outgoing("hi", None), &mut Scratch::default())
+                .unwrap()
+        );
         for bad in ["", "a..b", "a.", ".a", "a b", "gala\n"] {
             assert!(
                 matches!(
@@ -504,6 +589,93 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_those_lettres_builder_wrote() {
+        // Names, subjects and settings that take every path of the header encoders: atoms,
+        // quoted strings, RFC 2047 words, folding, text that looks like encoded words, the
+        // optional headers, with and without HTML.
+        let names = [
+            None,
+            Some("Zoë"),
+            Some("Bob Smith"),
+            Some("O'Brien, \"Bob\" \\ Jr."),
+            Some("  "),
+            Some("田中 花子 and a rather long family name that will not fit on one line"),
+            Some("=?utf-8?q?x?="),
+        ];
+        let subjects = [
+            "Thanks",
+            "Thank you, Zoë — £1,250 raised ✓",
+            "A subject long enough to be folded somewhere before the seventy-sixth column, surely",
+            "Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë Zoë end",
+            "=?utf-8?b?SGFja2Vk?= and more",
+            "Tabs\tand  double  spaces ",
+            "x",
+        ];
+        let mut with_everything = settings();
+        with_everything.list_id = Some("x".into());
+        let mut bare = settings();
+        bare.reply_to = None;
+        bare.unsubscribe_mailto = None;
+        bare.from = "appeal@park.example".into();
+        let html = long_html();
+        for s in [settings(), with_everything, bare] {
+            let c = Composer::new("gala-2026", &s).unwrap();
+            for (i, name) in names.iter().enumerate() {
+                for (j, subject) in subjects.iter().enumerate() {
+                    let mut m = outgoing("Dear Zoë,\nthanks.\n", None);
+                    m.to_name = *name;
+                    m.subject = subject;
+                    if (i + j) % 2 == 0 {
+                        m.html = Some(&html);
+                    }
+                    if (i + j) % 3 == 0 {
+                        m.unsubscribe_url = None;
+                    }
+                    if s.list_id.is_some() {
+                        m.list_id = Some("Spring appeal <spring.park.example>");
+                        m.feedback_id = Some("spring:major:park");
+                    }
+                    if j == 6 {
+                        m.to = crate::message::fixtures::to("josé@example.es");
+                    }
+                    let ours = c.compose(&m, &mut Scratch::default()).unwrap();
+                    let lettres = crate::message::reference::compose(&c, "gala-2026", &s, &m);
+                    assert_eq!(
+                        String::from_utf8(crate::message::reference::without_boundary(&ours))
+                            .unwrap(),
+                        String::from_utf8(crate::message::reference::without_boundary(&lettres))
+                            .unwrap(),
+                        "name {name:?}, subject {subject:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn boundaries_differ_and_never_come_from_the_body() {
+        let html = long_html();
+        let m = outgoing("hi\n", Some(&html));
+        let boundary = |bytes: &[u8]| {
+            let s = String::from_utf8(bytes.to_vec()).unwrap();
+            let rest = s.split_once("boundary=\"").unwrap().1;
+            rest[..rest.find('"').unwrap()].to_owned()
+        };
+        let (a, b) = (
+            composer().compose(&m, &mut Scratch::default()).unwrap(),
+            composer().compose(&m, &mut Scratch::default()).unwrap(),
+        );
+        let (ba, bb) = (boundary(&a), boundary(&b));
+        assert_ne!(ba, bb);
+        assert_eq!(ba.len(), BOUNDARY_LEN);
+        assert!(ba.bytes().all(|c| c.is_ascii_alphanumeric()));
+        // Two parts and the end: the delimiter lines and nothing else.
+        let text = String::from_utf8(a).unwrap();
+        assert_eq!(text.matches(&format!("\r\n--{ba}\r\n")).count(), 2);
+        assert!(text.ends_with(&format!("\r\n--{ba}--\r\n")));
+    }
+
+    #[test]
     #[ignore = "timing; run in release"]
     fn compose_speed() {
         let html = long_html();
@@ -513,12 +685,16 @@ mod tests {
         let m = outgoing(&text, Some(&html));
         let mut total = 0usize;
         for _ in 0..200 {
-            total += c.compose(&m).unwrap().len();
+            total += c.compose(&m, &mut Scratch::default()).unwrap().len();
         }
         let n = 20_000u32;
         let start = std::time::Instant::now();
         for _ in 0..n {
-            total += std::hint::black_box(c.compose(std::hint::black_box(&m)).unwrap()).len();
+            total += std::hint::black_box(
+                c.compose(std::hint::black_box(&m), &mut Scratch::default())
+                    .unwrap(),
+            )
+            .len();
         }
         let per = start.elapsed() / n;
         println!(

@@ -1,7 +1,9 @@
 //! What the message tests share: the run's settings and composer, one donor's message, and the
 //! wire-format checks every test applies to the bytes.
 
-use super::{Composer, MAX_LINE, Outgoing};
+use std::sync::LazyLock;
+
+use super::{Composer, MAX_LINE, MessageDate, Outgoing, recipient};
 use crate::campaign::MessageSettings;
 use crate::email::{Address, RecipientKey};
 
@@ -39,13 +41,18 @@ pub(super) fn key(s: &str) -> RecipientKey {
     Address::parse(s).unwrap().key()
 }
 
-fn date() -> jiff::Timestamp {
-    "2026-11-29T14:05:09Z".parse().unwrap()
+/// The messages' Date: 2026-11-29T14:05:09Z.
+pub(super) static DATE: LazyLock<MessageDate> =
+    LazyLock::new(|| MessageDate::new("2026-11-29T14:05:09Z".parse().unwrap()).unwrap());
+
+/// An address read as [`recipient`] reads it, for life.
+pub(super) fn to(address: &str) -> &'static lettre::Address {
+    Box::leak(Box::new(recipient(address).unwrap()))
 }
 
 pub(super) fn outgoing<'a>(text: &'a str, html: Option<&'a str>) -> Outgoing<'a> {
     Outgoing {
-        to: "zoe@example.org",
+        to: to("zoe@example.org"),
         to_name: Some(NAME),
         subject: SUBJECT,
         text,
@@ -56,7 +63,7 @@ pub(super) fn outgoing<'a>(text: &'a str, html: Option<&'a str>) -> Outgoing<'a>
         email: "zoe@example.org",
         unsubscribe_token: "TOKEN",
         key: key("zoe@example.org"),
-        date: date(),
+        date: &DATE,
     }
 }
 

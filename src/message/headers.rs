@@ -1,22 +1,32 @@
-//! What may go into a header, and the headers written here rather than by lettre.
+//! What may go into a header, and how each header line is written.
 //!
 //! This owns refusing control characters in donor values, reading the `[message]` From /
-//! Reply-To / unsubscribe mailto into mailboxes, checking the one-click URL, and writing
-//! [`ListUnsubscribe`] and [`ListUnsubscribePost`] verbatim. It never assembles a message
-//! ([`super::Composer`] does), never encodes a body, and never encodes a name or subject
-//! itself: those go to lettre as they are, for RFC 2047 and folding.
+//! Reply-To / unsubscribe mailto into mailboxes, checking the one-click URL, and writing header
+//! lines into a message's bytes: the mailboxes and the Subject with RFC 2047 encoded words and
+//! folding exactly as lettre writes them (with lettre's own encoder, email-encoding), the
+//! unsubscribe headers, List-Id and Feedback-ID verbatim from values checked here. It never
+//! decides which headers a message has or in what order ([`super::Composer`] does) and never
+//! encodes a body.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
+use email_encoding::headers::writer::EmailWriter;
+use email_encoding::headers::{quoted_string, rfc2047};
 use lettre::message::Mailbox;
-use lettre::message::header::{Header, HeaderName, HeaderValue};
 
 use super::{MessageError, codepoint, describe};
 use crate::email::Address;
 
+/// Where the header encoders fold a line (email-encoding's limit, RFC 2047's 76).
+const MAX_HEADER_LINE: usize = 76;
+
 /// The longest unsubscribe URL accepted: `List-Unsubscribe: <URL>,` must fit one line.
 const MAX_URL: usize = 900;
+
+/// `List-Unsubscribe-Post` (RFC 8058) with the only value it defines.
+pub(super) const LIST_UNSUBSCRIBE_POST: &str =
+    "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n";
 
 /// The first control character in `s`, if any; `allow_tab` lets TAB (legal header whitespace)
 /// through.
@@ -43,140 +53,157 @@ pub(super) fn check_header_value(
     }
 }
 
-/// A header whose value is printable ASCII, written verbatim: `List-Id` (RFC 2919) and
-/// Gmail's `Feedback-ID`, rendered from `[message]` templates.
-macro_rules! ascii_header {
-    ($ty:ident, $name:literal, $doc:literal) => {
-        #[doc = $doc]
-        #[derive(Debug, Clone, PartialEq, Eq)]
-        pub struct $ty(String);
-
-        impl $ty {
-            /// Checks `value` is printable ASCII; `field` names the setting in the error.
-            pub(super) fn new(field: &'static str, value: &str) -> Result<$ty, MessageError> {
-                match value.chars().find(|c| !(' '..='~').contains(c)) {
-                    None => Ok($ty(value.to_owned())),
-                    Some(c) => Err(MessageError::NotAscii {
-                        field,
-                        value: value.to_owned(),
-                        what: format!("{} ({})", describe(c), codepoint(c)),
-                    }),
-                }
-            }
-        }
-
-        impl Header for $ty {
-            fn name() -> HeaderName {
-                HeaderName::new_from_ascii_str($name)
-            }
-
-            fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-                Ok($ty(s.to_owned()))
-            }
-
-            fn display(&self) -> HeaderValue {
-                // Safe: checked printable ASCII, no line breaks.
-                HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), self.0.clone())
-            }
-        }
-    };
+/// Checks that a value written verbatim (List-Id, RFC 2919; Gmail's Feedback-ID) is printable
+/// ASCII; `field` names the setting in the error.
+pub(super) fn ascii_value<'v>(
+    field: &'static str,
+    value: &'v str,
+) -> Result<&'v str, MessageError> {
+    match value.chars().find(|c| !(' '..='~').contains(c)) {
+        None => Ok(value),
+        Some(c) => Err(MessageError::NotAscii {
+            field,
+            value: value.to_owned(),
+            what: format!("{} ({})", describe(c), codepoint(c)),
+        }),
+    }
 }
 
-ascii_header!(ListId, "List-Id", "`List-Id` (RFC 2919).");
-ascii_header!(FeedbackId, "Feedback-ID", "Gmail's `Feedback-ID`.");
+/// A message's bytes as a `fmt::Write`, for the header encoders.
+struct Sink<'a>(&'a mut Vec<u8>);
 
-/// `List-Unsubscribe` (RFC 2369), written verbatim.
-///
-/// Its value is built here from a checked URL (printable ASCII, no spaces or angle brackets)
-/// and a percent-encoded `mailto:`, so it needs no encoding. Writing it verbatim keeps lettre's
-/// generic encoder away from it: that encoder turns anything it dislikes into an RFC 2047
-/// encoded-word, which is not valid inside `<...>`. Folding is done here too: between the
-/// two URIs, never inside one.
-#[derive(Debug, Clone)]
-pub struct ListUnsubscribe(pub(super) String);
+impl fmt::Write for Sink<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
 
-/// A Subject written as RFC 2047 encoded words throughout (`=?utf-8?b?...?=`, folded), for
-/// text that would otherwise be read as encoded words by the client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct EncodedSubject(String);
+/// The encoders write into memory, which cannot fail; were one to report an error anyway, the
+/// donor fails rather than getting a half-written header.
+fn written(r: fmt::Result) -> Result<(), MessageError> {
+    r.map_err(|_| MessageError::Build("a header could not be encoded".into()))
+}
 
-impl EncodedSubject {
+/// Appends `Name: value` CRLF with `value` written verbatim: the caller checked it holds only
+/// printable ASCII (and any folds it put there itself).
+pub(super) fn write_verbatim(name: &str, value: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a mailbox header (`From`, `Reply-To`, `To`): the display name as an atom, a quoted
+/// string or RFC 2047 words, then `<address>`; a bare address without a name. Byte for byte
+/// what lettre's mailbox headers write.
+pub(super) fn write_mailbox(
+    name: &str,
+    display: Option<&str>,
+    address: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), MessageError> {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    let mut sink = Sink(out);
+    written((|| {
+        let mut w = EmailWriter::new(&mut sink, name.len() + 2, 0, false);
+        if let Some(display) = display {
+            quoted_string::encode(display, &mut w)?;
+            w.space();
+            w.write_char('<')?;
+        }
+        w.write_str(address)?;
+        if display.is_some() {
+            w.write_char('>')?;
+        }
+        Ok(())
+    })())?;
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Appends an unstructured header (the Subject): runs of words with non-ASCII characters
+/// become RFC 2047 encoded words, the rest stays as written, folded before 76 columns where
+/// there is a space. Byte for byte what lettre writes for a `Subject`.
+pub(super) fn write_text(name: &str, value: &str, out: &mut Vec<u8>) -> Result<(), MessageError> {
+    /// What lettre passes through unencoded: any ASCII but NUL, CR and LF.
+    fn plain(word: &str) -> bool {
+        word.bytes()
+            .all(|c| matches!(c, 1..=9 | 11 | 12 | 14..=127))
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    // Plain text that fits the line needs neither encoding nor folding: the writers below
+    // would give it back as it is, at a few hundred instructions a word.
+    if name.len() + 2 + value.len() <= MAX_HEADER_LINE && plain(value) {
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        return Ok(());
+    }
+    let mut sink = Sink(out);
+    written((|| {
+        let mut w = EmailWriter::new(&mut sink, name.len() + 2, 0, false);
+        // Consecutive words to encode go into one run of encoded words, without the spaces
+        // after it, which stay foldable.
+        let mut pending = String::new();
+        let flush = |pending: &mut String, w: &mut EmailWriter<'_>| -> fmt::Result {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            let text = pending.trim_end_matches(' ');
+            rfc2047::encode(text, w)?;
+            for _ in text.len()..pending.len() {
+                w.space();
+            }
+            pending.clear();
+            Ok(())
+        };
+        for word in value.split_inclusive(' ') {
+            if plain(word) {
+                flush(&mut pending, &mut w)?;
+                w.folding().write_str(word)?;
+            } else {
+                pending.push_str(word);
+            }
+        }
+        flush(&mut pending, &mut w)
+    })())?;
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Appends a Subject written as RFC 2047 encoded words throughout (`=?utf-8?b?...?=`,
+/// folded), for text that a client would otherwise decode as encoded words (a donor whose name
+/// is `=?utf-8?b?...?=`): it then reads as written.
+pub(super) fn write_encoded_subject(text: &str, out: &mut Vec<u8>) {
+    use base64::Engine as _;
     /// UTF-8 bytes per encoded word: 56 base64 characters, so that `Subject: ` and the first
     /// word fit in 78 characters (RFC 5322's advice) and no word passes 75 (RFC 2047's rule).
     const BYTES_PER_WORD: usize = 42;
-
-    pub(super) fn new(text: &str) -> EncodedSubject {
-        use base64::Engine as _;
-        let mut words = Vec::new();
-        let mut rest = text;
-        while !rest.is_empty() {
-            let mut end = rest.len().min(Self::BYTES_PER_WORD);
-            while !rest.is_char_boundary(end) {
-                end -= 1;
-            }
-            let encoded = base64::engine::general_purpose::STANDARD.encode(&rest[..end]);
-            words.push(format!("=?utf-8?b?{encoded}?="));
-            rest = &rest[end..];
+    out.extend_from_slice(b"Subject: ");
+    let mut rest = text;
+    let mut first = true;
+    while !rest.is_empty() {
+        let mut end = rest.len().min(BYTES_PER_WORD);
+        while !rest.is_char_boundary(end) {
+            end -= 1;
         }
-        EncodedSubject(words.join("\r\n "))
-    }
-}
-
-impl Header for EncodedSubject {
-    fn name() -> HeaderName {
-        HeaderName::new_from_ascii_str("Subject")
-    }
-
-    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(EncodedSubject::new(s))
-    }
-
-    fn display(&self) -> HeaderValue {
-        // Safe: encoded words are printable ASCII, joined by CRLF + space folds.
-        HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), self.0.clone())
-    }
-}
-
-impl Header for ListUnsubscribe {
-    fn name() -> HeaderName {
-        HeaderName::new_from_ascii_str("List-Unsubscribe")
-    }
-
-    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        Ok(ListUnsubscribe(s.to_owned()))
-    }
-
-    fn display(&self) -> HeaderValue {
-        // Safe: the value holds only printable ASCII, and CRLF + space folds we put there.
-        HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), self.0.clone())
-    }
-}
-
-/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058), written verbatim.
-#[derive(Debug, Clone)]
-pub struct ListUnsubscribePost;
-
-impl ListUnsubscribePost {
-    /// The only value RFC 8058 defines.
-    const VALUE: &'static str = "List-Unsubscribe=One-Click";
-}
-
-impl Header for ListUnsubscribePost {
-    fn name() -> HeaderName {
-        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
-    }
-
-    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
-        if s.trim() == Self::VALUE {
-            Ok(ListUnsubscribePost)
-        } else {
-            Err(format!("List-Unsubscribe-Post must be {:?}", Self::VALUE).into())
+        if !first {
+            out.extend_from_slice(b"\r\n ");
         }
+        first = false;
+        out.extend_from_slice(b"=?utf-8?b?");
+        let at = out.len();
+        out.resize(at + base64::encoded_len(end, true).unwrap_or(0), 0);
+        let n = base64::engine::general_purpose::STANDARD
+            .encode_slice(&rest[..end], &mut out[at..])
+            .unwrap_or(0);
+        out.truncate(at + n);
+        out.extend_from_slice(b"?=");
+        rest = &rest[end..];
     }
-
-    fn display(&self) -> HeaderValue {
-        HeaderValue::dangerous_new_pre_encoded(Self::name(), Self::VALUE.into(), Self::VALUE.into())
-    }
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Parses `Display Name <addr>`, `"Quoted, Name" <addr>` or a bare address from `[message]`.
@@ -275,13 +302,36 @@ pub(super) fn mailto_uri(raw: &str) -> Result<String, MessageError> {
 /// characters and `some-delims` (this covers UTF-8 and the `%`, `?`, `#`, `&` an address may
 /// legally contain).
 pub(super) fn mailto_escape(text: &str, uri: &mut String) {
-    for &b in text.as_bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~!$'()*+,;:@".contains(&b) {
-            uri.push(char::from(b));
-        } else {
-            let _ = write!(uri, "%{b:02X}");
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    /// Bytes a mailto URI takes as they are.
+    const KEEP: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = matches!(b as u8, b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z')
+                || matches!(b as u8, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'\'')
+                || matches!(
+                    b as u8,
+                    b'(' | b')' | b'*' | b'+' | b',' | b';' | b':' | b'@'
+                );
+            b += 1;
         }
+        t
+    };
+    let mut last = 0;
+    for (i, c) in text.char_indices() {
+        if c.is_ascii() && KEEP[usize::from(c as u8)] {
+            continue;
+        }
+        uri.push_str(&text[last..i]);
+        for &b in c.encode_utf8(&mut [0; 4]).as_bytes() {
+            uri.push('%');
+            uri.push(char::from(HEX[usize::from(b >> 4)]));
+            uri.push(char::from(HEX[usize::from(b & 15)]));
+        }
+        last = i + c.len_utf8();
     }
+    uri.push_str(&text[last..]);
 }
 
 /// Checks the one-click URL and builds the List-Unsubscribe value.
@@ -360,7 +410,7 @@ mod tests {
     use crate::message::fixtures::{
         NAME, SUBJECT, URL, assert_wire_format, composer, header_block, key, outgoing, settings,
     };
-    use crate::message::{Composer, Outgoing};
+    use crate::message::{Composer, Outgoing, Scratch, fixtures, recipient};
 
     #[test]
     fn text_that_looks_like_an_encoded_word_reads_as_written() {
@@ -372,7 +422,7 @@ mod tests {
         ] {
             let mut m = outgoing("hi\n", None);
             m.subject = subject;
-            let bytes = c.compose(&m).unwrap();
+            let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
             assert_wire_format(&bytes);
             let head = header_block(&bytes);
             assert!(!head.contains(subject), "passed through as it is:\n{head}");
@@ -387,7 +437,9 @@ mod tests {
         let text = "Dear Zoë,\nthank you for £1,250.\n\nFriends of the Park\n";
         let html = "<p>Dear Zoë,</p>\n<p>thank you for <b>£1,250</b> ✓</p>\n";
         let c = composer();
-        let bytes = c.compose(&outgoing(text, Some(html))).unwrap();
+        let bytes = c
+            .compose(&outgoing(text, Some(html)), &mut Scratch::default())
+            .unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
 
@@ -456,7 +508,7 @@ mod tests {
         let inj = |f: &dyn Fn(&mut Outgoing<'_>)| {
             let mut m = outgoing("hi", None);
             f(&mut m);
-            c.compose(&m).unwrap_err()
+            c.compose(&m, &mut Scratch::default()).unwrap_err()
         };
         let evil = "Bob\r\nBcc: evil@x.org";
         assert_eq!(
@@ -508,13 +560,11 @@ mod tests {
                 ch: '\r'
             }
         );
-        assert_eq!(
-            inj(&|m| m.to = "bob@x.org\nBcc: evil@x.org"),
-            MessageError::HeaderInjection {
-                field: "to",
-                ch: '\n'
-            }
-        );
+        // An address with a line break never gets as far as a header.
+        assert!(matches!(
+            recipient("bob@x.org\nBcc: evil@x.org"),
+            Err(MessageError::BadAddress { field: "to", .. })
+        ));
         assert_eq!(
             inj(&|m| m.subject = evil).to_string(),
             "the subject contains a line break (U+000D): donor data cannot add headers"
@@ -526,7 +576,7 @@ mod tests {
         // A tab is legal whitespace in a subject.
         let mut m = outgoing("hi", None);
         m.subject = "Thanks\tagain";
-        let bytes = c.compose(&m).unwrap();
+        let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         assert!(msg.subject().unwrap().starts_with("Thanks"));
     }
@@ -544,7 +594,9 @@ mod tests {
         ] {
             let mut m = outgoing("hi", None);
             m.to_name = Some(name);
-            let bytes = c.compose(&m).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let bytes = c
+                .compose(&m, &mut Scratch::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_wire_format(&bytes);
             let msg = MessageParser::default().parse(&bytes).unwrap();
             let to = msg.to().unwrap().first().unwrap();
@@ -554,7 +606,7 @@ mod tests {
         // Blank names give a bare address.
         let mut m = outgoing("hi", None);
         m.to_name = Some("  ");
-        let bytes = c.compose(&m).unwrap();
+        let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
         assert!(header_block(&bytes).contains("\r\nTo: zoe@example.org\r\n"));
     }
 
@@ -566,7 +618,7 @@ mod tests {
         let subject = subject.trim_end();
         let mut m = outgoing("hi", None);
         m.subject = subject;
-        let bytes = c.compose(&m).unwrap();
+        let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
         assert_wire_format(&bytes);
         let msg = MessageParser::default().parse(&bytes).unwrap();
         assert_eq!(msg.subject(), Some(subject));
@@ -574,7 +626,7 @@ mod tests {
         // as they are): refused, not sent broken.
         let word = "x".repeat(1200);
         m.subject = &word;
-        let e = c.compose(&m).unwrap_err();
+        let e = c.compose(&m, &mut Scratch::default()).unwrap_err();
         assert!(matches!(e, MessageError::Build(_)), "{e}");
         assert!(e.to_string().contains("998"), "{e}");
     }
@@ -584,7 +636,7 @@ mod tests {
         let head = |c: &Composer, url: Option<&str>| {
             let mut m = outgoing("hi", None);
             m.unsubscribe_url = url;
-            let bytes = c.compose(&m).unwrap();
+            let bytes = c.compose(&m, &mut Scratch::default()).unwrap();
             header_block(&bytes).to_owned()
         };
         let mut s = settings();
@@ -634,7 +686,7 @@ mod tests {
         let err = |url: &str| {
             let mut m = outgoing("hi", None);
             m.unsubscribe_url = Some(url);
-            c.compose(&m).unwrap_err()
+            c.compose(&m, &mut Scratch::default()).unwrap_err()
         };
         for (url, says) in [
             ("http://park.example/u", "does not start with https://"),
@@ -659,7 +711,7 @@ mod tests {
         // Upper-case scheme is fine.
         let mut m = outgoing("hi", None);
         m.unsubscribe_url = Some("HTTPS://park.example/u");
-        assert!(c.compose(&m).is_ok());
+        assert!(c.compose(&m, &mut Scratch::default()).is_ok());
     }
 
     #[test]
@@ -699,7 +751,9 @@ mod tests {
         s.from = "appeal@park.example".into();
         s.reply_to = Some("\"Park \\\"Friends\\\"\" <r@park.example>".into());
         let c = Composer::new("g", &s).unwrap();
-        let bytes = c.compose(&outgoing("hi", None)).unwrap();
+        let bytes = c
+            .compose(&outgoing("hi", None), &mut Scratch::default())
+            .unwrap();
         let msg = MessageParser::default().parse(&bytes).unwrap();
         let from = msg.from().unwrap().first().unwrap();
         assert_eq!(
@@ -723,18 +777,18 @@ mod tests {
             "用户@例子.广告",
         ] {
             let mut m = outgoing("hi", None);
-            m.to = to;
-            let bytes = c.compose(&m).unwrap_or_else(|e| panic!("{to}: {e}"));
+            m.to = fixtures::to(to);
+            let bytes = c
+                .compose(&m, &mut Scratch::default())
+                .unwrap_or_else(|e| panic!("{to}: {e}"));
             assert_wire_format(&bytes);
             assert!(
                 header_block(&bytes).contains(&format!("<{to}>\r\n")),
                 "{to}"
             );
         }
-        let mut m = outgoing("hi", None);
-        m.to = "not an address";
         assert!(matches!(
-            c.compose(&m),
+            recipient("not an address"),
             Err(MessageError::BadAddress { field: "to", .. })
         ));
     }

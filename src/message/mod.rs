@@ -16,19 +16,23 @@
 //! control character there is refused with [`MessageError::HeaderInjection`], never stripped
 //! or encoded away: a line break in a subject is a data problem the operator must see.
 //!
-//! Headers and MIME structure are lettre's (0.11, `builder` feature): RFC 2047 encoded-words
-//! for non-ASCII names and subjects, header folding, the Date format, `multipart/alternative`.
-//! Two things are done here instead:
+//! The bytes are those lettre's (0.11) message builder wrote: RFC 2047 encoded-words for
+//! non-ASCII names and subjects and header folding (with lettre's own encoder, the
+//! email-encoding crate), the Date format, `multipart/alternative`. They are written straight
+//! into one buffer instead of going through the builder, which re-parsed what it had just
+//! written and copied each part several times (see [`Composer`]). Written here from values
+//! checked here:
 //!
-//! * the unsubscribe headers are written verbatim ([`ListUnsubscribe`],
-//!   [`ListUnsubscribePost`]) from values checked here, so their exact bytes (which DKIM signs
-//!   and receivers parse) never depend on a generic encoder;
-//! * the body's transfer encoding (`encode_body`): same choice as lettre (7bit for short-lined
-//!   ASCII, else quoted-printable, or base64 when more than a third of the bytes need escaping)
-//!   and every line at most 76 characters, but several times faster (lettre's took ~80% of
-//!   the time for a 13 KB message).
+//! * the unsubscribe headers (`List-Unsubscribe`, `List-Unsubscribe-Post`), List-Id and
+//!   Feedback-ID, verbatim, so their exact bytes (which DKIM signs and receivers parse) never
+//!   depend on a generic encoder;
+//! * the body's transfer encoding: same choice as lettre (7bit for short-lined ASCII, else
+//!   quoted-printable, or base64 when more than a third of the bytes need escaping) and every
+//!   line at most 76 characters, but several times faster (lettre's took ~80% of the time for
+//!   a 13 KB message).
 //!
-//! Every message is checked on the way out: CRLF line endings only, no line over 998 octets.
+//! Every message is checked on the way out: CRLF line endings only, no header line over 998
+//! octets (body lines are encoded to at most 76).
 //! Addresses with non-ASCII characters are written as they are (RFC 6532); sending them needs
 //! a relay that offers SMTPUTF8.
 
@@ -40,9 +44,10 @@ pub mod view;
 
 #[cfg(test)]
 mod fixtures;
+#[cfg(test)]
+mod reference;
 
-pub use composer::Composer;
-pub use headers::{FeedbackId, ListId, ListUnsubscribe, ListUnsubscribePost};
+pub use composer::{Composer, MessageDate, Scratch, recipient};
 
 use crate::email::RecipientKey;
 
@@ -129,8 +134,9 @@ fn codepoint(ch: char) -> String {
 /// One donor's message, as rendered.
 #[derive(Debug, Clone, Copy)]
 pub struct Outgoing<'a> {
-    /// The donor's address (already validated by [`crate::email::Address::parse`]).
-    pub to: &'a str,
+    /// The donor's address (validated by [`crate::email::Address::parse`], then read by lettre
+    /// for the envelope).
+    pub to: &'a lettre::Address,
     /// The donor's display name for To; `None` or blank gives a bare address.
     pub to_name: Option<&'a str>,
     /// The subject (may be non-ASCII; a TAB is allowed, other control characters are not).
@@ -153,5 +159,5 @@ pub struct Outgoing<'a> {
     /// The donor's recipient key, for the Message-ID (and a VERP envelope sender).
     pub key: RecipientKey,
     /// The Date header.
-    pub date: jiff::Timestamp,
+    pub date: &'a MessageDate,
 }

@@ -64,22 +64,33 @@ pub(crate) fn format_money(amount: f64, symbol: &str) -> Option<String> {
     }
     // Exact: |cents| < 2^53, so the conversion neither truncates nor saturates.
     let cents = cents as i64;
-    let (whole, frac) = (cents.unsigned_abs() / 100, cents.unsigned_abs() % 100);
-    let digits = whole.to_string();
+    let (mut whole, frac) = (cents.unsigned_abs() / 100, cents.unsigned_abs() % 100);
+    let mut buf = [0u8; 20];
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (whole % 10) as u8;
+        whole /= 10;
+        if whole == 0 {
+            break;
+        }
+    }
+    let digits = &buf[start..];
     let mut out = String::with_capacity(digits.len() + digits.len() / 3 + symbol.len() + 4);
     if cents < 0 {
         out.push('-');
     }
     out.push_str(symbol);
-    for (i, c) in digits.chars().enumerate() {
+    for (i, &d) in digits.iter().enumerate() {
         if i > 0 && (digits.len() - i) % 3 == 0 {
             out.push(',');
         }
-        out.push(c);
+        out.push(char::from(d));
     }
     if frac != 0 {
         out.push('.');
-        out.push_str(&format!("{frac:02}"));
+        out.push(char::from(b'0' + (frac / 10) as u8));
+        out.push(char::from(b'0' + (frac % 10) as u8));
     }
     Some(out)
 }
@@ -133,6 +144,27 @@ pub(crate) fn fallback(value: &Value, replacement: Value) -> Value {
 /// UNRESOLVED_TEMPLATE rule (+3.0) takes upper-case `%XY` runs in a URL for an unfilled
 /// template placeholder.
 pub(super) fn urlencode(value: &Value) -> Result<String, Error> {
+    // Text, nearly always: encoded here directly (minijinja's set: all but letters, digits,
+    // `/`, `.`, `-` and `_`), rather than encoded and then copied to lower the escapes.
+    if let Some(text) = value.as_str() {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(text.len() + text.len() / 2);
+        let mut last = 0;
+        for (i, c) in text.char_indices() {
+            if c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_') {
+                continue;
+            }
+            out.push_str(&text[last..i]);
+            for &b in c.encode_utf8(&mut [0; 4]).as_bytes() {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+            last = i + c.len_utf8();
+        }
+        out.push_str(&text[last..]);
+        return Ok(out);
+    }
     let encoded = minijinja::filters::urlencode(value)?;
     let mut out = String::with_capacity(encoded.len());
     let mut hex_left = 0;
@@ -153,6 +185,24 @@ pub(super) fn urlencode(value: &Value) -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urlencode_of_text_is_minijinjas_in_lower_case() {
+        for text in [
+            "",
+            "plain",
+            "a b&c=d?e#f%g+h",
+            "zoë+ann@park.example/ x",
+            "田中/~!*'();:@$,[]<>\"\\^`{|}\u{7f}\t\n",
+            "spring-gala_2026.v2",
+        ] {
+            let ours = urlencode(&Value::from(text)).unwrap();
+            let theirs = minijinja::filters::urlencode(&Value::from(text)).unwrap();
+            assert_eq!(ours, theirs.to_lowercase(), "{text:?}");
+        }
+        // Not text: minijinja's own rules, escapes lowered.
+        assert_eq!(urlencode(&Value::from(12.5)).unwrap(), "12.5");
+    }
 
     #[test]
     fn urlencode_writes_lower_case_escapes() {

@@ -671,8 +671,16 @@ fn new_environment(run: &RunInfo) -> Environment<'static> {
     // Like Python's Jinja (MarkupSafe), and unlike minijinja's default, `/` is not escaped:
     // `https:&#x2f;&#x2f;` in an href is valid but breaks naive link checkers and trackers.
     env.set_formatter(|out, state, value| {
-        if *state.auto_escape() != AutoEscape::Html || value.is_safe() {
-            return escape_formatter(out, state, value);
+        let escape = state.auto_escape();
+        if *escape != AutoEscape::Html || value.is_safe() {
+            // Text as it is, which is what the default formatter writes for it, without going
+            // through `fmt` (most values are text).
+            return match value.as_str() {
+                Some(s) if *escape == AutoEscape::None || value.is_safe() => {
+                    out.write_str(s).map_err(minijinja::Error::from)
+                }
+                _ => escape_formatter(out, state, value),
+            };
         }
         match value.as_str() {
             Some(s) => write_html_escaped(out, s),
@@ -692,6 +700,12 @@ fn new_environment(run: &RunInfo) -> Environment<'static> {
 
 /// Writes `s` with `&`, `<`, `>`, `"` and `'` escaped.
 fn write_html_escaped(out: &mut minijinja::Output, s: &str) -> fmt::Result {
+    if !s
+        .bytes()
+        .any(|b| matches!(b, b'&' | b'<' | b'>' | b'"' | b'\''))
+    {
+        return out.write_str(s);
+    }
     let mut last = 0;
     for (i, b) in s.bytes().enumerate() {
         let entity = match b {

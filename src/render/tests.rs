@@ -475,6 +475,11 @@ fn money_filter() {
     assert!(err.message.contains("\"Ann\" is not a number"), "{err}");
     assert_eq!(filters::format_money(1e20, "£"), None);
     assert_eq!(filters::format_money(100.0, "").as_deref(), Some("100"));
+    assert_eq!(filters::format_money(0.05, "£").as_deref(), Some("£0.05"));
+    assert_eq!(
+        filters::format_money(-999_999.1, "£").as_deref(),
+        Some("-£999,999.10")
+    );
 }
 
 #[test]
