@@ -405,15 +405,9 @@ impl<'a> Decoder<'a> {
             "A" | "T" | "R" => 3,
             "U" | "X" => 4,
             "S" | "D" => 5,
-            "F" => 6,
-            "B" => 6,
+            "F" | "B" => 6,
             "" if n == 1 => return Err("empty line".to_owned()),
-            _ => {
-                return Err(format!(
-                    "unknown record kind {:?} (expected one of H A T S F D U R X B)",
-                    shorten(kind)
-                ));
-            }
+            _ => return Err(unknown_kind(kind)),
         };
         check_count(kind, n, want)?;
         if kind == "A" {
@@ -534,6 +528,13 @@ fn split_fields<'a>(line: &'a str, fields: &mut [&'a str; MAX_FIELDS]) -> usize 
     n
 }
 
+fn unknown_kind(kind: &str) -> String {
+    format!(
+        "unknown record kind {:?} (expected one of H A T S F D U R X B)",
+        shorten(kind)
+    )
+}
+
 fn check_count(kind: &str, n: usize, want: usize) -> Result<(), String> {
     if n == want {
         return Ok(());
@@ -562,12 +563,7 @@ fn parse_v2(line: &str) -> Result<Record<'_>, String> {
         "S" | "D" => 6,
         "F" | "B" => 7,
         "" if n == 1 => return Err("empty line".to_owned()),
-        _ => {
-            return Err(format!(
-                "unknown record kind {:?} (expected one of H A T S F D U R X B)",
-                shorten(kind)
-            ));
-        }
+        _ => return Err(unknown_kind(kind)),
     };
     check_count(kind, n, want)?;
     let session = fields[1];
