@@ -651,7 +651,9 @@ time.sleep(120)' "$d/run/ledger/lock" "$d/locked" &
     report=$(sed -n 's/^submitted: shards \([0-9]*\), report \([0-9]*\)$/\2/p' <<<"$out")
     [[ -n $array && -n $report ]]
     all_requeued() { (($(cat "$d"/logs/campaign-send-"$array"_*.out 2>/dev/null | grep -c 'exit 7 .*requeued') == 8)); }
-    wait_until 60 "the 8 tasks to exit 7 and be requeued" all_requeued
+    # Eight task starts, each refused after --lock-wait 1s, then requeued: about a minute on
+    # a quiet 2-core machine, more under load (one CI run took longer than 60 s).
+    wait_until 150 "the 8 tasks to exit 7 and be requeued" all_requeued
     sl squeue -j "$array,$report" -o '%i %T %r'
     [[ $(sl squeue -h -j "$report" -o %r) == Dependency ]]
     kill "$holder"
