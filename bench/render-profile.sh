@@ -65,8 +65,6 @@ parts = [
     ("  message (Composer::compose)", r"campaign::message::composer::Composer::compose \[", False),
     ("    bodies (body::write_part; before: encode_body)", r"campaign::message::body::(write_part|encode_body) \[", False),
     ("    lettre's builder (before)", r"lettre::message::(MessageBuilder::(multipart|body)|Message::formatted) \[", True),
-    ("    Subject header", r"campaign::message::headers::write_text \[", False),
-    ("    mailbox headers", r"campaign::message::headers::write_mailbox \[", False),
     ("chunk reading (run::read_chunk)", r"campaign::run::read_chunk \[", False),
     ("SHA-256, everywhere (chunk check, token HMAC)", r"sha2::sha256::compress256 \[", False),
     ("malloc + free, everywhere", r"malloc\.c:(malloc|free) \[", True),
