@@ -2,10 +2,11 @@
 //! at most 76 characters.
 //!
 //! This owns the bytes of each body part as they go on the wire, chosen as lettre would choose
-//! them (the module doc says why it is done here), and the part's Content-Transfer-Encoding
-//! line that announces the choice. It never writes other headers or the MIME structure, and
-//! never changes the text: decoding gives back what was rendered, with every line break as
-//! CRLF (and, for a lone text part, a final one).
+//! them (the module doc says why it is done here), the part's Content-Transfer-Encoding line
+//! that announces the choice, and a worker's memory of the lines it has encoded
+//! ([`LineCache`]). It never writes other headers or the MIME structure, and never changes the
+//! text: decoding gives back what was rendered, with every line break as CRLF (and, for a lone
+//! text part, a final one).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
