@@ -11,6 +11,7 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result, anyhow, bail};
 use rayon::prelude::*;
@@ -319,10 +320,19 @@ pub fn dry_run(
         .thread_name(|i| format!("render-{i}"))
         .build()
         .context("starting the worker threads")?;
+    // One workspace per thread for the whole run, not one per batch of jobs as `map_init`
+    // would make: a workspace's encoded lines pay off over many messages.
+    let spaces: Vec<Mutex<Workspace>> = (0..pool.current_num_threads())
+        .map(|_| Mutex::default())
+        .collect();
     let results: Vec<Result<JobResult>> = pool.install(|| {
         jobs.par_iter()
-            .map_init(Workspace::default, |ws, job| {
-                let r = render_chunk(run, preparer, opts, job, ws);
+            .map(|job| {
+                let thread = rayon::current_thread_index().unwrap_or(0);
+                let mut ws = spaces[thread % spaces.len()]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let r = render_chunk(run, preparer, opts, job, &mut ws);
                 if let Ok(r) = &r {
                     progress.event(Event::Handled {
                         segment: r.seg,

@@ -2,10 +2,11 @@
 //! at most 76 characters.
 //!
 //! This owns the bytes of each body part as they go on the wire, chosen as lettre would choose
-//! them (the module doc says why it is done here), and the part's Content-Transfer-Encoding
-//! line that announces the choice. It never writes other headers or the MIME structure, and
-//! never changes the text: decoding gives back what was rendered, with every line break as
-//! CRLF (and, for a lone text part, a final one).
+//! them (the module doc says why it is done here), the part's Content-Transfer-Encoding line
+//! that announces the choice, and a worker's memory of the lines it has encoded
+//! ([`LineCache`]). It never writes other headers or the MIME structure, and never changes the
+//! text: decoding gives back what was rendered, with every line break as CRLF (and, for a lone
+//! text part, a final one).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -108,9 +109,10 @@ struct Kept {
     escaped: usize,
 }
 
-/// Bounds of one worker's cache: the fixture templates' lines take ~100 KB.
-const MAX_CACHED_LINES: usize = 16_384;
-const MAX_CACHED_BYTES: usize = 1 << 20;
+/// Bounds of one worker's cache (lines kept, and twice as many lines tracked): the fixture
+/// templates' lines take ~100 KB.
+const MAX_CACHED_LINES: usize = 4096;
+const MAX_CACHED_BYTES: usize = 512 << 10;
 
 /// The keys are already hashes (xxh3): used as they are.
 #[derive(Default)]
@@ -270,6 +272,10 @@ impl LineCache {
             return;
         }
         if !matches!(self.lines.get(&key), Some(Line::Seen)) {
+            // Lines met once are mostly one donor's: forgotten when they pile up.
+            if self.lines.len() >= 2 * MAX_CACHED_LINES {
+                self.lines.retain(|_, l| matches!(l, Line::Kept(_)));
+            }
             // Met for the first time, or another line with the same hash: that one stays.
             self.lines.entry(key).or_insert(Line::Seen);
             self.adding = false;
@@ -833,6 +839,26 @@ mod tests {
             assert!(cache.kept.len() <= MAX_CACHED_LINES);
             assert!(cache.text.len() + cache.encoded.len() <= MAX_CACHED_BYTES);
         }
+        // Lines met once (one donor's) are forgotten too, the kept ones stay.
+        let mut cache = LineCache::default();
+        for _ in 0..2 {
+            quoted_printable_lines(b"the template's own line\n", &mut cache, &mut out);
+        }
+        for i in 0..3 * MAX_CACHED_LINES {
+            quoted_printable_lines(
+                format!("Dear donor {i},\n").as_bytes(),
+                &mut cache,
+                &mut out,
+            );
+            assert!(cache.lines.len() <= 2 * MAX_CACHED_LINES);
+        }
+        assert_eq!(cache.kept.len(), 1);
+        assert!(matches!(
+            cache
+                .lines
+                .get(&xxhash_rust::xxh3::xxh3_64(b"the template's own line")),
+            Some(Line::Kept(0))
+        ));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! [`Composer`]: the run's sender checked once, then each donor's message put together.
 //!
 //! This owns which headers a message has and in what order, the Message-ID (and so what the
-//! campaign id and the From domain must be), the MIME structure (a plain body, or
-//! `multipart/alternative` with text first) and the last check of the header lines (CRLF only,
-//! none over 998 octets). It never decides which characters a header value may hold, how a
+//! campaign id and the From domain must be), the Date line of a run ([`MessageDate`]), the MIME
+//! structure (a plain body, or `multipart/alternative` with text first), the last check of the
+//! header lines (CRLF only, none over 998 octets), and what a worker keeps between messages
+//! ([`Scratch`]). It never decides which characters a header value may hold, how a
 //! `[message]` address is read or how a header line is encoded ([`super::headers`] does), and
 //! never encodes a body ([`super::body`] does).
 //!

@@ -362,9 +362,24 @@ pub(super) fn list_unsubscribe_value(
     }
     // RFC 3986 characters only: anything else (space, quotes, angle brackets, non-ASCII) must
     // be percent-encoded, e.g. with the `urlencode` template filter.
+    const URL_CHARS: [bool; 128] = {
+        let mut t = [false; 128];
+        let mut b = 0;
+        while b < 128 {
+            t[b] = (b as u8).is_ascii_alphanumeric();
+            b += 1;
+        }
+        let punctuation = b"-._~:/?#[]@!$&'()*+,;=%";
+        let mut i = 0;
+        while i < punctuation.len() {
+            t[punctuation[i] as usize] = true;
+            i += 1;
+        }
+        t
+    };
     if let Some(c) = url
         .chars()
-        .find(|&c| !(c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c)))
+        .find(|&c| !URL_CHARS.get(c as usize).copied().unwrap_or(false))
     {
         return bad(format!(
             "{} contains {c:?}, which is not allowed in a URL; percent-encode it (the `urlencode` filter)",
