@@ -641,7 +641,7 @@ import fcntl, sys, time
 f = open(sys.argv[1], "a")
 fcntl.flock(f, fcntl.LOCK_EX)
 open(sys.argv[2], "w").close()
-time.sleep(120)' "$d/run/ledger/lock" "$d/locked" &
+time.sleep(900)' "$d/run/ledger/lock" "$d/locked" &
     local holder=$!
     echo "$holder" >>"$PIDFILE"
     wait_until 10 "the lock holder" test -e "$d/locked"
@@ -651,9 +651,11 @@ time.sleep(120)' "$d/run/ledger/lock" "$d/locked" &
     report=$(sed -n 's/^submitted: shards \([0-9]*\), report \([0-9]*\)$/\2/p' <<<"$out")
     [[ -n $array && -n $report ]]
     all_requeued() { (($(cat "$d"/logs/campaign-send-"$array"_*.out 2>/dev/null | grep -c 'exit 7 .*requeued') == 8)); }
-    # Eight task starts, each refused after --lock-wait 1s, then requeued: about a minute on
-    # a quiet 2-core machine, more under load (one CI run took longer than 60 s).
-    wait_until 150 "the 8 tasks to exit 7 and be requeued" all_requeued
+    # Eight task starts, each refused after --lock-wait 1s, then requeued. Only two run at a
+    # time on this node, and Slurm may start the next pair only at its next scheduling pass,
+    # so this has taken from under a minute to over two; the holder outlives the wait (it is
+    # killed below), or the tasks would find the lock free and send.
+    wait_until 300 "the 8 tasks to exit 7 and be requeued" all_requeued
     sl squeue -j "$array,$report" -o '%i %T %r'
     [[ $(sl squeue -h -j "$report" -o %r) == Dependency ]]
     kill "$holder"
