@@ -71,10 +71,7 @@ impl RunLock {
         match try_lock_patiently(&file, mode) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                // The holder may be rewriting it right now; the content is only a hint.
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
+                let holder = holder_line(&mut file);
                 let holder = if holder.is_empty() {
                     "another process".to_owned()
                 } else {
@@ -190,13 +187,11 @@ impl ShardLock {
         match try_lock_patiently(&own, LockMode::Exclusive) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = own.read_to_string(&mut holder);
                 return Err(LedgerError::Locked {
                     path: own_path,
                     holder: format!(
                         "another process for shard {index}/{count} ({})",
-                        holder.trim()
+                        holder_line(&mut own)
                     ),
                 });
             }
@@ -224,11 +219,7 @@ impl ShardLock {
 fn try_lock_patiently(file: &File, mode: LockMode) -> Result<(), TryLockError> {
     let mut tries = 0;
     loop {
-        let taken = match mode {
-            LockMode::Exclusive => file.try_lock(),
-            LockMode::Shared => file.try_lock_shared(),
-        };
-        match taken {
+        match try_lock_as(file, mode) {
             Err(TryLockError::WouldBlock) if tries < PATIENCE => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10));
@@ -236,6 +227,22 @@ fn try_lock_patiently(file: &File, mode: LockMode) -> Result<(), TryLockError> {
             other => return other,
         }
     }
+}
+
+/// One `flock` attempt in `mode`, without waiting.
+fn try_lock_as(file: &File, mode: LockMode) -> Result<(), TryLockError> {
+    match mode {
+        LockMode::Exclusive => file.try_lock(),
+        LockMode::Shared => file.try_lock_shared(),
+    }
+}
+
+/// The holder's line in a lock file, trimmed; empty when unwritten. The holder may be
+/// rewriting it right now, so the content is only a hint and a failed read gives what was read.
+fn holder_line(file: &mut File) -> String {
+    let mut holder = String::new();
+    let _ = file.read_to_string(&mut holder);
+    holder.trim().to_owned()
 }
 
 /// How many 10 ms waits [`try_lock_patiently`] makes: far longer than a probe holds a lock.
@@ -299,20 +306,12 @@ fn probe(path: &Path, mode: LockMode) -> Result<Option<String>, LedgerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(LedgerError::io(path, e)),
     };
-    let taken = match mode {
-        LockMode::Exclusive => file.try_lock(),
-        LockMode::Shared => file.try_lock_shared(),
-    };
-    match taken {
+    match try_lock_as(&file, mode) {
         Ok(()) => {
             let _ = file.unlock();
             Ok(None)
         }
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            Ok(Some(holder.trim().to_owned()))
-        }
+        Err(TryLockError::WouldBlock) => Ok(Some(holder_line(&mut file))),
         Err(TryLockError::Error(e)) => Err(LedgerError::io(path, e)),
     }
 }
