@@ -280,6 +280,10 @@ struct SendStop {
 /// The newest of `RUN/report.json` (when a plain `send` wrote it; `campaign report` writes
 /// another shape there) and the shards' reports.
 fn last_report(run: &Path) -> Result<Option<Found>> {
+    // A run whose ledger directory is gone has no reports worth reading.
+    if !run.join(LEDGER_DIR).is_dir() {
+        return Ok(None);
+    }
     let mut files = vec![run.join(REPORT_JSON)];
     let dir = run.join(REPORTS_DIR);
     if dir.is_dir() {
@@ -314,10 +318,6 @@ fn last_report(run: &Path) -> Result<Option<Found>> {
                 shard,
             });
         }
-    }
-    // A run whose ledger directory is gone has no reports worth reading.
-    if !run.join(LEDGER_DIR).is_dir() {
-        return Ok(None);
     }
     Ok(newest)
 }
