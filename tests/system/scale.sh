@@ -650,11 +650,13 @@ time.sleep(900)' "$d/run/ledger/lock" "$d/locked" &
     array=$(sed -n 's/^submitted: shards \([0-9]*\), report \([0-9]*\)$/\1/p' <<<"$out")
     report=$(sed -n 's/^submitted: shards \([0-9]*\), report \([0-9]*\)$/\2/p' <<<"$out")
     [[ -n $array && -n $report ]]
-    all_requeued() { (($(cat "$d"/logs/campaign-send-"$array"_*.out 2>/dev/null | grep -c 'exit 7 .*requeued') == 8)); }
-    # Eight task starts, each refused after --lock-wait 1s, then requeued. Only two run at a
-    # time on this node, and Slurm may start the next pair only at its next scheduling pass,
-    # so this has taken from under a minute to over two; the holder outlives the wait (it is
-    # killed below), or the tasks would find the lock free and send.
+    # Tasks, not lines: a task whose two-minute hold ran out before the last task started
+    # runs again and appends a second requeue line, so a count of lines can jump past 8.
+    all_requeued() { (($(grep -l 'exit 7 .*requeued' "$d"/logs/campaign-send-"$array"_*.out 2>/dev/null | wc -l) == 8)); }
+    # Eight task starts, each refused after --lock-wait 1s, then requeued. Slurm may start
+    # the next tasks only at its next scheduling pass, so this has taken from under a minute
+    # to over two; the holder outlives the wait (it is killed below), or the tasks would find
+    # the lock free and send.
     wait_until 300 "the 8 tasks to exit 7 and be requeued" all_requeued
     sl squeue -j "$array,$report" -o '%i %T %r'
     [[ $(sl squeue -h -j "$report" -o %r) == Dependency ]]
