@@ -336,6 +336,79 @@ fn closing_421_at_end_of_data_defers_and_reconnects() {
     assert_eq!(server.messages().len(), 1);
 }
 
+/// A refusal at the end of the data ends only that transaction: the next message goes on
+/// the same connection.
+#[test]
+fn refused_at_end_of_data_the_next_message_keeps_the_connection() {
+    let server = Mailin::start();
+    server.on_data_end(&[(552, "5.2.2 Mailbox full")]);
+    let mut t = server.transport();
+    let msg = message("ann@donor.example", "hi\r\n");
+    match send(&mut t, "ann@donor.example", &msg) {
+        Outcome::Bounced {
+            code: 552, text, ..
+        } => assert!(text.contains("5.2.2"), "{text}"),
+        other => panic!("expected Bounced, got {other:?}"),
+    }
+    assert_accepted(&send(&mut t, "bob@donor.example", &msg));
+    assert_eq!(server.helos(), 1);
+    assert_eq!(server.messages().len(), 1);
+}
+
+/// A relay that never answers QUIT holds the goodbye for a moment, not for the command
+/// timeout (30 s here): a send would otherwise end that much later per connection.
+#[test]
+fn a_relay_that_never_answers_quit_is_left_after_a_moment() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let Some(Ok(stream)) = listener.incoming().next() else {
+            return;
+        };
+        let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+        let mut w = stream;
+        let _ = w.write_all(b"220 mute.test ESMTP\r\n");
+        let (mut line, mut in_data) = (String::new(), false);
+        loop {
+            line.clear();
+            if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let upper = line.to_ascii_uppercase();
+            let reply: &[u8] = if in_data {
+                if line != ".\r\n" {
+                    continue;
+                }
+                in_data = false;
+                b"250 2.0.0 Ok: queued as TEST1\r\n"
+            } else if upper.starts_with("EHLO") {
+                b"250 mute.test\r\n"
+            } else if upper.starts_with("DATA") {
+                in_data = true;
+                b"354 go ahead\r\n"
+            } else if upper.starts_with("QUIT") {
+                std::thread::sleep(Duration::from_secs(60));
+                return;
+            } else {
+                b"250 ok\r\n"
+            };
+            let _ = w.write_all(reply);
+        }
+    });
+    let mut s = settings(port);
+    s.timeout = Duration::from_secs(30);
+    let mut t = SmtpTransport::new(Arc::new(s));
+    let msg = message("ann@donor.example", "hi\r\n");
+    assert_accepted(&send(&mut t, "ann@donor.example", &msg));
+    let started = std::time::Instant::now();
+    t.close();
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "QUIT held the connection {took:?}"
+    );
+}
+
 #[test]
 fn before_body_error_halts_and_nothing_is_delivered() {
     let server = Mailin::start();

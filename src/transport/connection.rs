@@ -26,6 +26,10 @@ use super::settings::Password;
 /// The longest reply line read, and the most lines, before the reply is taken as garbage.
 const MAX_REPLY_LINE: usize = 4096;
 const MAX_REPLY_LINES: usize = 200;
+/// How long a goodbye waits for its 221. Nothing depends on that reply, and a relay that
+/// never gives it (one seen here reads QUIT as message text after refusing a message) would
+/// otherwise hold every connection for the whole command timeout at the end of a send.
+const QUIT_WAIT: Duration = Duration::from_secs(2);
 
 /// One reply: its code and its lines' text (without code and separator).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -606,6 +610,10 @@ impl Connection {
     /// Says goodbye; a failure changes nothing (the connection is dropped either way).
     pub fn quit(&mut self) {
         if !self.broken {
+            if let Some(tcp) = self.stream.get_ref().tcp() {
+                let wait = tcp.read_timeout().ok().flatten().unwrap_or(QUIT_WAIT);
+                let _ = tcp.set_read_timeout(Some(wait.min(QUIT_WAIT)));
+            }
             let _ = self.command(Quit);
         }
     }

@@ -195,6 +195,46 @@ pub fn serve_mailin<H: Handler + Clone + Send + 'static>(
     });
 }
 
+/// Ends the transaction after the end of the data whatever the reply, as RFC 5321 (4.1.1.4)
+/// has it. mailin stays in its data state after a refused message and would read the
+/// client's next MAIL or QUIT as message text, so a refusal is stashed for the session loop to
+/// send while mailin is told the message was taken.
+struct EndOfData<H> {
+    inner: H,
+    refused: Arc<Mutex<Option<Response>>>,
+}
+
+impl<H: Handler> Handler for EndOfData<H> {
+    fn helo(&mut self, ip: IpAddr, domain: &str) -> Response {
+        self.inner.helo(ip, domain)
+    }
+
+    fn mail(&mut self, ip: IpAddr, domain: &str, from: &str) -> Response {
+        self.inner.mail(ip, domain, from)
+    }
+
+    fn rcpt(&mut self, to: &str) -> Response {
+        self.inner.rcpt(to)
+    }
+
+    fn data_start(&mut self, domain: &str, from: &str, is8bit: bool, to: &[String]) -> Response {
+        self.inner.data_start(domain, from, is8bit, to)
+    }
+
+    fn data(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        self.inner.data(buf)
+    }
+
+    fn data_end(&mut self) -> Response {
+        let res = self.inner.data_end();
+        if res.is_error && res.action != Action::Close {
+            *self.refused.lock().unwrap() = Some(res);
+            return OK;
+        }
+        res
+    }
+}
+
 /// One connection: the greeting, then a reply for each line until QUIT, an error that
 /// closes, or the client hanging up.
 fn mailin_session<H: Handler>(
@@ -202,6 +242,11 @@ fn mailin_session<H: Handler>(
     builder: &SessionBuilder,
     handler: H,
 ) -> std::io::Result<()> {
+    let refused = Arc::new(Mutex::new(None));
+    let handler = EndOfData {
+        inner: handler,
+        refused: Arc::clone(&refused),
+    };
     let mut session = builder.build(stream.peer_addr()?.ip(), handler);
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = BufWriter::new(stream);
@@ -214,6 +259,7 @@ fn mailin_session<H: Handler>(
             return Ok(());
         }
         let res = session.process(&line);
+        let res = refused.lock().unwrap().take().unwrap_or(res);
         if res.action == Action::NoReply {
             continue;
         }
