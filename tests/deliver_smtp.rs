@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use campaign::transport::{
-    CLIENT_REFUSED, Outcome, SmtpSettings, SmtpTransport, TlsMode, Transport, send_one,
+    CLIENT_REFUSED, Envelope, Journal, Outbound, Outcome, SmtpSettings, SmtpTransport, TlsMode,
+    Transport, send_one,
 };
 use mailin::response::OK;
 use mailin::{Handler, Response};
@@ -624,6 +625,8 @@ struct Transcript {
     ehlos: usize,
     /// Every `read` outside message data, as text: shows which commands came in one write.
     reads: Vec<String>,
+    /// Every `read` that began inside message data, as text.
+    data_reads: Vec<String>,
     /// Every command line, without CRLF.
     commands: Vec<String>,
     /// Accepted messages: (recipient, bytes as sent, dot-stuffed, without the final dot).
@@ -677,9 +680,11 @@ impl Scripted {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
             if data.is_none() {
-                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
                 log.lock().unwrap().reads.push(text);
+            } else {
+                log.lock().unwrap().data_reads.push(text);
             }
             pending.extend_from_slice(&buf[..n]);
             let mut out = String::new();
@@ -966,4 +971,207 @@ fn bench_throughput() {
         "{threads} connections: {total} messages in {secs:.2} s = {:.0} msg/s",
         total as f64 / secs
     );
+}
+
+/// A journal that records what the transport asked and told, in order. `start_now` is its
+/// answer to `may_start_now`; `proceed` says no for message `stop_at`.
+struct BatchLog {
+    start_now: bool,
+    stop_at: Option<usize>,
+    events: Vec<String>,
+    outcomes: Vec<Outcome>,
+}
+
+impl BatchLog {
+    fn new(start_now: bool, stop_at: Option<usize>) -> BatchLog {
+        BatchLog {
+            start_now,
+            stop_at,
+            events: Vec::new(),
+            outcomes: Vec::new(),
+        }
+    }
+}
+
+impl Journal for BatchLog {
+    fn proceed(&mut self, i: usize) -> bool {
+        self.events.push(format!("proceed {i}"));
+        self.stop_at != Some(i)
+    }
+
+    fn may_start_now(&self, _: usize) -> bool {
+        self.start_now
+    }
+
+    fn transmitting(&mut self, i: usize) -> std::io::Result<()> {
+        self.events.push(format!("transmitting {i}"));
+        Ok(())
+    }
+
+    fn outcome(&mut self, i: usize, outcome: Outcome) {
+        self.events.push(format!("outcome {i}"));
+        self.outcomes.push(outcome);
+    }
+}
+
+const BATCH: [&str; 3] = [
+    "ann@donor.example",
+    "bob@donor.example",
+    "cat@donor.example",
+];
+
+/// Sends one message to each of `BATCH` as one batch.
+fn send_batch(t: &mut SmtpTransport, journal: &mut BatchLog) -> (usize, Vec<u8>) {
+    let msg = message("donor@donor.example", "hi\r\n.dot\r\n");
+    let envelopes: Vec<Envelope> = BATCH
+        .iter()
+        .map(|to| Envelope::parse(FROM, to).unwrap())
+        .collect();
+    let batch: Vec<Outbound<'_>> = envelopes
+        .iter()
+        .map(|envelope| Outbound {
+            envelope,
+            message: &msg,
+        })
+        .collect();
+    (t.send_batch(&batch, journal), msg)
+}
+
+fn group(to: &str) -> String {
+    format!("MAIL FROM:<{FROM}>\r\nRCPT TO:<{to}>\r\nDATA\r\n")
+}
+
+/// Within a batch each body carries the next message's MAIL, RCPT and DATA: one write and
+/// one wait per message. The journal still hears of each body before it leaves, and the
+/// last body goes alone, so QUIT ends the session politely.
+#[test]
+fn pipelining_sends_the_next_messages_commands_with_each_body() {
+    let server = Scripted::start(true, &[], false);
+    let mut t = server.transport();
+    let mut journal = BatchLog::new(true, None);
+    let (sent, msg) = send_batch(&mut t, &mut journal);
+    assert_eq!(sent, 3);
+    for o in &journal.outcomes {
+        assert_scripted_accepted(o);
+    }
+    let mut want = Vec::new();
+    for i in 0..3 {
+        want.extend([
+            format!("proceed {i}"),
+            format!("transmitting {i}"),
+            format!("outcome {i}"),
+        ]);
+    }
+    assert_eq!(journal.events, want);
+    t.close();
+    let log = server.log();
+    assert_eq!(log.connections, 1);
+    assert_eq!(log.reads.first(), Some(&"EHLO client.test\r\n".to_owned()));
+    assert!(log.reads.contains(&group(BATCH[0])), "{:?}", log.reads);
+    for to in &BATCH[1..] {
+        let tail = format!("\r\n.\r\n{}", group(to));
+        assert!(
+            log.data_reads.iter().any(|r| r.ends_with(&tail)),
+            "expected a body ending in {tail:?}: {:?}",
+            log.data_reads
+        );
+    }
+    assert!(
+        log.data_reads.last().unwrap().ends_with("\r\n.\r\n"),
+        "{:?}",
+        log.data_reads
+    );
+    assert_eq!(log.commands.last().map(String::as_str), Some("QUIT"));
+    let body = String::from_utf8(msg).unwrap().replace("\n.dot", "\n..dot");
+    let got: Vec<_> = log
+        .messages
+        .iter()
+        .map(|(to, b)| (to.as_str(), b))
+        .collect();
+    assert_eq!(got, BATCH.iter().map(|to| (*to, &body)).collect::<Vec<_>>());
+}
+
+/// A journal that cannot say a message may start at once (pacing, a pause) keeps one
+/// transaction on the wire at a time.
+#[test]
+fn a_message_that_may_not_start_at_once_is_not_sent_ahead() {
+    let server = Scripted::start(true, &[], false);
+    let mut t = server.transport();
+    let mut journal = BatchLog::new(false, None);
+    assert_eq!(send_batch(&mut t, &mut journal).0, 3);
+    let log = server.log();
+    for to in BATCH {
+        assert!(log.reads.contains(&group(to)), "{:?}", log.reads);
+    }
+    assert!(
+        log.data_reads.iter().all(|r| !r.contains("MAIL FROM")),
+        "{:?}",
+        log.data_reads
+    );
+    assert_eq!(log.messages.len(), 3);
+}
+
+/// A recipient refused after its commands went ahead is bounced like any other, and the
+/// batch goes on over the same connection.
+#[test]
+fn a_recipient_refused_after_going_ahead_bounces_and_the_batch_goes_on() {
+    let server = Scripted::start(
+        true,
+        &[(
+            "bob@donor.example",
+            "550 5.1.1 <bob@donor.example>: no such user",
+        )],
+        false,
+    );
+    let mut t = server.transport();
+    let mut journal = BatchLog::new(true, None);
+    assert_eq!(send_batch(&mut t, &mut journal).0, 3);
+    assert_scripted_accepted(&journal.outcomes[0]);
+    match &journal.outcomes[1] {
+        Outcome::Bounced {
+            code: 550,
+            suppress: true,
+            ..
+        } => {}
+        other => panic!("expected Bounced, got {other:?}"),
+    }
+    assert_scripted_accepted(&journal.outcomes[2]);
+    assert!(
+        !journal.events.contains(&"transmitting 1".to_owned()),
+        "{:?}",
+        journal.events
+    );
+    let log = server.log();
+    assert_eq!(log.connections, 1);
+    let to: Vec<_> = log.messages.iter().map(|(to, _)| to.as_str()).collect();
+    assert_eq!(to, ["ann@donor.example", "cat@donor.example"]);
+}
+
+/// A stop after the next message's commands went ahead leaves the server waiting for a body
+/// that must not come: the connection is dropped without QUIT (which would become message
+/// text), nothing more is delivered, and the next send opens a new connection.
+#[test]
+fn a_stop_after_the_next_commands_went_ahead_drops_the_connection() {
+    let server = Scripted::start(true, &[], false);
+    let mut t = server.transport();
+    let mut journal = BatchLog::new(true, Some(1));
+    assert_eq!(send_batch(&mut t, &mut journal).0, 1);
+    assert_eq!(
+        journal.events,
+        ["proceed 0", "transmitting 0", "outcome 0", "proceed 1"]
+    );
+    // The same transport, as a worker's next batch would use it: never bob's transaction.
+    let msg = message("dan@donor.example", "hi\r\n");
+    assert_scripted_accepted(&send(&mut t, "dan@donor.example", &msg));
+    t.close();
+    let log = server.log();
+    assert_eq!(log.connections, 2);
+    let to: Vec<_> = log.messages.iter().map(|(to, _)| to.as_str()).collect();
+    assert_eq!(to, ["ann@donor.example", "dan@donor.example"]);
+    assert!(
+        log.messages.iter().all(|(_, body)| !body.contains("QUIT")),
+        "{:?}",
+        log.messages
+    );
+    assert_eq!(log.commands.iter().filter(|c| *c == "QUIT").count(), 1);
 }

@@ -90,6 +90,13 @@ impl<'a> Pacer<'a> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether the next message's slot has come, so that [`Pacer::wait`] would return at once
+    /// (unless another worker takes the slot first). Changes nothing.
+    pub(super) fn is_open(&self) -> bool {
+        let s = self.state();
+        s.interval_ns == 0 || s.next <= self.clock.elapsed()
+    }
+
     /// Waits for this message's slot, in steps short enough that `stop` is noticed within
     /// a tenth of a second; `false` when it said stop before the slot came.
     pub(super) fn wait(&self, stop: &dyn Fn() -> bool) -> bool {

@@ -470,6 +470,11 @@ impl Journal for BatchJournal<'_, '_, '_> {
         self.error.is_none() && !sh.halted() && sh.pacer.wait(&|| sh.halted())
     }
 
+    fn may_start_now(&self, _: usize) -> bool {
+        let sh = self.sh;
+        self.pause.until.is_none() && self.error.is_none() && !sh.halted() && sh.pacer.is_open()
+    }
+
     fn transmitting(&mut self, i: usize) -> std::io::Result<()> {
         lock(self.ledger)
             .transmitting(self.keys[i], self.sh.clock.now())

@@ -144,6 +144,15 @@ pub trait Journal {
     /// message of the batch is started. This is where the caller paces and stops.
     fn proceed(&mut self, i: usize) -> bool;
 
+    /// Whether message `i` could start now without waiting (no pacing delay, no pause, no
+    /// stop). A transport may then send its first commands ahead, with message `i - 1`'s
+    /// body; [`Journal::proceed`] is still asked before `i`'s own body, and a `false` there
+    /// abandons those commands. Changes nothing. `false`, the default, keeps one transaction
+    /// on the wire at a time.
+    fn may_start_now(&self, _i: usize) -> bool {
+        false
+    }
+
     /// Message `i`'s body is about to leave (with BDAT, its whole transaction: the body goes
     /// in the same write as MAIL): from now on its outcome may be [`Outcome::Unknown`], so
     /// this is where the caller records "in flight". If it fails, the body is not sent (the

@@ -1,7 +1,8 @@
 //! One SMTP session to the relay per worker ([`SmtpTransport`]), on a [`Connection`]:
 //! connect, STARTTLS or implicit TLS, AUTH, then for each message of a batch either MAIL,
-//! RCPT, DATA and the body (pipelined when the server offers it), or MAIL, RCPT and
-//! `BDAT n LAST` with the message in one write when it offers CHUNKING too ([`Transfer`]).
+//! RCPT, DATA and the body (pipelined when the server offers it, the next message's MAIL,
+//! RCPT and DATA going out with this one's body), or MAIL, RCPT and `BDAT n LAST` with the
+//! message in one write when it offers CHUNKING too ([`Transfer`]).
 //!
 //! Owns the line between "the server cannot have it" ([`Outcome::Deferred`]) and "the server
 //! may have it" ([`Outcome::Unknown`]), which is the moment the body starts to go out, and
@@ -61,6 +62,9 @@ pub enum Transfer {
     /// RFC 2920), then their three replies: one round trip per message.
     Chunked,
     /// MAIL, RCPT and DATA in one write (RFC 2920), then the dot-stuffed body: two round trips.
+    /// Within a batch the next message's MAIL, RCPT and DATA follow the body in its write
+    /// (RFC 2920 lets the message be the first "command" of a group), so every message after
+    /// a batch's first costs one round trip and one wait for replies.
     Pipelined,
     /// Each command waits for its reply: four round trips.
     LockStep,
@@ -84,7 +88,7 @@ impl Transfer {
                 "MAIL, RCPT and BDAT with the message in one write (CHUNKING): one round trip per message"
             }
             Transfer::Pipelined => {
-                "MAIL, RCPT and DATA in one write, then the message (PIPELINING): two round trips per message"
+                "MAIL, RCPT and DATA in one write, then the message with the next one's MAIL, RCPT and DATA (PIPELINING): one round trip per message after a batch's first"
             }
             Transfer::LockStep => "one command at a time: four round trips per message",
         }
@@ -176,6 +180,10 @@ pub struct SmtpTransport {
     conn: Option<Connection>,
     /// Transactions started on `conn`.
     used: usize,
+    /// The next message's MAIL, RCPT and DATA went out after the last body; their replies
+    /// are unread. The server may be waiting for that message's body, so the connection can
+    /// only carry it, or be dropped (a QUIT or RSET would become message text).
+    primed: bool,
     /// The bytes of a chunked transaction, kept to spare an allocation per message.
     wire: Vec<u8>,
 }
@@ -200,6 +208,7 @@ impl SmtpTransport {
             tls: None,
             conn: None,
             used: 0,
+            primed: false,
             wire: Vec::new(),
         }
     }
@@ -219,6 +228,7 @@ impl SmtpTransport {
     fn drop_connection(&mut self) {
         self.conn = None;
         self.used = 0;
+        self.primed = false;
     }
 
     /// Whether the open connection's relay refused EHLO and was greeted with HELO (no
@@ -340,7 +350,10 @@ impl SmtpTransport {
     /// Runs one message's transaction on the open connection as [`Transfer::of`] says: MAIL,
     /// RCPT and BDAT with the message in one write; or MAIL, RCPT and DATA as one pipelined
     /// group, or in lock-step, then the body. A chunking connection idle for longer than
-    /// [`IDLE_BEFORE_CHUNKING`] sends this one message with DATA.
+    /// [`IDLE_BEFORE_CHUNKING`] sends this one message with DATA. When `primed`, this
+    /// message's pipelined group already went out with the previous body, and only its
+    /// replies are read; `ahead` is the next message's group, to go out with this body.
+    #[allow(clippy::too_many_arguments)]
     fn transaction(
         conn: &mut Connection,
         chunking: bool,
@@ -348,49 +361,58 @@ impl SmtpTransport {
         envelope: &Envelope,
         params: Vec<MailParameter>,
         message: &[u8],
+        primed: bool,
+        ahead: Option<&CommandGroup<'_>>,
         before_body: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Result<Reply, Failure> {
-        let mail = Mail::new(Some(envelope.from().clone()), params);
-        let rcpt = Rcpt::new(envelope.to().clone(), Vec::new());
         let transfer = Transfer::of(conn.extensions(), chunking);
-        if transfer == Transfer::Chunked && conn.idle() < IDLE_BEFORE_CHUNKING {
-            chunked_wire(wire, &mail, &rcpt, message);
-            return Self::chunked(conn, wire, before_body);
+        if primed {
+            Self::envelope_replies(conn)?;
+        } else {
+            let mail = Mail::new(Some(envelope.from().clone()), params);
+            let rcpt = Rcpt::new(envelope.to().clone(), Vec::new());
+            if transfer == Transfer::Chunked && conn.idle() < IDLE_BEFORE_CHUNKING {
+                chunked_wire(wire, &mail, &rcpt, message);
+                return Self::chunked(conn, wire, before_body);
+            }
+            if transfer != Transfer::LockStep {
+                conn.write(CommandGroup(&mail, &rcpt).to_string().as_bytes())
+                    .map_err(|e| Failure::Smtp(Stage::Mail, e))?;
+                Self::envelope_replies(conn)?;
+            } else {
+                conn.command(mail)
+                    .map_err(|e| Failure::Smtp(Stage::Mail, e))?;
+                conn.command(rcpt)
+                    .map_err(|e| Failure::Smtp(Stage::Rcpt, e))?;
+                conn.command(Data)
+                    .map_err(|e| Failure::Smtp(Stage::Data, e))?;
+            }
         }
         // The end-of-data marker brings its own CRLF; a message already ending in one would
         // otherwise gain an empty last line.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
-        if transfer != Transfer::LockStep {
-            Self::pipelined_envelope(conn, &mail, &rcpt)?;
-        } else {
-            conn.command(mail)
-                .map_err(|e| Failure::Smtp(Stage::Mail, e))?;
-            conn.command(rcpt)
-                .map_err(|e| Failure::Smtp(Stage::Rcpt, e))?;
-            conn.command(Data)
-                .map_err(|e| Failure::Smtp(Stage::Data, e))?;
-        }
         before_body().map_err(Failure::Aborted)?;
-        conn.write(&BodyAndDot(body).bytes())
+        let mut bytes = BodyAndDot(body).bytes();
+        if let Some(group) = ahead {
+            use std::io::Write as _;
+            // Writing into a Vec cannot fail.
+            let _ = write!(bytes, "{group}");
+        }
+        conn.write(&bytes)
             .and_then(|()| conn.read_reply())
             .map_err(|e| Failure::Smtp(Stage::Message, e))
     }
 
-    /// Sends MAIL, RCPT and DATA in one write (RFC 2920) and reads their three replies in
-    /// order. The first negative reply decides, at its stage, as in lock-step: a refused MAIL
+    /// Reads the three replies to a pipelined MAIL, RCPT and DATA (RFC 2920), written in one
+    /// go, in order. The first negative reply decides, at its stage, as in lock-step: a refused MAIL
     /// or RCPT makes the server refuse DATA too (503 or 554), and the replies after it are
     /// read only to keep the connection in step. Reading stops at a connection error or a
     /// 421 (the server is closing); if one comes after the first failure, or DATA was
     /// accepted although MAIL or RCPT was not, the connection is not reused.
-    fn pipelined_envelope(conn: &mut Connection, mail: &Mail, rcpt: &Rcpt) -> Result<(), Failure> {
+    fn envelope_replies(conn: &mut Connection) -> Result<(), Failure> {
         let mut first_failure: Option<(Stage, SmtpError)> = None;
         for stage in [Stage::Mail, Stage::Rcpt, Stage::Data] {
-            let reply = if stage == Stage::Mail {
-                conn.command(CommandGroup(mail, rcpt))
-            } else {
-                conn.read_reply()
-            };
-            match (reply, first_failure.take()) {
+            match (conn.read_reply(), first_failure.take()) {
                 (Ok(_), None) => {}
                 // A go-ahead for DATA after a refused MAIL or RCPT: the server now waits for
                 // a body. Only a new connection gets out of that.
@@ -524,18 +546,65 @@ impl SmtpTransport {
     }
 }
 
+/// The MAIL FROM parameters a message needs on a connection offering `ext`: SMTPUTF8 for an
+/// address with non-ASCII characters, BODY=8BITMIME for 8-bit content. `Err` is the outcome
+/// when the relay lacks what the message needs; `relay` names it there.
+fn mail_parameters(
+    ext: &Extensions,
+    relay: &str,
+    envelope: &Envelope,
+    message: &[u8],
+) -> Result<Vec<MailParameter>, Outcome> {
+    let from: &str = envelope.from().as_ref();
+    let to: &str = envelope.to().as_ref();
+    let mut params = Vec::new();
+    if !from.is_ascii() || !to.is_ascii() {
+        if !ext.smtputf8 {
+            // Not the donor's fault, nor for good: a relay that offers SMTPUTF8 takes the
+            // address, so the donor waits for one (deferred, not failed).
+            return Err(if from.is_ascii() {
+                Outcome::Deferred {
+                    code: Some(CLIENT_REFUSED),
+                    text: format!(
+                        "the address {to:?} has non-ASCII characters before the @, and {relay} does not offer SMTPUTF8: a run through a relay that does will send it"
+                    ),
+                    throttle: false,
+                }
+            } else {
+                Outcome::Halt {
+                    code: None,
+                    text: format!(
+                        "the envelope sender {from:?} has non-ASCII characters and {relay} does not offer SMTPUTF8"
+                    ),
+                }
+            });
+        }
+        params.push(MailParameter::SmtpUtfEight);
+    }
+    if !message.is_ascii() {
+        if !ext.eight_bit_mime {
+            return Err(Outcome::Bounced {
+                code: CLIENT_REFUSED,
+                text: format!("the message has 8-bit content and {relay} does not offer 8BITMIME"),
+                suppress: false,
+            });
+        }
+        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    Ok(params)
+}
+
 impl SmtpTransport {
     /// Delivers one message of a batch; `before_body` is the journal's `transmitting`.
+    /// `next` is the batch's next message when it may start at once: on a pipelining
+    /// connection its MAIL, RCPT and DATA then go out with this body.
     fn send_message(
         &mut self,
-        envelope: &Envelope,
-        message: &[u8],
+        m: &Outbound<'_>,
+        next: Option<&Outbound<'_>>,
         before_body: &mut dyn FnMut() -> std::io::Result<()>,
     ) -> Outcome {
-        let from: &str = envelope.from().as_ref();
-        let to: &str = envelope.to().as_ref();
-        let eight_bit = !message.is_ascii();
-
+        let to: &str = m.envelope.to().as_ref();
         if self.used >= self.settings.reconnect_after {
             self.close();
         }
@@ -556,57 +625,55 @@ impl SmtpTransport {
             let Some(conn) = self.conn.as_mut() else {
                 unreachable!("connect() leaves a connection or returns an error");
             };
-
-            let mut params = Vec::new();
-            if !from.is_ascii() || !to.is_ascii() {
-                if !conn.extensions().smtputf8 {
-                    // Not the donor's fault, nor for good: a relay that offers SMTPUTF8 takes
-                    // the address, so the donor waits for one (deferred, not failed).
-                    return if from.is_ascii() {
-                        Outcome::Deferred {
-                            code: Some(CLIENT_REFUSED),
-                            text: format!(
-                                "the address {to:?} has non-ASCII characters before the @, and {} does not offer SMTPUTF8: a run through a relay that does will send it",
-                                self.relay
-                            ),
-                            throttle: false,
+            let params =
+                match mail_parameters(conn.extensions(), &self.relay, m.envelope, m.message) {
+                    Ok(params) => params,
+                    Err(outcome) => {
+                        // Only a message that passed this check on this connection goes ahead,
+                        // but the server must never be left waiting for a body.
+                        if self.primed {
+                            self.drop_connection();
                         }
-                    } else {
-                        Outcome::Halt {
-                            code: None,
-                            text: format!(
-                                "the envelope sender {from:?} has non-ASCII characters and {} does not offer SMTPUTF8",
-                                self.relay
-                            ),
-                        }
-                    };
-                }
-                params.push(MailParameter::SmtpUtfEight);
-            }
-            if eight_bit {
-                if !conn.extensions().eight_bit_mime {
-                    return Outcome::Bounced {
-                        code: CLIENT_REFUSED,
-                        text: format!(
-                            "the message has 8-bit content and {} does not offer 8BITMIME",
-                            self.relay
-                        ),
-                        suppress: false,
-                    };
-                }
-                params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
-            }
-
+                        return outcome;
+                    }
+                };
             self.used += 1;
+            // The next message goes ahead only on a connection that will carry it.
+            let ahead = next
+                .filter(|_| {
+                    Transfer::of(conn.extensions(), self.settings.chunking) == Transfer::Pipelined
+                        && self.used < self.settings.reconnect_after
+                })
+                .and_then(|n| {
+                    let params =
+                        mail_parameters(conn.extensions(), &self.relay, n.envelope, n.message)
+                            .ok()?;
+                    Some((
+                        Mail::new(Some(n.envelope.from().clone()), params),
+                        Rcpt::new(n.envelope.to().clone(), Vec::new()),
+                    ))
+                });
+            let group = ahead.as_ref().map(|(mail, rcpt)| CommandGroup(mail, rcpt));
+            let primed = std::mem::replace(&mut self.primed, false);
             let result = Self::transaction(
                 conn,
                 self.settings.chunking,
                 &mut self.wire,
-                envelope,
+                m.envelope,
                 params,
-                message,
+                m.message,
+                primed,
+                group.as_ref(),
                 before_body,
             );
+            // The group went out with the body once a reply to it came, whatever the reply;
+            // every path that drops the connection below forgets it again.
+            self.primed = group.is_some()
+                && match &result {
+                    Ok(_) => true,
+                    Err(Failure::Smtp(Stage::Message, e)) => e.code().is_some(),
+                    Err(_) => false,
+                };
             return match result {
                 Ok(response) => Outcome::Accepted {
                     reply: response.text(),
@@ -643,9 +710,14 @@ impl Transport for SmtpTransport {
     fn send_batch(&mut self, batch: &[Outbound<'_>], journal: &mut dyn Journal) -> usize {
         for (i, m) in batch.iter().enumerate() {
             if !journal.proceed(i) {
+                if self.primed {
+                    // This message's commands went ahead; the server waits for its body.
+                    self.drop_connection();
+                }
                 return i;
             }
-            let outcome = self.send_message(m.envelope, m.message, &mut || journal.transmitting(i));
+            let next = batch.get(i + 1).filter(|_| journal.may_start_now(i + 1));
+            let outcome = self.send_message(m, next, &mut || journal.transmitting(i));
             journal.outcome(i, outcome);
         }
         batch.len()
@@ -654,11 +726,13 @@ impl Transport for SmtpTransport {
     fn close(&mut self) {
         if let Some(mut conn) = self.conn.take()
             && !conn.has_broken()
+            && !self.primed
         {
             // A failed QUIT changes nothing: the connection is dropped either way.
             conn.quit();
         }
         self.used = 0;
+        self.primed = false;
     }
 }
 
