@@ -124,7 +124,8 @@ pub struct SmtpSettings {
     /// Open a fresh connection after this many messages (at least 1).
     pub reconnect_after: usize,
     /// Use BDAT when the relay offers CHUNKING and PIPELINING (`[smtp] chunking`, default
-    /// true): one round trip per message instead of two.
+    /// true): one round trip for every message, where pipelined DATA takes two for a batch's
+    /// first message and one for the rest.
     pub chunking: bool,
     /// AUTH over an unencrypted connection to a host that is not loopback was allowed.
     pub allow_insecure_auth: bool,
