@@ -141,15 +141,16 @@ ensure_data() { # N: generated export of N data rows (same files as bench/segmen
 # donors: the generated export's rows that `campaign segment` keeps (valid, first occurrence),
 # in file order, with ASCII addresses only (smtp-source and mailmerge cannot send SMTPUTF8).
 # So every row becomes exactly one message.
-exact_donors() {
-    local n=$1 src out rows
-    out="$DATA/donors-exact-$(label "$n").csv"
+exact_donors() { # N [CAMPAIGN_TOML]: N rows every one of which that campaign segments
+    local n=$1 toml=${2:-bench/send-campaign.toml} src out rows suffix=
+    [[ $toml == bench/send-campaign.toml ]] || suffix=-$(basename "$(dirname "$toml")")
+    out="$DATA/donors-exact-$(label "$n")$suffix.csv"
     if [[ ! -s $out ]]; then
         rows=$((n + n / 10 + 100))
         src="$WORK/exact-src.csv"
         "$GEN" --rows "$rows" --seed "$SEED" --out "$src"
         rm -rf "$WORK/exact-run"
-        "$CAMPAIGN" segment "$src" --campaign bench/send-campaign.toml --out "$WORK/exact-run" \
+        "$CAMPAIGN" segment "$src" --campaign "$toml" --out "$WORK/exact-run" \
             --as-of "$AS_OF" --quiet >/dev/null
         python3 - "$src" "$WORK/exact-run" "$n" "$out.tmp" <<'PY'
 import csv, glob, sys

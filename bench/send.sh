@@ -12,6 +12,9 @@
 #   CONNECTIONS  space-separated connection counts (default "8 1")
 #   RUNS         timed runs per client and connection count (default 3); clients interleaved
 #   SEED         generator seed (default 20261129)
+#   SEND_TOML    the campaign file (default bench/send-campaign.toml, ~4.4 KB messages);
+#                SEND_TOML=fixtures/campaign.toml sends the fixtures' own ~10 KB text + HTML
+#                messages (not with DKIM, whose rewrite assumes the bench templates)
 #   DKIM         off (default), rsa (RSA-2048) or ed25519: sign every message with a key made
 #                by openssl for this run (mode 600, in the work dir, removed on exit)
 #   CAMPAIGN_BIN       campaign binary to benchmark instead of building one from this checkout
@@ -38,7 +41,7 @@ source bench/lib.sh
 COUNT=${COUNT:-20000}
 CONNECTIONS=${CONNECTIONS:-8 1}
 RUNS=${RUNS:-3}
-SEND_TOML=bench/send-campaign.toml
+SEND_TOML=${SEND_TOML:-bench/send-campaign.toml}
 
 ensure_time
 ensure_postfix
@@ -67,7 +70,7 @@ rsa | ed25519)
 esac
 echo "DKIM: ${DKIM:-off}" >&2
 
-donors=$(exact_donors "$COUNT")
+donors=$(exact_donors "$COUNT" "$SEND_TOML")
 segment_run "$donors" "$SEND_TOML" "$WORK/template-run"
 
 # Rendered size: the mean over the first donor of every segment.

@@ -625,18 +625,16 @@ impl SmtpTransport {
             let Some(conn) = self.conn.as_mut() else {
                 unreachable!("connect() leaves a connection or returns an error");
             };
-            let params =
+            // A message sent ahead passed this check on this connection when it went, and
+            // its MAIL is out: checking its every byte again would be waste.
+            let params = if self.primed {
+                Vec::new()
+            } else {
                 match mail_parameters(conn.extensions(), &self.relay, m.envelope, m.message) {
                     Ok(params) => params,
-                    Err(outcome) => {
-                        // Only a message that passed this check on this connection goes ahead,
-                        // but the server must never be left waiting for a body.
-                        if self.primed {
-                            self.drop_connection();
-                        }
-                        return outcome;
-                    }
-                };
+                    Err(outcome) => return outcome,
+                }
+            };
             self.used += 1;
             // The next message goes ahead only on a connection that will carry it.
             let ahead = next
