@@ -107,10 +107,12 @@ impl Transfer {
 struct BodyAndDot<'a>(&'a [u8]);
 
 impl BodyAndDot<'_> {
-    /// The bytes to write.
-    fn bytes(&self) -> Vec<u8> {
+    /// The bytes to write, into `out` (emptied first): one buffer per connection serves every
+    /// message, where a fresh one per message cost an allocation and a free of its size.
+    fn write_into(&self, out: &mut Vec<u8>) {
         let mut rest = self.0;
-        let mut out = Vec::with_capacity(rest.len() + rest.len() / 64 + 8);
+        out.clear();
+        out.reserve(rest.len() + rest.len() / 64 + 8);
         if rest.starts_with(b".") {
             out.push(b'.');
         }
@@ -123,7 +125,6 @@ impl BodyAndDot<'_> {
         }
         out.extend_from_slice(rest);
         out.extend_from_slice(b"\r\n.\r\n");
-        out
     }
 }
 
@@ -184,7 +185,8 @@ pub struct SmtpTransport {
     /// are unread. The server may be waiting for that message's body, so the connection can
     /// only carry it, or be dropped (a QUIT or RSET would become message text).
     primed: bool,
-    /// The bytes of a chunked transaction, kept to spare an allocation per message.
+    /// The bytes of a chunked transaction, or of a body and its end marker, kept to spare an
+    /// allocation per message.
     wire: Vec<u8>,
 }
 
@@ -392,13 +394,13 @@ impl SmtpTransport {
         // otherwise gain an empty last line.
         let body = message.strip_suffix(b"\r\n").unwrap_or(message);
         before_body().map_err(Failure::Aborted)?;
-        let mut bytes = BodyAndDot(body).bytes();
+        BodyAndDot(body).write_into(wire);
         if let Some(group) = ahead {
             use std::io::Write as _;
             // Writing into a Vec cannot fail.
-            let _ = write!(bytes, "{group}");
+            let _ = write!(wire, "{group}");
         }
-        conn.write(&bytes)
+        conn.write(wire)
             .and_then(|()| conn.read_reply())
             .map_err(|e| Failure::Smtp(Stage::Message, e))
     }
@@ -858,6 +860,8 @@ mod tests {
 
     #[test]
     fn body_is_dot_stuffed_and_terminated() {
+        // One buffer for every case, as a connection uses it: each write starts it afresh.
+        let mut bytes = Vec::new();
         for (body, wire) in [
             ("", "\r\n.\r\n"),
             (".", "..\r\n.\r\n"),
@@ -866,8 +870,8 @@ mod tests {
             ("a\r\n.", "a\r\n..\r\n.\r\n"),
             ("bare\n.lf", "bare\n..lf\r\n.\r\n"),
         ] {
-            let bytes = BodyAndDot(body.as_bytes()).bytes();
-            assert_eq!(String::from_utf8(bytes).unwrap(), wire, "{body:?}");
+            BodyAndDot(body.as_bytes()).write_into(&mut bytes);
+            assert_eq!(String::from_utf8_lossy(&bytes), wire, "{body:?}");
         }
     }
 }
