@@ -48,12 +48,25 @@ pub struct PrepareError {
 pub struct Workspace {
     typed: TypedRow,
     message: Scratch,
+    /// The Date header for this thread's messages, when it keeps its own; otherwise the
+    /// preparer's, from when it was made.
+    date: Option<MessageDate>,
 }
 
 impl Workspace {
     /// Takes back a message's bytes once they are no longer needed, for the next message.
     pub fn recycle(&mut self, bytes: Vec<u8>) {
         self.message.recycle(bytes);
+    }
+
+    /// Dates the messages prepared from now on `at`. A send that runs for hours (a rate,
+    /// a relay's pushback) would otherwise date its last message when it started.
+    ///
+    /// # Errors
+    /// [`MessageError`] for a time before 1970; the date already set stays.
+    pub fn set_date(&mut self, at: Timestamp) -> Result<(), crate::message::MessageError> {
+        self.date = Some(MessageDate::new(at)?);
+        Ok(())
     }
 }
 
@@ -317,7 +330,7 @@ impl Preparer {
                     email: &email,
                     unsubscribe_token: &token,
                     key,
-                    date: &self.date,
+                    date: ws.date.as_ref().unwrap_or(&self.date),
                 },
                 &mut ws.message,
             )

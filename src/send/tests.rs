@@ -28,6 +28,7 @@ type Policy = Arc<dyn Fn(&str, u32) -> Option<Outcome> + Send + Sync>;
 struct Fake {
     attempts: Arc<Mutex<HashMap<String, u32>>>,
     log: Arc<Mutex<Vec<(String, u32, Duration)>>>,
+    dates: Arc<Mutex<Vec<(String, u32, String)>>>,
     clock: Arc<ManualClock>,
     policy: Policy,
 }
@@ -49,6 +50,11 @@ impl Transport for Fake {
                 .lock()
                 .unwrap()
                 .push((to.to_owned(), n, self.clock.elapsed()));
+            let date = String::from_utf8_lossy(m.message)
+                .lines()
+                .find_map(|l| l.strip_prefix("Date: ").map(str::to_owned))
+                .unwrap_or_default();
+            self.dates.lock().unwrap().push((to.to_owned(), n, date));
             let outcome = match (self.policy)(to, n) {
                 Some(refusal) => refusal,
                 None => match journal.transmitting(i) {
@@ -74,6 +80,8 @@ impl Transport for Fake {
 struct Relay {
     attempts: Arc<Mutex<HashMap<String, u32>>>,
     log: Arc<Mutex<Vec<(String, u32, Duration)>>>,
+    /// Each attempt's Date header.
+    dates: Arc<Mutex<Vec<(String, u32, String)>>>,
 }
 
 /// Defers each recipient's first `n` attempts with a 451.
@@ -182,6 +190,7 @@ fn send_watching(
         Box::new(Fake {
             attempts: Arc::clone(&relay.attempts),
             log: Arc::clone(&relay.log),
+            dates: Arc::clone(&relay.dates),
             clock: Arc::clone(clock),
             policy: Arc::clone(&policy),
         })
@@ -247,6 +256,17 @@ fn retries_wait_on_the_clock_and_the_ledger_keeps_its_time() {
             at > "2026-12-02T00:00:00Z".parse().unwrap() && at <= clock.now(),
             "{at}"
         );
+    }
+    // Each message is dated when its batch was prepared, not when the send began.
+    let dates = relay.dates.lock().unwrap();
+    assert_eq!(dates.len(), 2 * DONORS);
+    for (to, attempt, date) in dates.iter() {
+        let day = if *attempt == 1 {
+            "Tue, 01 Dec 2026 23:59:5"
+        } else {
+            "Wed, 02 Dec 2026 00:"
+        };
+        assert!(date.starts_with(day), "{to} attempt {attempt}: {date}");
     }
 }
 

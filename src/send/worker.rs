@@ -303,6 +303,8 @@ impl<'s, 'a> Worker<'s, 'a> {
             ..Unsettled::default()
         };
         let segment = &sh.run.manifest.segments[seg];
+        // Each batch is dated when it is prepared, seconds before it is sent.
+        self.ws.set_date(sh.clock.now())?;
         let mut ready: Vec<(usize, Prepared)> = Vec::with_capacity(batch.len());
         for (i, p) in batch.iter().enumerate() {
             match sh.preparer.prepare(
