@@ -114,8 +114,6 @@ pub fn explain(dir: &Path, email: &str) -> Result<String> {
 /// Which lists, and which line of each, suppress `addr`.
 fn suppressed_by(lists: &[PathBuf], addr: &Address<'_>) -> Result<Vec<(PathBuf, Option<u64>)>> {
     let mut found = Vec::new();
-    let want = normalise(addr);
-    let domain = format!("@{}", addr.domain().to_lowercase());
     for p in lists {
         if Suppressions::load(std::slice::from_ref(p))?
             .check(addr, addr.key())
@@ -123,20 +121,12 @@ fn suppressed_by(lists: &[PathBuf], addr: &Address<'_>) -> Result<Vec<(PathBuf, 
         {
             continue;
         }
-        if p.join(crate::rundir::MANIFEST).is_file() {
-            found.push((p.clone(), None));
-            continue;
-        }
-        let text =
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-        let line = text.lines().position(|l| {
-            // Any separator a list may use (see crate::suppress); the list itself said yes.
-            l.split([',', ';', '\t', '|']).any(|cell| {
-                let c = cell.trim().trim_matches('"').to_lowercase();
-                c == want || c == domain
-            })
-        });
-        found.push((p.clone(), line.map(|i| i as u64 + 1)));
+        let line = if p.join(crate::rundir::MANIFEST).is_file() {
+            None
+        } else {
+            Suppressions::line_of(p, addr)?
+        };
+        found.push((p.clone(), line));
     }
     Ok(found)
 }

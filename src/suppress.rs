@@ -77,6 +77,9 @@ pub struct Suppressions {
     mailed: KeySet,
     /// Entries that were not valid addresses.
     pub ignored: Vec<IgnoredEntry>,
+    /// For [`Suppressions::line_of`]: the address and domain keys looked for, and the first
+    /// line that listed either.
+    sought: Option<(RecipientKey, RecipientKey, Option<u64>)>,
 }
 
 impl Suppressions {
@@ -93,6 +96,28 @@ impl Suppressions {
             }
         }
         Ok(s)
+    }
+
+    /// The first line of the list file `path` that suppresses `addr` (its address or its
+    /// domain), read by the same parser as [`Suppressions::load`], so the two cannot disagree;
+    /// `None` when no line does. For `explain`.
+    pub fn line_of(path: &Path, addr: &Address<'_>) -> Result<Option<u64>> {
+        let mut s = Suppressions {
+            sought: Some((addr.key(), domain_key(addr.domain()), None)),
+            ..Suppressions::default()
+        };
+        s.read_file(path)
+            .with_context(|| format!("reading suppression list {}", path.display()))?;
+        Ok(s.sought.and_then(|(_, _, line)| line))
+    }
+
+    /// Notes `line` as the one sought when `key` is the key looked for.
+    fn seen(&mut self, key: RecipientKey, domain: bool, line: u64) {
+        if let Some((address, domain_of, found @ None)) = &mut self.sought
+            && key == if domain { *domain_of } else { *address }
+        {
+            *found = Some(line);
+        }
     }
 
     /// Addresses plus domains listed.
@@ -197,7 +222,9 @@ impl Suppressions {
             let probe = format!("x@{domain}");
             match Address::parse(&probe) {
                 Ok(_) => {
-                    self.domains.insert(domain_key(domain));
+                    let key = domain_key(domain);
+                    self.domains.insert(key);
+                    self.seen(key, true, line);
                 }
                 Err(e) => self.ignored.push(IgnoredEntry {
                     path: path.to_owned(),
@@ -210,6 +237,7 @@ impl Suppressions {
         match Address::parse(t) {
             Ok(a) => {
                 self.addresses.insert(a.key());
+                self.seen(a.key(), false, line);
             }
             Err(e) => self.ignored.push(IgnoredEntry {
                 path: path.to_owned(),
@@ -271,4 +299,33 @@ pub fn sha256_of(path: &Path) -> Result<String> {
         }
     }
     Ok(h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line_of(list: &str, email: &str) -> Option<u64> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list");
+        std::fs::write(&path, list).unwrap();
+        Suppressions::line_of(&path, &Address::parse(email).unwrap()).unwrap()
+    }
+
+    /// `explain` names the line the parser itself read, in every format a list may have:
+    /// not a line that merely mentions the address, and not one after the first that lists it.
+    #[test]
+    fn the_line_of_an_entry_is_the_parsers_own() {
+        let plain = "# do not contact\n\nann@example.org\nBob@Example.org\nbob@example.org\n";
+        assert_eq!(line_of(plain, "bob@example.org"), Some(4));
+        assert_eq!(line_of(plain, "cat@example.org"), None);
+        let domain = "ann@example.org\n@example.net\n";
+        assert_eq!(line_of(domain, "zed@EXAMPLE.net"), Some(2));
+        // A name column that mentions the address is not the entry; the email column is.
+        let csv = "name;email\n\"bob@example.org; a note\";ann@example.org\nBob;bob@example.org\n";
+        assert_eq!(line_of(csv, "bob@example.org"), Some(3));
+        let quoted =
+            "email,name\n\"carol@example.org\",\"Carol,\nthe second line\"\ndan@example.org,Dan\n";
+        assert_eq!(line_of(quoted, "dan@example.org"), Some(4));
+    }
 }
