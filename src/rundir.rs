@@ -225,6 +225,35 @@ fn exchange(_: &Path, _: &Path) -> Result<bool> {
     Ok(false)
 }
 
+/// This host's name, for the lock files and temporary names a person or another host reads.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "this host".to_owned())
+}
+
+/// A name beside `path` for writing it before it is renamed or linked into place, private to
+/// this process on this host: hosts sharing a run each have their own process ids, and
+/// containers often the same ones (a shard is pid 1 in every pod), so the pid alone would
+/// let two writers share one temporary file.
+pub fn temporary_beside(path: &Path) -> PathBuf {
+    let host: String = hostname()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{host}.{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
 /// A crash point for tests: with `CAMPAIGN_FAULT=<name>` in the environment of a debug
 /// build, the process aborts here, as a `kill -9` would stop it. Release builds have none.
 fn fault_point(name: &str) {
@@ -311,6 +340,27 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A temporary name stays beside its file, and names this host and process, so writers on
+    /// two hosts with the same pid never share one.
+    #[test]
+    fn a_temporary_name_is_this_hosts_and_processes() {
+        let t = temporary_beside(Path::new("/run/x/ledger/halt"));
+        assert_eq!(t.parent(), Some(Path::new("/run/x/ledger")));
+        let name = t.file_name().unwrap().to_str().unwrap();
+        let host: String = hostname()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        assert_eq!(name, format!("halt.{host}.{}.tmp", std::process::id()));
+        assert!(!name.contains('/'));
+    }
 
     #[test]
     fn dropped_staging_leaves_nothing() {

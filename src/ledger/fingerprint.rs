@@ -38,7 +38,7 @@ pub fn record_templates(run: &Path, fingerprint: &str) -> Result<(), LedgerError
     // Written whole under a name of our own, then linked into place: a shard starting beside
     // this one sees no file or the whole file, never a half-written one, and of two shards
     // recording at once the second compares against the first.
-    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let tmp = crate::rundir::temporary_beside(&path);
     let io = |e| LedgerError::io(&tmp, e);
     let mut file = OpenOptions::new()
         .write(true)

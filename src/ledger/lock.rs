@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 
 use super::{LedgerError, sync_dir, to_millis};
-use crate::rundir::{LEDGER_DIR, RUN_LOCK};
+use crate::rundir::{LEDGER_DIR, RUN_LOCK, hostname};
 
 /// Prevents two `send` processes on one run (cron overlap): an exclusive lock on
 /// `RUN/ledger/lock`, held until drop.
@@ -314,13 +314,4 @@ fn probe(path: &Path, mode: LockMode) -> Result<Option<String>, LedgerError> {
         Err(TryLockError::WouldBlock) => Ok(Some(holder_line(&mut file))),
         Err(TryLockError::Error(e)) => Err(LedgerError::io(path, e)),
     }
-}
-
-/// This host's name, for the lock files a person reads.
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "this host".to_owned())
 }

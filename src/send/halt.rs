@@ -41,14 +41,11 @@ pub fn write(run: &Path, why: &str, now: Timestamp) -> Result<()> {
     if p.exists() {
         return Ok(());
     }
-    let pid = std::process::id();
-    let tmp = p.with_extension(format!("{pid}.tmp"));
+    let (pid, host) = (std::process::id(), crate::rundir::hostname());
     let text = format!(
-        "halted by process {pid} at {now:.0}: {why}\nFix the cause, then run `campaign send RUN --clear-halt` (or delete this file).\n"
+        "halted by process {pid} on {host} at {now:.0}: {why}\nFix the cause, then run `campaign send RUN --clear-halt` (or delete this file).\n"
     );
-    fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))?;
-    Ok(())
+    super::reports::write_atomic(&p, text.as_bytes())
 }
 
 /// Removes the marker, if there is one.

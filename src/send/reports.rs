@@ -398,9 +398,10 @@ pub(super) fn write_lists(run: &Path, manifest: &Manifest, known: &mut Summaries
     Ok(())
 }
 
-/// Replaces a file whole, so a reader never sees half of it.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+/// Replaces a file whole, so a reader never sees half of it, and of two writers (shards on
+/// two hosts) the last rename wins with a whole file of its own.
+pub(super) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = crate::rundir::temporary_beside(path);
     std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
