@@ -108,6 +108,37 @@ fn the_corpus_suppresses_permanent_failures_and_complaints_only() {
     );
     assert_eq!(listed(&w, "bounced.txt").len(), want.len());
     // The list is one `--suppress` reads: a segment with it drops those donors.
+
+    // It holds donors' addresses: readable by its owner only, like the endpoint's list, and
+    // it says what it is on its first line.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(w.path("bounced.txt"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let text = std::fs::read_to_string(w.path("bounced.txt")).unwrap();
+    assert!(
+        text.starts_with("# Bounced, complained or unsubscribed"),
+        "{text}"
+    );
+
+    // A list edited by hand without its last line break gets one before the next address.
+    std::fs::write(w.path("edited.txt"), "# by hand\nsomeone@example.org").unwrap();
+    assert_code(
+        &bounces(&w, &[&corpus("mixed.mbox"), "--out", "edited.txt"], b""),
+        0,
+    );
+    let text = std::fs::read_to_string(w.path("edited.txt")).unwrap();
+    assert!(
+        text.starts_with("# by hand\nsomeone@example.org\n"),
+        "{text}"
+    );
+    // mixed.mbox alone holds three of the addresses (read again above: 3 already listed).
+    assert_eq!(listed(&w, "edited.txt").len(), 1 + 3);
 }
 
 #[test]

@@ -8,8 +8,7 @@
 //! temporary failure.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
@@ -20,6 +19,7 @@ use crate::email::{Address, RecipientKey, normalise};
 use crate::ledger::{self, ChunkStates, FeedbackKind, Session};
 use crate::manifest::Manifest;
 use crate::run;
+use crate::server::SuppressionList;
 
 /// A run to record feedback in: its directory and manifest (its campaign file is not
 /// needed, so a mail host can hold the run without the templates).
@@ -214,38 +214,20 @@ fn append(out: &Path, addresses: &BTreeSet<String>) -> Result<(usize, usize)> {
                 .unwrap_or_else(|_| l.to_ascii_lowercase())
         })
         .collect();
-    let new: Vec<&String> = addresses.iter().filter(|a| !listed.contains(*a)).collect();
+    let new: Vec<&str> = addresses
+        .iter()
+        .filter(|a| !listed.contains(*a))
+        .map(String::as_str)
+        .collect();
     let already = addresses.len() - new.len();
     if new.is_empty() {
         return Ok((0, already));
     }
-    let mut text = String::new();
-    if existing.is_empty() {
-        text.push_str(
-            "# Bounced, complained or unsubscribed: written by `campaign bounces`; pass to `campaign segment --suppress` and `campaign send --suppress`.\n",
-        );
-    } else if !existing.ends_with('\n') {
-        text.push('\n');
-    }
-    for a in &new {
-        text.push_str(a);
-        text.push('\n');
-    }
-    let created = existing.is_empty() && !out.exists();
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(out)
-        .with_context(|| format!("opening {} to append to it", out.display()))?;
-    f.lock()
-        .with_context(|| format!("locking {}", out.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_data())
-        .with_context(|| format!("appending to {}", out.display()))?;
-    if created && let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("syncing {}", dir.display()))?;
-    }
+    SuppressionList::open(out)
+        .and_then(|list| list.append_all(&new, Some(LIST_HEADER)))
+        .map_err(anyhow::Error::new)?;
     Ok((new.len(), already))
 }
+
+/// The first line of a list `campaign bounces` creates.
+const LIST_HEADER: &str = "# Bounced, complained or unsubscribed: written by `campaign bounces`; pass to `campaign segment --suppress` and `campaign send --suppress`.";

@@ -1,8 +1,10 @@
-//! The suppression list the endpoint appends to: `--out FILE`.
+//! A suppression list appended to: the endpoint's `--out FILE`, and `campaign bounces --out`.
 //!
-//! Owns opening that file and appending one address to it durably. It never reads the list
+//! Owns opening such a file and appending addresses to it durably. It never reads the list
 //! back, never removes or deduplicates entries (a donor who clicks twice is listed twice, which
-//! `--suppress` ignores), and never writes anything but whole lines of normalised addresses.
+//! `--suppress` ignores; `campaign bounces` leaves out what the list holds before it appends),
+//! and never writes anything but whole lines of normalised addresses, and a comment line
+//! opening a file it creates when asked.
 //!
 //! # Format
 //!
@@ -13,9 +15,9 @@
 //!
 //! # Whole lines
 //!
-//! Each address is appended by one `write(2)` on a descriptor opened `O_APPEND`, while this
-//! process holds a mutex and an exclusive `flock` on the file, and is `fsync`ed before
-//! [`SuppressionList::append`] returns. So concurrent requests, and two servers given the same
+//! Each address, or each set of them, is appended by one `write(2)` on a descriptor opened
+//! `O_APPEND`, while this process holds a mutex and an exclusive `flock` on the file, and is
+//! `fsync`ed before [`SuppressionList::append`] returns. So concurrent requests, and two servers given the same
 //! file, never interleave lines, and an unsubscribe answered 200 survives a power cut. The
 //! file is opened anew for each address: a list moved away or deleted by an operator is
 //! recreated rather than written into a file nobody reads.
@@ -29,7 +31,7 @@ use std::sync::Mutex;
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     /// The file could not be opened, locked, written or synced.
-    #[error("cannot append to the unsubscribe list {}: {cause}; check the disk and the file's permissions", path.display())]
+    #[error("cannot append to the suppression list {}: {cause}; check the disk and the file's permissions", path.display())]
     Io {
         /// The list.
         path: PathBuf,
@@ -37,7 +39,7 @@ pub enum ListError {
         cause: std::io::Error,
     },
     /// `--out` names something that is not a regular file.
-    #[error("the unsubscribe list {} is not a regular file; give --out a file path", path.display())]
+    #[error("the suppression list {} is not a regular file; give --out a file path", path.display())]
     NotAFile {
         /// The path.
         path: PathBuf,
@@ -124,7 +126,20 @@ impl SuppressionList {
     /// When the file cannot be opened, locked, written or synced; the line may then be
     /// missing, never half-written by this process.
     pub fn append(&self, address: &str) -> Result<(), ListError> {
-        if address.contains(['\n', '\r']) {
+        self.append_all(&[address], None)
+    }
+
+    /// Appends `addresses` (already normalised), a line each, with one write and one sync.
+    /// A list found empty gets `header` (a `#` comment, without its line break) first.
+    ///
+    /// # Errors
+    /// As [`SuppressionList::append`]; none of the lines is then written by this process.
+    pub fn append_all(&self, addresses: &[&str], header: Option<&str>) -> Result<(), ListError> {
+        if addresses
+            .iter()
+            .chain(header.as_ref())
+            .any(|a| a.contains(['\n', '\r']))
+        {
             return Err(ListError::LineBreak {
                 path: self.path.clone(),
             });
@@ -133,24 +148,32 @@ impl SuppressionList {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut file = self.open_file()?;
         lock_exclusive(&file).map_err(|e| self.io(e))?;
-        let mut line = String::with_capacity(address.len() + 2);
-        // A list edited by hand may lack its final newline; without one this address would
-        // be glued to the last one and both would stop matching.
-        if !ends_with_newline(&file).map_err(|e| self.io(e))? {
-            line.push('\n');
+        let mut text =
+            String::with_capacity(addresses.iter().map(|a| a.len() + 1).sum::<usize>() + 2);
+        let len = file.metadata().map_err(|e| self.io(e))?.len();
+        if len == 0 {
+            if let Some(h) = header {
+                text.push_str(h);
+                text.push('\n');
+            }
+        } else if !ends_with_newline(&file, len).map_err(|e| self.io(e))? {
+            // A list edited by hand may lack its final newline; without one the first
+            // address would be glued to the last one and both would stop matching.
+            text.push('\n');
         }
-        line.push_str(address);
-        line.push('\n');
-        file.write_all(line.as_bytes()).map_err(|e| self.io(e))?;
+        for a in addresses {
+            text.push_str(a);
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes()).map_err(|e| self.io(e))?;
         file.sync_all().map_err(|e| self.io(e))?;
         // Closing the file releases the flock.
         Ok(())
     }
 }
 
-/// Whether the file is empty or ends in `\n`.
-fn ends_with_newline(file: &File) -> std::io::Result<bool> {
-    let len = file.metadata()?.len();
+/// Whether the file, `len` bytes long, is empty or ends in `\n`.
+fn ends_with_newline(file: &File, len: u64) -> std::io::Result<bool> {
     if len == 0 {
         return Ok(true);
     }
