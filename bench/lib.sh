@@ -96,7 +96,7 @@ build() {
     if [[ -z ${CAMPAIGN_GEN:-} ]]; then
         if [[ -n ${CAMPAIGN_BIN:-} ]]; then log "building gen_donors (release)"; fi
         cargo build --release --quiet --example gen_donors
-        GEN=$ROOT/target/release/examples/gen_donors
+        GEN=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/gen_donors
     else
         GEN=$(given_binary CAMPAIGN_GEN "$CAMPAIGN_GEN")
     fi
@@ -106,7 +106,7 @@ build() {
     else
         # Others edit src/ while benchmarks run: record which sources the binary was built from.
         SRC_FINGERPRINT=$(find src Cargo.toml Cargo.lock -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-12)
-        CAMPAIGN=$ROOT/target/release/campaign
+        CAMPAIGN=${CARGO_TARGET_DIR:-$ROOT/target}/release/campaign
     fi
 }
 

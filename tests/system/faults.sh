@@ -45,7 +45,7 @@ if ! "$PY" -c 'import dkim, nacl' 2>/dev/null; then
 fi
 
 cargo build --locked --quiet
-BIN=$PWD/target/debug/campaign
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/debug/campaign
 
 # `campaign status run --json` in the current directory: exit 0 (complete), 5 (donors left)
 # or 6 (halted) are answers; anything else is a failure.

@@ -69,7 +69,7 @@ fi
 SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 
 cargo build --locked --quiet
-BIN=$ROOT/target/debug/campaign
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/campaign
 
 # `campaign status run --json` in the current directory: exit 0 (complete), 5 (donors left)
 # or 6 (halted) are answers; anything else is a failure.
