@@ -214,7 +214,8 @@ impl Rng {
 fn random_kills_and_restarts_of_shards_mail_nobody_twice() {
     // Slow enough that the shards are still sending through the whole chaos loop (about 2 s),
     // however fast the rest of a send gets: 2000 donors × 12 ms over 8 connections is 3 s.
-    let server = TestServer::with_policy(Arc::new(|step, _, _| {
+    // PIPELINING, so that kills land while the next donor's commands went ahead too.
+    let server = TestServer::pipelining(Arc::new(|step, _, _| {
         if step == Step::DataEnd {
             std::thread::sleep(Duration::from_millis(12));
         }

@@ -40,6 +40,8 @@ struct Conn {
 }
 
 struct Inner {
+    /// Ends of data read with the next command already in (see [`TestServer::ahead`]).
+    ahead: Arc<AtomicUsize>,
     received: Mutex<Vec<Received>>,
     seen: Mutex<std::collections::HashMap<(bool, String), usize>>,
     connections: AtomicUsize,
@@ -127,9 +129,21 @@ impl TestServer {
     }
 
     pub fn with_policy(policy: Policy) -> TestServer {
+        TestServer::serving(policy, false)
+    }
+
+    /// [`TestServer::with_policy`], offering PIPELINING (RFC 2920) too, as postfix does: the
+    /// replies to commands that came in one write go out together.
+    pub fn pipelining(policy: Policy) -> TestServer {
+        TestServer::serving(policy, true)
+    }
+
+    fn serving(policy: Policy, pipelining: bool) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
         let port = listener.local_addr().unwrap().port();
+        let ahead = Arc::new(AtomicUsize::new(0));
         let inner = Arc::new(Inner {
+            ahead: Arc::clone(&ahead),
             received: Mutex::new(Vec::new()),
             seen: Mutex::new(Default::default()),
             connections: AtomicUsize::new(0),
@@ -142,7 +156,12 @@ impl TestServer {
             to: Vec::new(),
             data: Vec::new(),
         };
-        serve_mailin(listener, "test.invalid", handler);
+        serve(
+            listener,
+            "test.invalid",
+            handler,
+            pipelining.then_some(ahead),
+        );
         TestServer { port, inner }
     }
 
@@ -165,6 +184,12 @@ impl TestServer {
         m
     }
 
+    /// How many times a message's end of data arrived with the next command right behind it,
+    /// in the same read: the client sent that command ahead (PIPELINING only).
+    pub fn ahead(&self) -> usize {
+        self.inner.ahead.load(Ordering::SeqCst)
+    }
+
     pub fn connections(&self) -> usize {
         self.inner.connections.load(Ordering::SeqCst)
     }
@@ -182,14 +207,26 @@ pub fn serve_mailin<H: Handler + Clone + Send + 'static>(
     name: &str,
     handler: H,
 ) {
+    serve(listener, name, handler, None);
+}
+
+/// [`serve_mailin`], adding PIPELINING to the EHLO reply when given `ahead`, which counts the
+/// ends of data read with the next command behind them.
+fn serve<H: Handler + Clone + Send + 'static>(
+    listener: TcpListener,
+    name: &str,
+    handler: H,
+    pipelining: Option<Arc<AtomicUsize>>,
+) {
     let builder = SessionBuilder::new(name);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let (builder, handler) = (builder.clone(), handler.clone());
+            let (builder, handler, pipelining) =
+                (builder.clone(), handler.clone(), pipelining.clone());
             std::thread::spawn(move || {
                 // A client that hangs up mid-session ends only its own session.
-                let _ = mailin_session(stream, &builder, handler);
+                let _ = mailin_session(stream, &builder, handler, pipelining.as_deref());
             });
         }
     });
@@ -241,6 +278,7 @@ fn mailin_session<H: Handler>(
     stream: TcpStream,
     builder: &SessionBuilder,
     handler: H,
+    pipelining: Option<&AtomicUsize>,
 ) -> std::io::Result<()> {
     let refused = Arc::new(Mutex::new(None));
     let handler = EndOfData {
@@ -258,18 +296,51 @@ fn mailin_session<H: Handler>(
         if reader.read_until(b'\n', &mut line)? == 0 {
             return Ok(());
         }
+        if let Some(ahead) = pipelining
+            && line == b".\r\n"
+            && !reader.buffer().is_empty()
+        {
+            ahead.fetch_add(1, Ordering::SeqCst);
+        }
         let res = session.process(&line);
         let res = refused.lock().unwrap().take().unwrap_or(res);
         if res.action == Action::NoReply {
             continue;
         }
-        res.write_to(&mut writer)?;
-        writer.flush()?;
+        if pipelining.is_some()
+            && res.code == 250
+            && line.len() >= 4
+            && line[..4].eq_ignore_ascii_case(b"EHLO")
+        {
+            let mut reply = Vec::new();
+            res.write_to(&mut reply)?;
+            writer.write_all(&with_pipelining(&reply))?;
+        } else {
+            res.write_to(&mut writer)?;
+        }
+        // Replies wait while more commands are already here, and leave together when the
+        // client waits for them: how a server answers a pipelined group (RFC 2920 3.2).
+        let ending = matches!(res.action, Action::Close | Action::UpgradeTls);
+        if reader.buffer().is_empty() || ending {
+            writer.flush()?;
+        }
         // UpgradeTls cannot come: STARTTLS is never offered.
-        if matches!(res.action, Action::Close | Action::UpgradeTls) {
+        if ending {
             return Ok(());
         }
     }
+}
+
+/// An EHLO reply with `250-PIPELINING` after its first line.
+fn with_pipelining(reply: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(reply);
+    let mut lines: Vec<String> = text.lines().map(|l| format!("250-{}", &l[4..])).collect();
+    lines.insert(1, "250-PIPELINING".to_owned());
+    let last = lines.len() - 1;
+    lines[last].replace_range(3..4, " ");
+    let mut out = lines.join("\r\n");
+    out.push_str("\r\n");
+    out.into_bytes()
 }
 
 /// A server speaking SMTP by script on one connection at a time: `after_dot` decides what
