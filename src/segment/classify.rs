@@ -268,6 +268,7 @@ fn classify_rows(
     out: &mut [Pre],
 ) -> Vec<(String, String)> {
     let mut reasons = Vec::new();
+    let records = records.checked(from..from + out.len());
     for (i, slot) in out.iter_mut().enumerate() {
         let outcome = c.assess(&records.get(from + i));
         *slot = match (outcome, c.last_key()) {
