@@ -183,6 +183,7 @@ impl<'a> Fields<'a> {
     ///
     /// Panics if `i >= len()` or if the offsets do not fall on character boundaries; both are
     /// programmer errors, never caused by file contents.
+    #[inline]
     pub fn get(&self, i: usize) -> &'a str {
         let start = if i == 0 {
             0
@@ -193,6 +194,7 @@ impl<'a> Fields<'a> {
     }
 
     /// Field `i`, or `""` when the row is shorter than the header, so evaluation never panics.
+    #[inline]
     pub(crate) fn get_or_empty(&self, i: usize) -> &'a str {
         if i < self.ends.len() { self.get(i) } else { "" }
     }
