@@ -718,6 +718,14 @@ const KEY_BUF: usize = 256;
 /// Hashes the lowercase form of `s`, on the stack for ASCII text that fits.
 fn hash_lowercase(s: &str) -> RecipientKey {
     let bytes = s.as_bytes();
+    // Most addresses are typed in lowercase ASCII already: hash them as they are. One pass
+    // without early exit, so it vectorises.
+    let folds = bytes
+        .iter()
+        .fold(false, |f, &b| f | (b >= 0x80) | b.is_ascii_uppercase());
+    if !folds {
+        return RecipientKey(xxhash_rust::xxh3::xxh3_128(bytes));
+    }
     if bytes.len() <= KEY_BUF && bytes.is_ascii() {
         let mut buf = [0u8; KEY_BUF];
         let out = &mut buf[..bytes.len()];

@@ -155,13 +155,7 @@ impl Value {
                 index,
                 ty: ColumnType::Text,
             } => Val::Text(row.fields.get_or_empty(*index).trim_ascii(), Case::Raw),
-            Value::Column { index, .. } => match row.typed.slot(*index) {
-                Typed::Number(n) => Val::Num(n),
-                Typed::Date(d) => Val::Date(d),
-                Typed::Bool(b) => Val::Bool(b),
-                Typed::Missing => Val::Missing,
-                Typed::Text => Val::Text(row.fields.get_or_empty(*index).trim_ascii(), Case::Raw),
-            },
+            Value::Column { index, .. } => typed_val(row.typed.slot(*index), row, *index),
             Value::Lower(v) => recase(v.eval(row), Case::Lower),
             Value::Upper(v) => recase(v.eval(row), Case::Upper),
             Value::Length(v) => match v.eval(row) {
@@ -440,6 +434,155 @@ pub(crate) fn eval<T: Tracer>(
             text_test(v, test, scratch) != *negated
         }),
         Cond::IsEmpty { lhs, negated } => leaf1(node, lhs, row, t, |v| is_empty(v) != *negated),
+    }
+}
+
+/// A condition as [`super::Rule::matches`] evaluates it: a column compared with a constant,
+/// the commonest leaf by far, becomes a direct test of the row's cell, with no operand to
+/// evaluate and no pair of values to match up; anything else is left to [`eval`]. Same
+/// results as `eval` by construction (missing, case and order rules alike), which every rule
+/// test checks by comparing `matches` with `explain`.
+#[derive(Clone, Debug)]
+pub(crate) enum Fast {
+    All(Vec<Fast>),
+    Any(Vec<Fast>),
+    Not(Box<Fast>),
+    /// A `number` column against a number.
+    Number {
+        index: usize,
+        op: CmpOp,
+        k: f64,
+    },
+    /// A `date` column against a date (`today - 365d` is one, folded at compile time).
+    Date {
+        index: usize,
+        op: CmpOp,
+        k: Date,
+    },
+    /// A `bool` column used as a condition.
+    IsTrue {
+        index: usize,
+    },
+    /// A text column `in` a list of texts.
+    TextIn {
+        index: usize,
+        items: Vec<Box<str>>,
+        negated: bool,
+    },
+    Other(Node),
+}
+
+impl Fast {
+    pub(crate) fn new(node: &Node) -> Fast {
+        match &node.cond {
+            Cond::And(items) => Fast::All(items.iter().map(Fast::new).collect()),
+            Cond::Or(items) => Fast::Any(items.iter().map(Fast::new).collect()),
+            Cond::Not(inner) => Fast::Not(Box::new(Fast::new(inner))),
+            Cond::Compare { op, lhs, rhs } => {
+                let (column, k, op) = match (&lhs.value, &rhs.value) {
+                    (Value::Column { index, ty }, Value::Const(k)) => ((*index, *ty), k, *op),
+                    (Value::Const(k), Value::Column { index, ty }) => {
+                        ((*index, *ty), k, flipped(*op))
+                    }
+                    _ => return Fast::Other(node.clone()),
+                };
+                match (column, k) {
+                    ((index, ColumnType::Number), Lit::Number(k)) => {
+                        Fast::Number { index, op, k: *k }
+                    }
+                    ((index, ColumnType::Date), Lit::Date(k)) => Fast::Date { index, op, k: *k },
+                    _ => Fast::Other(node.clone()),
+                }
+            }
+            Cond::Truthy(Operand {
+                value:
+                    Value::Column {
+                        index,
+                        ty: ColumnType::Bool,
+                    },
+                ..
+            }) => Fast::IsTrue { index: *index },
+            Cond::In {
+                lhs:
+                    Operand {
+                        value:
+                            Value::Column {
+                                index,
+                                ty: ColumnType::Text,
+                            },
+                        ..
+                    },
+                items,
+                negated,
+            } => {
+                let texts: Option<Vec<Box<str>>> = items
+                    .iter()
+                    .map(|i| match i {
+                        Lit::Text(t) => Some(t.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                match texts {
+                    Some(items) => Fast::TextIn {
+                        index: *index,
+                        items,
+                        negated: *negated,
+                    },
+                    None => Fast::Other(node.clone()),
+                }
+            }
+            _ => Fast::Other(node.clone()),
+        }
+    }
+
+    pub(crate) fn matches(&self, row: &Row<'_>, scratch: &mut Scratch) -> bool {
+        match self {
+            Fast::All(items) => items.iter().all(|i| i.matches(row, scratch)),
+            Fast::Any(items) => items.iter().any(|i| i.matches(row, scratch)),
+            Fast::Not(inner) => !inner.matches(row, scratch),
+            Fast::Number { index, op, k } => match row.typed.slot(*index) {
+                Typed::Number(n) => n.partial_cmp(k).is_some_and(|o| order(*op, o)),
+                Typed::Missing => *op == CmpOp::Ne,
+                other => compare(*op, typed_val(other, row, *index), Val::Num(*k)),
+            },
+            Fast::Date { index, op, k } => match row.typed.slot(*index) {
+                Typed::Date(d) => order(*op, d.cmp(k)),
+                Typed::Missing => *op == CmpOp::Ne,
+                other => compare(*op, typed_val(other, row, *index), Val::Date(*k)),
+            },
+            Fast::IsTrue { index } => row.typed.slot(*index) == Typed::Bool(true),
+            Fast::TextIn {
+                index,
+                items,
+                negated,
+            } => {
+                let s = row.fields.get_or_empty(*index).trim_ascii();
+                items.iter().any(|t| text_eq(s, t)) != *negated
+            }
+            Fast::Other(node) => eval(node, row, scratch, &mut NoTrace),
+        }
+    }
+}
+
+/// `k op column` as `column op' k`.
+fn flipped(op: CmpOp) -> CmpOp {
+    match op {
+        CmpOp::Lt => CmpOp::Gt,
+        CmpOp::Le => CmpOp::Ge,
+        CmpOp::Gt => CmpOp::Lt,
+        CmpOp::Ge => CmpOp::Le,
+        same => same,
+    }
+}
+
+/// A typed cell as [`Value::eval`] reads it.
+fn typed_val<'a>(t: Typed, row: &Row<'a>, index: usize) -> Val<'a> {
+    match t {
+        Typed::Number(n) => Val::Num(n),
+        Typed::Date(d) => Val::Date(d),
+        Typed::Bool(b) => Val::Bool(b),
+        Typed::Missing => Val::Missing,
+        Typed::Text => Val::Text(row.fields.get_or_empty(index).trim_ascii(), Case::Raw),
     }
 }
 

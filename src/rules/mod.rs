@@ -113,13 +113,15 @@ use jiff::civil::Date;
 use crate::csvio::Fields;
 use crate::schema::{Schema, TypedRow};
 pub use compile::{compile_rules, rule_problem};
-use eval::{NoTrace, Node, Operand, Row, Tracer, Val};
+use eval::{Fast, Node, Operand, Row, Tracer, Val};
 
 /// A compiled segment rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
     source: String,
     root: Node,
+    /// `root` as `matches` evaluates it; `explain` walks `root` itself.
+    fast: Fast,
 }
 
 /// Reusable working space for [`Rule::matches`], so that evaluating non-ASCII text or
@@ -140,6 +142,7 @@ impl Rule {
         let root = check::check(&ast, source, schema, today)?;
         Ok(Rule {
             source: source.to_owned(),
+            fast: Fast::new(&root),
             root,
         })
     }
@@ -162,7 +165,7 @@ impl Rule {
             fields: *fields,
             typed,
         };
-        eval::eval(&self.root, &row, scratch, &mut NoTrace)
+        self.fast.matches(&row, scratch)
     }
 
     /// Human explanation for `campaign segment --explain EMAIL`: the overall result and every

@@ -3,8 +3,8 @@
 //! Owns the verdict on a row: validating it (UTF-8, field count, the address, typed values,
 //! read by [`crate::donor`] as `send` reads them), keying its address,
 //! checking it against the suppression lists and finding the first segment whose rule
-//! matches. A batch is classified on two workers at once, each row's verdict kept with its key
-//! for the router, and rejected rows are counted by kind for the summary. [`Classifier`] makes
+//! matches. A batch is classified on two workers at once (given cores to spare), each row's
+//! verdict kept with its key for the router, and rejected rows are counted by kind for the summary. [`Classifier`] makes
 //! the decision for one row; `--explain` uses its [`Classifier::classify`], which also
 //! dedupes. It never dedupes a batch (its rows are assessed independently and the router
 //! dedupes them in input order) and never writes anything.
@@ -234,9 +234,10 @@ impl Batch {
     }
 
     /// Classifies every row, the first half with `classifiers.0` and the second with
-    /// `classifiers.1` at the same time: classification is most of the parsing side's work,
-    /// and rows are independent until dedupe, which the router does in input order.
-    pub(super) fn classify(&mut self, classifiers: &mut (Classifier, Classifier)) {
+    /// `classifiers.1`, at the same time on two rayon workers when `split`: classification is
+    /// most of the parsing side's work, and rows are independent until dedupe, which the
+    /// router does in input order.
+    pub(super) fn classify(&mut self, classifiers: &mut (Classifier, Classifier), split: bool) {
         let n = self.records.len();
         let half = n / 2;
         self.pres.clear();
@@ -244,10 +245,17 @@ impl Batch {
         let (first, second) = self.pres.split_at_mut(half);
         let records = &self.records;
         let (c0, c1) = (&mut classifiers.0, &mut classifiers.1);
-        let (mut r0, r1) = rayon::join(
-            || classify_rows(c0, records, 0, first),
-            || classify_rows(c1, records, half, second),
-        );
+        let (mut r0, r1) = if split {
+            rayon::join(
+                || classify_rows(c0, records, 0, first),
+                || classify_rows(c1, records, half, second),
+            )
+        } else {
+            (
+                classify_rows(c0, records, 0, first),
+                classify_rows(c1, records, half, second),
+            )
+        };
         let offset = r0.len() as u32;
         for p in second.iter_mut() {
             if let Pre::Rejected(r) = p {
@@ -268,6 +276,7 @@ fn classify_rows(
     out: &mut [Pre],
 ) -> Vec<(String, String)> {
     let mut reasons = Vec::new();
+    let records = records.checked(from..from + out.len());
     for (i, slot) in out.iter_mut().enumerate() {
         let outcome = c.assess(&records.get(from + i));
         *slot = match (outcome, c.last_key()) {
