@@ -239,7 +239,14 @@ pub fn hostname() -> String {
 /// containers often the same ones (a shard is pid 1 in every pod), so the pid alone would
 /// let two writers share one temporary file.
 pub fn temporary_beside(path: &Path) -> PathBuf {
-    let host: String = hostname()
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{}.{}.tmp", host_in_names(), std::process::id()));
+    path.with_file_name(name)
+}
+
+/// [`hostname`] as it goes into a file name: letters, digits and `-`, anything else `_`.
+fn host_in_names() -> String {
+    hostname()
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
@@ -248,10 +255,7 @@ pub fn temporary_beside(path: &Path) -> PathBuf {
                 '_'
             }
         })
-        .collect();
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(format!(".{host}.{}.tmp", std::process::id()));
-    path.with_file_name(name)
+        .collect()
 }
 
 /// A crash point for tests: with `CAMPAIGN_FAULT=<name>` in the environment of a debug
@@ -348,18 +352,9 @@ mod tests {
         let t = temporary_beside(Path::new("/run/x/ledger/halt"));
         assert_eq!(t.parent(), Some(Path::new("/run/x/ledger")));
         let name = t.file_name().unwrap().to_str().unwrap();
-        let host: String = hostname()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let host = host_in_names();
+        assert!(!host.is_empty() && !host.contains(['/', '.']), "{host}");
         assert_eq!(name, format!("halt.{host}.{}.tmp", std::process::id()));
-        assert!(!name.contains('/'));
     }
 
     #[test]
