@@ -553,6 +553,16 @@ mod tests {
         assert_wire_format, composer, header_block, long_html, outgoing,
     };
 
+    /// A fixed-seed xorshift generator: the same "random" cases on every run.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     #[test]
     fn transfer_encodings_suit_the_content() {
         let c = composer();
@@ -676,20 +686,14 @@ mod tests {
             ".", "From ", "=3D", "  \n", "\t\r\n", "x", "<p>", "£1,250",
         ];
         let c = composer();
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
         for round in 0..250 {
             let len = (next() % 300) as usize + if round % 10 == 0 { 2000 } else { 0 };
             let mut text = String::new();
             while text.len() < len {
                 let p = pieces[(next() % pieces.len() as u64) as usize];
                 // Long runs too, so 7bit-eligible ASCII and over-long lines both occur.
-                let times = if next() % 8 == 0 {
+                let times = if next().is_multiple_of(8) {
                     (next() % 100) as usize
                 } else {
                     1
@@ -874,13 +878,7 @@ mod tests {
             "</td>",
             "£500",
         ];
-        let mut seed = 0x1234_5678_9abc_def1_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x1234_5678_9abc_def1_u64);
         let mut cache = LineCache::default();
         for round in 0..500 {
             let lines = (next() % 12) as usize;
@@ -888,7 +886,7 @@ mod tests {
                 .map(|_| pool[(next() % pool.len() as u64) as usize])
                 .collect::<Vec<_>>()
                 .join("\n");
-            if next() % 2 == 0 {
+            if next().is_multiple_of(2) {
                 text.push('\n');
             }
             let mut whole = Vec::new();
@@ -904,13 +902,7 @@ mod tests {
     #[test]
     fn literal_runs_end_where_a_byte_by_byte_scan_ends() {
         // Every byte value, at every position of a 16-byte block and across blocks.
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
         for round in 0..4000 {
             let len = (next() % 70) as usize;
             let mut input: Vec<u8> = (0..len)
