@@ -82,4 +82,5 @@ pub mod server;
 pub mod clock;
 pub mod digest;
 pub mod exit;
+pub mod percent;
 pub mod progress;

@@ -302,7 +302,6 @@ pub(super) fn mailto_uri(raw: &str) -> Result<String, MessageError> {
 /// characters and `some-delims` (this covers UTF-8 and the `%`, `?`, `#`, `&` an address may
 /// legally contain).
 pub(super) fn mailto_escape(text: &str, uri: &mut String) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     /// Bytes a mailto URI takes as they are.
     const KEEP: [bool; 256] = {
         let mut t = [false; 256];
@@ -318,20 +317,8 @@ pub(super) fn mailto_escape(text: &str, uri: &mut String) {
         }
         t
     };
-    let mut last = 0;
-    for (i, c) in text.char_indices() {
-        if c.is_ascii() && KEEP[usize::from(c as u8)] {
-            continue;
-        }
-        uri.push_str(&text[last..i]);
-        for &b in c.encode_utf8(&mut [0; 4]).as_bytes() {
-            uri.push('%');
-            uri.push(char::from(HEX[usize::from(b >> 4)]));
-            uri.push(char::from(HEX[usize::from(b & 15)]));
-        }
-        last = i + c.len_utf8();
-    }
-    uri.push_str(&text[last..]);
+    let keep = |c: char| c.is_ascii() && KEEP[usize::from(c as u8)];
+    crate::percent::encode(text, keep, crate::percent::UPPER, uri);
 }
 
 /// Checks the one-click URL and builds the List-Unsubscribe value.

@@ -147,22 +147,9 @@ pub(super) fn urlencode(value: &Value) -> Result<String, Error> {
     // Text, nearly always: encoded here directly (minijinja's set: all but letters, digits,
     // `/`, `.`, `-` and `_`), rather than encoded and then copied to lower the escapes.
     if let Some(text) = value.as_str() {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = String::with_capacity(text.len() + text.len() / 2);
-        let mut last = 0;
-        for (i, c) in text.char_indices() {
-            if c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_') {
-                continue;
-            }
-            out.push_str(&text[last..i]);
-            for &b in c.encode_utf8(&mut [0; 4]).as_bytes() {
-                out.push('%');
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 15)]));
-            }
-            last = i + c.len_utf8();
-        }
-        out.push_str(&text[last..]);
+        let keep = |c: char| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '-' | '_');
+        crate::percent::encode(text, keep, crate::percent::LOWER, &mut out);
         return Ok(out);
     }
     let encoded = minijinja::filters::urlencode(value)?;
