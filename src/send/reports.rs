@@ -115,24 +115,31 @@ impl ChunkSummary {
         for (key, e) in states.iter() {
             s.last_at = s.last_at.max(e.at);
             let reason = match e.state {
-                State::Failed => Some("failed"),
-                State::Deferred { .. } => Some("deferred"),
-                State::Unknown => Some("unknown"),
-                _ => None,
+                State::Sent => {
+                    s.sent += 1;
+                    None
+                }
+                State::Failed => {
+                    s.failed += 1;
+                    Some("failed")
+                }
+                State::Deferred { .. } => {
+                    s.deferred += 1;
+                    s.last_deferred_at = s.last_deferred_at.max(e.at);
+                    Some("deferred")
+                }
+                State::Unknown => {
+                    s.unknown += 1;
+                    Some("unknown")
+                }
+                State::Suppressed => {
+                    s.suppressed += 1;
+                    None
+                }
+                State::Pending => continue,
             };
             if let Some(state) = reason {
                 *s.reasons.entry((state, e.code, gist(&e.text))).or_insert(0) += 1;
-            }
-            if matches!(e.state, State::Deferred { .. }) {
-                s.last_deferred_at = s.last_deferred_at.max(e.at);
-            }
-            match e.state {
-                State::Sent => s.sent += 1,
-                State::Failed => s.failed += 1,
-                State::Deferred { .. } => s.deferred += 1,
-                State::Unknown => s.unknown += 1,
-                State::Suppressed => s.suppressed += 1,
-                State::Pending => continue,
             }
             if let (State::Sent, Some(f)) = (e.state, &e.feedback) {
                 match f.kind {
