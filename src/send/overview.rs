@@ -18,7 +18,7 @@ use crate::exit::Code;
 use crate::ledger::{self, Holder};
 use crate::manifest::Manifest;
 use crate::run::Selection;
-use crate::rundir::{LEDGER_DIR, REPORT_JSON, REPORTS_DIR};
+use crate::rundir::{LEDGER_DIR, REPORT_JSON};
 
 /// How many reasons the overview keeps, most donors first.
 const TOP_REASONS: usize = 5;
@@ -139,7 +139,7 @@ pub fn overview(run: &Path, manifest: &Manifest) -> Result<Overview> {
         }
         RunState::Stopped { .. } => {
             let clear = if halt.is_some() { " --clear-halt" } else { "" };
-            match last.as_ref().and_then(|r| r.shard.as_ref()) {
+            match last.as_ref().and_then(|r| r.report.shard.as_ref()) {
                 Some(shard) => {
                     let count = shard.split_once('/').map_or("N", |(_, n)| n);
                     next.push(format!(
@@ -168,7 +168,7 @@ pub fn overview(run: &Path, manifest: &Manifest) -> Result<Overview> {
                     run.join(crate::rundir::SUPPRESS_BOUNCED).display()
                 ));
             }
-            if last.as_ref().is_some_and(|r| r.shard.is_some()) {
+            if last.as_ref().is_some_and(|r| r.report.shard.is_some()) {
                 next.push(format!(
                     "campaign report {run_arg}   (the whole run's report, after the shards)"
                 ));
@@ -204,7 +204,7 @@ pub fn overview(run: &Path, manifest: &Manifest) -> Result<Overview> {
             file: r.file,
             at: format!("{:.0}", r.at),
             stop: r.report.stop,
-            shard: r.shard,
+            shard: r.report.shard,
         }),
         next,
         exit,
@@ -267,7 +267,6 @@ struct Found {
     file: String,
     at: Timestamp,
     report: SendStop,
-    shard: Option<String>,
 }
 
 /// The part of a `send`'s report the overview reads.
@@ -285,15 +284,7 @@ fn last_report(run: &Path) -> Result<Option<Found>> {
         return Ok(None);
     }
     let mut files = vec![run.join(REPORT_JSON)];
-    let dir = run.join(REPORTS_DIR);
-    if dir.is_dir() {
-        for entry in fs_err(std::fs::read_dir(&dir), &dir)? {
-            let path = fs_err(entry, &dir)?.path();
-            if path.extension().is_some_and(|e| e == "json") {
-                files.push(path);
-            }
-        }
-    }
+    files.extend(reports::shard_reports(run)?);
     let mut newest: Option<Found> = None;
     for path in files {
         let Ok(meta) = std::fs::metadata(&path) else {
@@ -310,12 +301,10 @@ fn last_report(run: &Path) -> Result<Option<Found>> {
             .and_then(|d| Timestamp::from_second(d.as_secs() as i64).ok())
             .unwrap_or(Timestamp::UNIX_EPOCH);
         if newest.as_ref().is_none_or(|n| at > n.at) {
-            let shard = report.shard.clone();
             newest = Some(Found {
                 file: path.display().to_string(),
                 at,
                 report,
-                shard,
             });
         }
     }

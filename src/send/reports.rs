@@ -424,6 +424,23 @@ pub struct RunReport {
     pub shards: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+/// The shards' reports, `RUN/reports/*.json`; none when the folder is missing.
+pub(super) fn shard_reports(run: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let dir = run.join(crate::rundir::REPORTS_DIR);
+    let mut files = Vec::new();
+    if !dir.is_dir() {
+        return Ok(files);
+    }
+    let reading = || format!("reading {}", dir.display());
+    for entry in std::fs::read_dir(&dir).with_context(reading)? {
+        let path = entry.with_context(reading)?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
 /// Writes the whole run's `report.json`, `failed.csv`, `unknown.csv`, `suppressed.csv` and
 /// `suppress-bounced.txt` from the ledgers. The caller holds the run's lock exclusively, so
 /// no send writes beside it.
@@ -431,24 +448,13 @@ pub fn whole_run(run: &Path, manifest: &Manifest) -> Result<RunReport> {
     let mut known = Summaries::default();
     let segments = status_with(run, manifest, &Selection::all(manifest), &mut known)?;
     let mut shards = std::collections::BTreeMap::new();
-    let dir = run.join(crate::rundir::REPORTS_DIR);
-    if dir.is_dir() {
-        for entry in
-            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
-        {
-            let path = entry
-                .with_context(|| format!("reading {}", dir.display()))?
-                .path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not a shard report", path.display()))?;
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-            shards.insert(name.unwrap_or_default(), value);
-        }
+    for path in shard_reports(run)? {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a shard report", path.display()))?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        shards.insert(name.unwrap_or_default(), value);
     }
     let report = RunReport { segments, shards };
     write_report(&run.join(crate::rundir::REPORT_JSON), &report)?;
