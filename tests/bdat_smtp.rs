@@ -14,7 +14,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use campaign::transport::{Outcome, SmtpSettings, SmtpTransport, TlsMode, Transport, send_one};
+use campaign::transport::{Outcome, SmtpSettings, SmtpTransport, Transport, send_one};
+
+mod common;
+use common::smtp::loopback_settings;
 
 const FROM: &str = "appeal@park.example";
 
@@ -285,18 +288,8 @@ impl Peer {
 
     fn transport(&self, chunking: bool) -> SmtpTransport {
         SmtpTransport::new(Arc::new(SmtpSettings {
-            host: "127.0.0.1".into(),
-            port: self.addr.port(),
-            tls: TlsMode::None,
-            username: None,
-            password: None,
-            hello_name: "client.test".into(),
-            timeout: Duration::from_secs(5),
-            reconnect_after: 1000,
             chunking,
-            allow_insecure_auth: false,
-            ca_certificates: Vec::new(),
-            skip_certificate_check: false,
+            ..loopback_settings(self.addr.port())
         }))
     }
 

@@ -16,7 +16,7 @@ use mailin::response::OK;
 use mailin::{Handler, Response};
 
 mod common;
-use common::smtp::{raw_server, serve_mailin};
+use common::smtp::{loopback_settings, raw_server, serve_mailin};
 
 const FROM: &str = "appeal@park.example";
 
@@ -150,20 +150,7 @@ impl Mailin {
 }
 
 fn settings(port: u16) -> SmtpSettings {
-    SmtpSettings {
-        host: "127.0.0.1".into(),
-        port,
-        tls: TlsMode::None,
-        username: None,
-        password: None,
-        hello_name: "client.test".into(),
-        timeout: Duration::from_secs(5),
-        reconnect_after: 1000,
-        chunking: true,
-        allow_insecure_auth: false,
-        ca_certificates: Vec::new(),
-        skip_certificate_check: false,
-    }
+    loopback_settings(port)
 }
 
 fn message(to: &str, body: &str) -> Vec<u8> {

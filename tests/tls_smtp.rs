@@ -238,17 +238,11 @@ impl IntoTcp for StreamOwned<ServerConnection, TcpStream> {
 fn settings(addr: SocketAddr, tls: TlsMode, ca: Option<&TestCa>) -> SmtpSettings {
     SmtpSettings {
         host: addr.ip().to_string(),
-        port: addr.port(),
         tls,
         username: (tls != TlsMode::None).then(|| USER.to_owned()),
         password: (tls != TlsMode::None).then(|| Password::new(PASSWORD.to_owned())),
-        hello_name: "client.test".into(),
-        timeout: Duration::from_secs(5),
-        reconnect_after: 1000,
-        chunking: true,
-        allow_insecure_auth: false,
         ca_certificates: ca.map(|c| vec![c.ca.clone()]).unwrap_or_default(),
-        skip_certificate_check: false,
+        ..common::smtp::loopback_settings(addr.port())
     }
 }
 

@@ -116,6 +116,25 @@ impl Handler for Conn {
     }
 }
 
+/// Settings for a transport to a plain test server on loopback `port`: no TLS, no AUTH,
+/// CHUNKING used when offered, a 5 s timeout. Tests override what they are about.
+pub fn loopback_settings(port: u16) -> campaign::transport::SmtpSettings {
+    campaign::transport::SmtpSettings {
+        host: "127.0.0.1".into(),
+        port,
+        tls: campaign::transport::TlsMode::None,
+        username: None,
+        password: None,
+        hello_name: "client.test".into(),
+        timeout: std::time::Duration::from_secs(5),
+        reconnect_after: 1000,
+        chunking: true,
+        allow_insecure_auth: false,
+        ca_certificates: Vec::new(),
+        skip_certificate_check: false,
+    }
+}
+
 /// A running test server. It lives until the test process ends.
 pub struct TestServer {
     pub port: u16,
