@@ -22,7 +22,8 @@
 # ... ehlo=1 mail=3 rcpt=3 bdat=3 quit=1"), which is how a test sees BDAT was used. No change is
 # made to /etc/postfix.
 
-# stop_postfix and pfx_procs come from the instance helper of faults.sh.
+# write_master_cf, run_postfix, stop_postfix and pfx_procs come from the instance helper of
+# faults.sh.
 source "$(dirname "${BASH_SOURCE[0]}")/postfix.sh"
 
 discard_postfix_start() {
@@ -71,35 +72,8 @@ in_flow_delay = 0
 smtpd_client_connection_count_limit = 0
 biff = no
 EOF
-    # chroot n everywhere: no chroot to populate.
-    cat >"$etc/master.cf" <<EOF
-127.0.0.1:$PFX_PORT inet n - n - - smtpd
-cleanup   unix n - n - 0 cleanup
-qmgr      unix n - n 300 1 qmgr
-rewrite   unix - - n - - trivial-rewrite
-bounce    unix - - n - 0 bounce
-defer     unix - - n - 0 bounce
-trace     unix - - n - 0 bounce
-flush     unix n - n 1000? 0 flush
-proxymap  unix - - n - - proxymap
-showq     unix n - n - - showq
-discard   unix - - n - - discard
-retry     unix - - n - - error
-anvil     unix - - n - 1 anvil
-postlog   unix-dgram n - n - 1 postlogd
-EOF
-    if ! postfix -c "$etc" set-permissions || ! postfix -c "$etc" start; then
-        echo "postfix did not start; its log:" >&2
-        tail -n 20 "$dir/maillog" >&2 || true
-        return 1
-    fi
-    for _ in $(seq 100); do
-        ss -Hltn "sport = :$PFX_PORT" | grep -q . && return 0
-        sleep 0.05
-    done
-    echo "postfix started but does not listen on 127.0.0.1:$PFX_PORT; its log:" >&2
-    tail -n 20 "$dir/maillog" >&2 || true
-    return 1
+    write_master_cf "$etc" "$PFX_PORT" "discard   unix - - n - - discard"
+    run_postfix "$dir" "$PFX_PORT"
 }
 
 discard_postfix_stop() {

@@ -56,24 +56,10 @@ alias_database = \$default_database_type:$etc/aliases
 smtp_dns_support_level = disabled
 biff = no
 EOF
-    # chroot n everywhere: no chroot to populate. No smtp/relay/lmtp/pickup/virtual.
-    cat >"$etc/master.cf" <<EOF
-127.0.0.1:$PORT inet n - n - - smtpd
-cleanup   unix n - n - 0 cleanup
-qmgr      unix n - n 300 1 qmgr
-rewrite   unix - - n - - trivial-rewrite
-bounce    unix - - n - 0 bounce
-defer     unix - - n - 0 bounce
-trace     unix - - n - 0 bounce
-flush     unix n - n 1000? 0 flush
-proxymap  unix - - n - - proxymap
-showq     unix n - n - - showq
-error     unix - - n - - error
-retry     unix - - n - - error
-local     unix - n n - - local
-anvil     unix - - n - 1 anvil
-postlog   unix-dgram n - n - 1 postlogd
-EOF
+    # No smtp/relay/lmtp/pickup/virtual.
+    write_master_cf "$etc" "$PORT" \
+        "error     unix - - n - - error" \
+        "local     unix - n n - - local"
     printf 'example.org error:5.1.1 no such donor here\n' >"$etc/transport"
     printf 'bounces: %s\n' "$dir/mail/bounces.mbox" >"$etc/aliases"
     postalias -c "$etc" "$etc/aliases"
@@ -83,16 +69,49 @@ EOF
     # its subdirectories (made by `start`) and the data directory the owners postfix wants.
     # postfix(1) reports to the maillog only when stderr is not a terminal.
     mkdir -p "$dir/spool" "$dir/data"
-    if ! postfix -c "$etc" set-permissions || ! postfix -c "$etc" start; then
+    run_postfix "$dir" "$PORT"
+}
+
+# write_master_cf ETC PORT [LINE...]: master.cf with smtpd on 127.0.0.1:PORT, the services
+# every instance needs, and the instance's own LINEs (its transports). chroot n everywhere:
+# no chroot to populate.
+write_master_cf() {
+    local etc=$1 port=$2
+    shift 2
+    {
+        cat <<EOF
+127.0.0.1:$port inet n - n - - smtpd
+cleanup   unix n - n - 0 cleanup
+qmgr      unix n - n 300 1 qmgr
+rewrite   unix - - n - - trivial-rewrite
+bounce    unix - - n - 0 bounce
+defer     unix - - n - 0 bounce
+trace     unix - - n - 0 bounce
+flush     unix n - n 1000? 0 flush
+proxymap  unix - - n - - proxymap
+showq     unix n - n - - showq
+retry     unix - - n - - error
+anvil     unix - - n - 1 anvil
+postlog   unix-dgram n - n - 1 postlogd
+EOF
+        printf '%s\n' "$@"
+    } >"$etc/master.cf"
+}
+
+# run_postfix DIR PORT: starts the instance configured in DIR/etc and waits until it listens
+# on 127.0.0.1:PORT; fails loudly, with its log, if it does not.
+run_postfix() {
+    local dir=$1 port=$2
+    if ! postfix -c "$dir/etc" set-permissions || ! postfix -c "$dir/etc" start; then
         echo "postfix did not start; its log:" >&2
         tail -n 20 "$dir/maillog" >&2 || true
         return 1
     fi
     for _ in $(seq 100); do
-        ss -Hltn "sport = :$PORT" | grep -q . && return 0
+        ss -Hltn "sport = :$port" | grep -q . && return 0
         sleep 0.05
     done
-    echo "postfix started but does not listen on 127.0.0.1:$PORT; its log:" >&2
+    echo "postfix started but does not listen on 127.0.0.1:$port; its log:" >&2
     tail -n 20 "$dir/maillog" >&2 || true
     return 1
 }
