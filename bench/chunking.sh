@@ -113,7 +113,7 @@ machine_header "campaign send with and without CHUNKING, against postfix smtpd"
 echo "# postfix $(postconf -d -h mail_version) smtpd, DISCARD at end of data, queue on tmpfs: 127.0.0.1:$PORT_BDAT offers CHUNKING, 127.0.0.1:$PORT_DATA does not"
 echo "# $COUNT messages per loopback run; campaign message sizes ${sizes[*]} bytes (mean $SIZE, given to smtp-source -l); runs per cell: $RUNS (medians), clients rotated run by run"
 
-# table_rows C KIND: the three rows and the ratios of one connection count.
+# table SUFFIX N (below): the three clients' rows for one setting.
 clients=(source bdat data)
 table() { # SUFFIX N: prints the table rows for the result files NAME-SUFFIX, N messages each
     local suffix=$1 n=$2 tool name
