@@ -999,6 +999,11 @@ impl Journal for BatchLog {
         self.events.push(format!("outcome {i}"));
         self.outcomes.push(outcome);
     }
+
+    fn outcome_before_next(&mut self, i: usize, outcome: Outcome) {
+        self.events.push(format!("outcome {i}, next in hand"));
+        self.outcomes.push(outcome);
+    }
 }
 
 const BATCH: [&str; 3] = [
@@ -1030,7 +1035,9 @@ fn group(to: &str) -> String {
 
 /// Within a batch each body carries the next message's MAIL, RCPT and DATA: one write and
 /// one wait per message. The journal still hears of each body before it leaves, and the
-/// last body goes alone, so QUIT ends the session politely.
+/// last body goes alone, so QUIT ends the session politely. The next message's replies come
+/// with each body's, so each outcome but the last is told as one the next transmit record
+/// follows at once.
 #[test]
 fn pipelining_sends_the_next_messages_commands_with_each_body() {
     let server = Scripted::start(true, &[], false);
@@ -1046,7 +1053,11 @@ fn pipelining_sends_the_next_messages_commands_with_each_body() {
         want.extend([
             format!("proceed {i}"),
             format!("transmitting {i}"),
-            format!("outcome {i}"),
+            if i < 2 {
+                format!("outcome {i}, next in hand")
+            } else {
+                format!("outcome {i}")
+            },
         ]);
     }
     assert_eq!(journal.events, want);
@@ -1128,6 +1139,9 @@ fn a_recipient_refused_after_going_ahead_bounces_and_the_batch_goes_on() {
         "{:?}",
         journal.events
     );
+    // Bob's refusal came with Ann's acceptance: no transmit record follows it, so Ann's
+    // outcome is told the ordinary way.
+    assert_eq!(journal.events[2], "outcome 0", "{:?}", journal.events);
     let log = server.log();
     assert_eq!(log.connections, 1);
     let to: Vec<_> = log.messages.iter().map(|(to, _)| to.as_str()).collect();
@@ -1145,7 +1159,12 @@ fn a_stop_after_the_next_commands_went_ahead_drops_the_connection() {
     assert_eq!(send_batch(&mut t, &mut journal).0, 1);
     assert_eq!(
         journal.events,
-        ["proceed 0", "transmitting 0", "outcome 0", "proceed 1"]
+        [
+            "proceed 0",
+            "transmitting 0",
+            "outcome 0, next in hand",
+            "proceed 1"
+        ]
     );
     // The same transport, as a worker's next batch would use it: never bob's transaction.
     let msg = message("dan@donor.example", "hi\r\n");

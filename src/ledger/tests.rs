@@ -1069,3 +1069,52 @@ fn feedback_is_folded_over_the_ledger_and_settles_unknowns() {
     let l = ChunkLedger::open(run.path(), CHUNK, &session("s2", Some(BOOT))).unwrap();
     assert_eq!(l.states().state(key(2)), State::Sent);
 }
+
+/// An acceptance held by `sent_with_next` shares the next record's `write(2)`; every other
+/// way on (another outcome, a sync, a flush, a drop) writes it too, and until then the
+/// file says what a kill would leave: the donor transmitted, outcome unknown.
+#[test]
+fn a_held_acceptance_goes_out_with_the_next_record() {
+    let run = run_dir();
+    let now = ts("2026-11-29T23:40:00Z");
+    let path = ledger_path(run.path(), CHUNK);
+    let on_disk = |k: u128| ChunkStates::read(run.path(), CHUNK).unwrap().state(key(k));
+    let mut l = ChunkLedger::open(run.path(), CHUNK, &session("s1", Some(BOOT))).unwrap();
+    l.reserve(&[key(1), key(2), key(3), key(4), key(5)], now)
+        .unwrap();
+    l.transmitting(key(1), now).unwrap();
+    let len = fs::metadata(&path).unwrap().len();
+    l.sent_with_next(key(1), now, 250, "2.0.0 queued as A");
+    assert_eq!(l.states().state(key(1)), State::Sent);
+    assert_eq!(fs::metadata(&path).unwrap().len(), len, "held, not written");
+    assert_eq!(on_disk(1), State::Unknown);
+    l.transmitting(key(2), now).unwrap();
+    assert_eq!(on_disk(1), State::Sent);
+    let text = fs::read_to_string(&path).unwrap();
+    let tail: Vec<&str> = text.lines().rev().take(2).collect();
+    assert!(
+        tail[0].starts_with("T\t") && tail[1].starts_with("S\t"),
+        "{text}"
+    );
+
+    // Each other way on writes the held record first.
+    l.sent_with_next(key(2), now, 250, "2.0.0 queued as B");
+    l.deferred(key(3), now, Some(451), "later").unwrap();
+    assert_eq!(on_disk(2), State::Sent);
+    l.transmitting(key(3), now).unwrap();
+    l.sent_with_next(key(3), now, 250, "2.0.0 queued as C");
+    l.flush().unwrap();
+    assert_eq!(on_disk(3), State::Sent);
+    l.flush().unwrap();
+    l.transmitting(key(4), now).unwrap();
+    l.sent_with_next(key(4), now, 250, "2.0.0 queued as D");
+    l.sync().unwrap();
+    assert_eq!(on_disk(4), State::Sent);
+    l.transmitting(key(5), now).unwrap();
+    l.sent_with_next(key(5), now, 250, "2.0.0 queued as E");
+    let states = sorted(l.states());
+    drop(l);
+    let read = ChunkStates::read(run.path(), CHUNK).unwrap();
+    assert_eq!(sorted(&read), states);
+    assert_eq!(read.get(key(5)).unwrap().text, "2.0.0 queued as E");
+}

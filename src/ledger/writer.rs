@@ -19,8 +19,10 @@ use crate::email::RecipientKey;
 /// another process) gets [`LedgerError::Locked`] instead of interleaving records. Every
 /// method writes its record(s) with a single `write(2)` and then applies them to
 /// [`ChunkLedger::states`], so the in-memory states always equal what a reader of the file
-/// would fold. After a failed write the file may end in a partial line, so every later write
-/// fails too; reopening cuts the partial line off.
+/// would fold; the one exception is [`ChunkLedger::sent_with_next`], whose record is applied
+/// at once and goes out with the next write (or [`ChunkLedger::flush`], sync or close).
+/// After a failed write the file may end in a partial line, so every later write fails too;
+/// reopening cuts the partial line off.
 ///
 /// Dropping the ledger fsyncs it (ignoring errors); [`ChunkLedger::close`] does the same and
 /// reports them.
@@ -39,6 +41,8 @@ pub struct ChunkLedger {
     poisoned: Option<Poison>,
     /// Records were written since the last fsync.
     dirty: bool,
+    /// `buf` holds a record from [`ChunkLedger::sent_with_next`], not yet written.
+    held: bool,
 }
 
 impl ChunkLedger {
@@ -103,6 +107,7 @@ impl ChunkLedger {
             encoder: record::Encoder::default(),
             poisoned: None,
             dirty: false,
+            held: false,
         };
         let start = Record {
             session: &session.id,
@@ -203,6 +208,41 @@ impl ChunkLedger {
         self.write_one(now, event).map_err(|e| self.err(e))
     }
 
+    /// Records that `key`'s message was accepted, as [`ChunkLedger::sent`] does, but keeps the
+    /// record in memory to go out in the same `write(2)` as the ledger's next record: for a
+    /// caller about to write again without waiting for anything (the next message's transmit
+    /// record, its replies already read), to save a system call per message. A caller that
+    /// finds it must wait after all calls [`ChunkLedger::flush`] first; until then a kill
+    /// leaves this donor unknown rather than sent. Never fails: an error surfaces with the
+    /// write that carries the record.
+    pub fn sent_with_next(&mut self, key: RecipientKey, now: Timestamp, code: u16, reply: &str) {
+        let reply = record::clean_text(reply);
+        let rec = Record {
+            session: &self.session,
+            at: to_millis(now),
+            event: Event::Sent {
+                key,
+                code,
+                reply: &reply,
+            },
+        };
+        if !self.held {
+            self.buf.clear();
+        }
+        self.encoder.encode(&rec, &mut self.buf);
+        self.held = true;
+        apply(&mut self.states, &rec);
+    }
+
+    /// Writes the record [`ChunkLedger::sent_with_next`] holds, if any (no fsync).
+    pub fn flush(&mut self) -> Result<(), LedgerError> {
+        if !self.held {
+            return Ok(());
+        }
+        self.held = false;
+        self.write_buf().map_err(|e| self.err(e))
+    }
+
     /// Records that `key` failed for good (`F`); `suppress` asks for the address to be added
     /// to the suppression list (e.g. mailbox does not exist).
     pub fn failed(
@@ -277,6 +317,7 @@ impl ChunkLedger {
 
     /// Makes every record written so far durable (fsync).
     pub fn sync(&mut self) -> Result<(), LedgerError> {
+        self.flush()?;
         if let Some(p) = &self.poisoned {
             return Err(self.err(p.error()));
         }
@@ -297,7 +338,11 @@ impl ChunkLedger {
     /// Syncs and closes the ledger (releasing its lock). Call it when the chunk is done, so
     /// its last outcomes are durable before the worker moves on.
     pub fn close(mut self) -> Result<(), LedgerError> {
-        if self.dirty { self.sync() } else { Ok(()) }
+        if self.dirty || self.held {
+            self.sync()
+        } else {
+            Ok(())
+        }
     }
 
     /// Points the ledger at another file, to make its writes fail (`/dev/full`).
@@ -313,7 +358,9 @@ impl ChunkLedger {
             at: to_millis(now),
             event,
         };
-        self.buf.clear();
+        if !std::mem::take(&mut self.held) {
+            self.buf.clear();
+        }
         self.encoder.encode(&rec, &mut self.buf);
         write_all(&mut self.file, &self.buf, &mut self.poisoned)?;
         self.dirty = true;
@@ -332,7 +379,9 @@ impl ChunkLedger {
             return Ok(());
         }
         let at = to_millis(now);
-        self.buf.clear();
+        if !std::mem::take(&mut self.held) {
+            self.buf.clear();
+        }
         if matches!(event(keys[0]), Event::Reserve(_)) {
             self.encoder.encode_reserve(keys, at, &mut self.buf);
         } else {
@@ -371,6 +420,9 @@ impl ChunkLedger {
 
 impl Drop for ChunkLedger {
     fn drop(&mut self) {
+        if self.held {
+            let _ = self.flush();
+        }
         if self.dirty && self.poisoned.is_none() {
             // Best effort: errors surface only through `close`.
             let _ = self.file.sync_data();

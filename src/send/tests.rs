@@ -31,12 +31,45 @@ struct Fake {
     dates: Arc<Mutex<Vec<(String, u32, String)>>>,
     clock: Arc<ManualClock>,
     policy: Policy,
+    ahead: Option<Ahead>,
+}
+
+/// Makes [`Fake`] tell acceptances as a pipelining transport does when the next message's
+/// replies are in hand ([`Journal::outcome_before_next`]), and look in the ledger files
+/// whenever the journal made it wait before the next message.
+#[derive(Clone)]
+struct Ahead {
+    /// The run directory and its chunk files.
+    run: std::path::PathBuf,
+    chunks: Vec<String>,
+    /// For each wait: whether the held donor was already on disk as sent.
+    on_disk: Arc<Mutex<Vec<bool>>>,
+}
+
+impl Ahead {
+    fn sent_on_disk(&self, to: &str) -> bool {
+        let key = crate::email::Address::parse(to).unwrap().key();
+        self.chunks.iter().any(|c| {
+            ChunkStates::read(&self.run, c)
+                .unwrap()
+                .iter()
+                .any(|(k, e)| k == key && e.state == State::Sent)
+        })
+    }
 }
 
 impl Transport for Fake {
     fn send_batch(&mut self, batch: &[Outbound<'_>], journal: &mut dyn Journal) -> usize {
+        let mut held: Option<&str> = None;
         for (i, m) in batch.iter().enumerate() {
-            if !journal.proceed(i) {
+            let before = self.clock.elapsed();
+            let go = journal.proceed(i);
+            if let (Some(ahead), Some(prev)) = (&self.ahead, held.take())
+                && self.clock.elapsed() > before
+            {
+                ahead.on_disk.lock().unwrap().push(ahead.sent_on_disk(prev));
+            }
+            if !go {
                 return i;
             }
             let to: &str = m.envelope.to().as_ref();
@@ -67,7 +100,15 @@ impl Transport for Fake {
                     },
                 },
             };
-            journal.outcome(i, outcome);
+            if self.ahead.is_some()
+                && i + 1 < batch.len()
+                && matches!(outcome, Outcome::Accepted { .. })
+            {
+                held = Some(to);
+                journal.outcome_before_next(i, outcome);
+            } else {
+                journal.outcome(i, outcome);
+            }
         }
         batch.len()
     }
@@ -82,6 +123,7 @@ struct Relay {
     log: Arc<Mutex<Vec<(String, u32, Duration)>>>,
     /// Each attempt's Date header.
     dates: Arc<Mutex<Vec<(String, u32, String)>>>,
+    ahead: Option<Ahead>,
 }
 
 /// Defers each recipient's first `n` attempts with a 451.
@@ -193,6 +235,7 @@ fn send_watching(
             dates: Arc::clone(&relay.dates),
             clock: Arc::clone(clock),
             policy: Arc::clone(&policy),
+            ahead: relay.ahead.clone(),
         })
     };
     send(&cx, opts, &plan, &new_transport).unwrap()
@@ -506,4 +549,41 @@ fn a_list_that_cannot_be_read_again_stops_the_send() {
     let err = format!("{err:#}");
     assert!(err.contains("unsubscribed.txt"), "{err}");
     assert!(err.contains("re-read every minute"), "{err}");
+}
+
+/// An acceptance held for the next message's transmit record ([`Journal::outcome_before_next`])
+/// is on disk before the journal waits for a pacing slot, and every donor's is on disk when
+/// the send ends: a kill while waiting would otherwise list a sent donor as unknown.
+#[test]
+fn an_outcome_held_for_the_next_record_is_written_before_any_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = segmented(tmp.path());
+    let clock = Arc::new(ManualClock::new("2026-12-01T09:00:00Z".parse().unwrap()));
+    let ahead = Ahead {
+        run: run.dir().to_owned(),
+        chunks: run.manifest.segments[0]
+            .chunks
+            .iter()
+            .map(|c| c.file.clone())
+            .collect(),
+        on_disk: Arc::default(),
+    };
+    let relay = Relay {
+        ahead: Some(ahead.clone()),
+        ..Relay::default()
+    };
+    let mut opts = options();
+    opts.rate = Some("10/s".parse().unwrap());
+    let report = send_once(&run, &clock, &opts, None, &relay, Arc::new(|_, _| None));
+    assert_eq!(report.session.sent, DONORS as u64);
+    let on_disk = ahead.on_disk.lock().unwrap();
+    // Two workers share the rate, so nearly every message waits for its slot.
+    assert!(on_disk.len() > DONORS / 2, "{} waits", on_disk.len());
+    assert!(
+        on_disk.iter().all(|&d| d),
+        "a held acceptance was not written before a wait"
+    );
+    let entries = entries(&run);
+    assert_eq!(entries.len(), DONORS);
+    assert!(entries.iter().all(|e| e.state == State::Sent));
 }

@@ -351,6 +351,8 @@ impl<'s, 'a> Worker<'s, 'a> {
         if let Some(e) = error {
             return Err(e);
         }
+        // Nothing waits in the ledger while the next batch renders.
+        lock(ledger).flush()?;
         if started < keys.len() {
             lock(ledger).release(&keys[started..], sh.clock.now())?;
             sh.source.give_back((keys.len() - started) as u64)?;
@@ -384,7 +386,9 @@ struct BatchJournal<'j, 's, 'a> {
 }
 
 impl BatchJournal<'_, '_, '_> {
-    fn record(&mut self, i: usize, outcome: Outcome) -> Result<()> {
+    /// Writes message `i`'s outcome; with `hold`, an acceptance may wait in the ledger for
+    /// the next message's transmit record ([`Journal::outcome_before_next`]).
+    fn record(&mut self, i: usize, outcome: Outcome, hold: bool) -> Result<()> {
         let sh = self.sh;
         if let Some(fault) = sh.breaker.observe(reply::health(&outcome)) {
             let last = match &outcome {
@@ -408,7 +412,11 @@ impl BatchJournal<'_, '_, '_> {
         match outcome {
             Outcome::Accepted { reply } => {
                 self.pause.delay = Pause::FIRST;
-                ledger.sent(key, now, 250, &reply)?;
+                if hold {
+                    ledger.sent_with_next(key, now, 250, &reply);
+                } else {
+                    ledger.sent(key, now, 250, &reply)?;
+                }
                 sh.count(self.seg, |c| c.sent += 1);
             }
             Outcome::Bounced {
@@ -456,7 +464,13 @@ impl BatchJournal<'_, '_, '_> {
 impl Journal for BatchJournal<'_, '_, '_> {
     fn proceed(&mut self, _: usize) -> bool {
         let sh = self.sh;
+        // An outcome held for the next transmit record is written before any wait here, and
+        // before a stop: a write error then poisons the ledger, and the next record reports it.
+        let flush = || {
+            let _ = lock(self.ledger).flush();
+        };
         if let Some(until) = self.pause.until.take() {
+            flush();
             loop {
                 let now = sh.clock.elapsed();
                 if now >= until {
@@ -469,7 +483,16 @@ impl Journal for BatchJournal<'_, '_, '_> {
                     .sleep((until - now).min(Duration::from_millis(100)));
             }
         }
-        self.error.is_none() && !sh.halted() && sh.pacer.wait(&|| sh.halted())
+        let go = self.error.is_none()
+            && !sh.halted()
+            && sh.pacer.wait(&|| {
+                flush();
+                sh.halted()
+            });
+        if !go {
+            flush();
+        }
+        go
     }
 
     fn may_start_now(&self, _: usize) -> bool {
@@ -493,7 +516,16 @@ impl Journal for BatchJournal<'_, '_, '_> {
         if self.error.is_some() {
             return;
         }
-        if let Err(e) = self.record(i, outcome) {
+        if let Err(e) = self.record(i, outcome, false) {
+            self.error = Some(e);
+        }
+    }
+
+    fn outcome_before_next(&mut self, i: usize, outcome: Outcome) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.record(i, outcome, true) {
             self.error = Some(e);
         }
     }

@@ -582,6 +582,27 @@ impl Connection {
         }
     }
 
+    /// Whether the next `n` replies have already arrived (they are in the read buffer, so
+    /// reading them will not wait for the relay) and all are positive (2xx or 3xx). Reads
+    /// nothing.
+    pub fn replies_waiting(&self, n: usize) -> bool {
+        let mut seen = 0;
+        for line in self.stream.buffer().split_inclusive(|&b| b == b'\n') {
+            if seen == n {
+                break;
+            }
+            // A partial line (its end still on the wire), a negative or garbled reply: the
+            // caller will read it the ordinary way.
+            if !line.ends_with(b"\n") || !matches!(line.first(), Some(b'2' | b'3')) {
+                return false;
+            }
+            if line.get(3) != Some(&b'-') {
+                seen += 1;
+            }
+        }
+        seen == n
+    }
+
     /// A read or write failed: do not reuse the connection.
     pub fn has_broken(&self) -> bool {
         self.broken

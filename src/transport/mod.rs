@@ -163,6 +163,15 @@ pub trait Journal {
     /// Message `i`'s outcome, as soon as it is known: exactly once for every message started,
     /// in batch order.
     fn outcome(&mut self, i: usize, outcome: Outcome);
+
+    /// Message `i`'s outcome, told as [`Journal::outcome`] is, when the transport holds
+    /// message `i + 1`'s replies already (its commands went ahead and were accepted): its
+    /// [`Journal::transmitting`] comes next without waiting for the relay, unless
+    /// [`Journal::proceed`] stops it. The journal may keep the record to write it with that
+    /// one, provided it writes it before it waits for anything itself.
+    fn outcome_before_next(&mut self, i: usize, outcome: Outcome) {
+        self.outcome(i, outcome);
+    }
 }
 
 /// The seam between the send loop and the network.

@@ -718,7 +718,13 @@ impl Transport for SmtpTransport {
             }
             let next = batch.get(i + 1).filter(|_| journal.may_start_now(i + 1));
             let outcome = self.send_message(m, next, &mut || journal.transmitting(i));
-            journal.outcome(i, outcome);
+            // The next message's replies came with this one's: its transmit record follows
+            // at once, and may share a write with this outcome.
+            if self.primed && self.conn.as_ref().is_some_and(|c| c.replies_waiting(3)) {
+                journal.outcome_before_next(i, outcome);
+            } else {
+                journal.outcome(i, outcome);
+            }
         }
         batch.len()
     }
