@@ -103,7 +103,9 @@
 //! none). A batch's keys are reserved with one `A` line, one write and one fsync (group
 //! commit). `T`, `S`, `F`, `D`, `U` and `R` are written with one `write(2)` each and no fsync:
 //! they survive a process crash through the page cache and become power-cut durable at the
-//! next fsync (the next batch's reservation, or closing the chunk).
+//! next fsync (the next batch's reservation, or closing the chunk). The one exception: an `S`
+//! whose writer is about to write the next `T` without waiting for anything goes out in the
+//! same `write(2)` as that `T` ([`ChunkLedger::sent_with_next`]).
 //!
 //! ## Reading: the state of a key
 //!
