@@ -977,6 +977,10 @@ fn a_failed_write_is_named_by_every_later_refusal() {
     assert!(first.contains("No space left on device"), "{first}");
     for later in [
         l.sent(key(1), now, 250, "ok").unwrap_err().to_string(),
+        l.sent_with_next(key(1), now, 250, "ok")
+            .unwrap_err()
+            .to_string(),
+        l.flush().unwrap_err().to_string(),
         l.sync().unwrap_err().to_string(),
     ] {
         assert!(
@@ -1084,7 +1088,8 @@ fn a_held_acceptance_goes_out_with_the_next_record() {
         .unwrap();
     l.transmitting(key(1), now).unwrap();
     let len = fs::metadata(&path).unwrap().len();
-    l.sent_with_next(key(1), now, 250, "2.0.0 queued as A");
+    l.sent_with_next(key(1), now, 250, "2.0.0 queued as A")
+        .unwrap();
     assert_eq!(l.states().state(key(1)), State::Sent);
     assert_eq!(fs::metadata(&path).unwrap().len(), len, "held, not written");
     assert_eq!(on_disk(1), State::Unknown);
@@ -1098,20 +1103,24 @@ fn a_held_acceptance_goes_out_with_the_next_record() {
     );
 
     // Each other way on writes the held record first.
-    l.sent_with_next(key(2), now, 250, "2.0.0 queued as B");
+    l.sent_with_next(key(2), now, 250, "2.0.0 queued as B")
+        .unwrap();
     l.deferred(key(3), now, Some(451), "later").unwrap();
     assert_eq!(on_disk(2), State::Sent);
     l.transmitting(key(3), now).unwrap();
-    l.sent_with_next(key(3), now, 250, "2.0.0 queued as C");
+    l.sent_with_next(key(3), now, 250, "2.0.0 queued as C")
+        .unwrap();
     l.flush().unwrap();
     assert_eq!(on_disk(3), State::Sent);
     l.flush().unwrap();
     l.transmitting(key(4), now).unwrap();
-    l.sent_with_next(key(4), now, 250, "2.0.0 queued as D");
+    l.sent_with_next(key(4), now, 250, "2.0.0 queued as D")
+        .unwrap();
     l.sync().unwrap();
     assert_eq!(on_disk(4), State::Sent);
     l.transmitting(key(5), now).unwrap();
-    l.sent_with_next(key(5), now, 250, "2.0.0 queued as E");
+    l.sent_with_next(key(5), now, 250, "2.0.0 queued as E")
+        .unwrap();
     let states = sorted(l.states());
     drop(l);
     let read = ChunkStates::read(run.path(), CHUNK).unwrap();

@@ -213,9 +213,19 @@ impl ChunkLedger {
     /// caller about to write again without waiting for anything (the next message's transmit
     /// record, its replies already read), to save a system call per message. A caller that
     /// finds it must wait after all calls [`ChunkLedger::flush`] first; until then a kill
-    /// leaves this donor unknown rather than sent. Never fails: an error surfaces with the
-    /// write that carries the record.
-    pub fn sent_with_next(&mut self, key: RecipientKey, now: Timestamp, code: u16, reply: &str) {
+    /// leaves this donor unknown rather than sent. Fails only on a ledger a failed write or
+    /// fsync already poisoned; an error writing the record surfaces with the write that
+    /// carries it.
+    pub fn sent_with_next(
+        &mut self,
+        key: RecipientKey,
+        now: Timestamp,
+        code: u16,
+        reply: &str,
+    ) -> Result<(), LedgerError> {
+        if let Some(p) = &self.poisoned {
+            return Err(self.err(p.error()));
+        }
         let reply = record::clean_text(reply);
         let rec = Record {
             session: &self.session,
@@ -232,10 +242,15 @@ impl ChunkLedger {
         self.encoder.encode(&rec, &mut self.buf);
         self.held = true;
         apply(&mut self.states, &rec);
+        Ok(())
     }
 
-    /// Writes the record [`ChunkLedger::sent_with_next`] holds, if any (no fsync).
+    /// Writes the record [`ChunkLedger::sent_with_next`] holds, if any (no fsync). Fails on a
+    /// poisoned ledger, held record or not.
     pub fn flush(&mut self) -> Result<(), LedgerError> {
+        if let Some(p) = &self.poisoned {
+            return Err(self.err(p.error()));
+        }
         if !self.held {
             return Ok(());
         }
@@ -317,10 +332,8 @@ impl ChunkLedger {
 
     /// Makes every record written so far durable (fsync).
     pub fn sync(&mut self) -> Result<(), LedgerError> {
+        // Fails on a poisoned ledger too.
         self.flush()?;
-        if let Some(p) = &self.poisoned {
-            return Err(self.err(p.error()));
-        }
         match self.file.sync_data() {
             Ok(()) => {
                 self.dirty = false;

@@ -413,7 +413,7 @@ impl BatchJournal<'_, '_, '_> {
             Outcome::Accepted { reply } => {
                 self.pause.delay = Pause::FIRST;
                 if hold {
-                    ledger.sent_with_next(key, now, 250, &reply);
+                    ledger.sent_with_next(key, now, 250, &reply)?;
                 } else {
                     ledger.sent(key, now, 250, &reply)?;
                 }
@@ -464,33 +464,47 @@ impl BatchJournal<'_, '_, '_> {
 impl Journal for BatchJournal<'_, '_, '_> {
     fn proceed(&mut self, _: usize) -> bool {
         let sh = self.sh;
+        let ledger = self.ledger;
         // An outcome held for the next transmit record is written before any wait here, and
-        // before a stop: a write error then poisons the ledger, and the next record reports it.
+        // before a stop.
+        let failed = std::cell::RefCell::new(None);
         let flush = || {
-            let _ = lock(self.ledger).flush();
+            if let Err(e) = lock(ledger).flush() {
+                *failed.borrow_mut() = Some(e);
+            }
         };
-        if let Some(until) = self.pause.until.take() {
+        let failed_now = || failed.borrow().is_some();
+        let mut go = self.error.is_none();
+        if go && let Some(until) = self.pause.until.take() {
             flush();
             loop {
                 let now = sh.clock.elapsed();
-                if now >= until {
+                if now >= until || failed_now() {
                     break;
                 }
                 if sh.halted() {
-                    return false;
+                    go = false;
+                    break;
                 }
                 sh.clock
                     .sleep((until - now).min(Duration::from_millis(100)));
             }
         }
-        let go = self.error.is_none()
+        go = go
+            && !failed_now()
             && !sh.halted()
             && sh.pacer.wait(&|| {
                 flush();
-                sh.halted()
+                failed_now() || sh.halted()
             });
         if !go {
             flush();
+        }
+        if let Some(e) = failed.into_inner() {
+            self.error.get_or_insert_with(|| {
+                anyhow!("writing the ledger failed, so sending stopped: {e}")
+            });
+            return false;
         }
         go
     }

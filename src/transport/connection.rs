@@ -379,6 +379,50 @@ impl Extensions {
     }
 }
 
+/// A reply line's code and whether more lines of its reply follow (`250-`), given the line
+/// without its CRLF; `None` when it is no reply line (no three-digit code from 200 to 599).
+fn reply_line(line: &[u8]) -> Option<(u16, bool)> {
+    let digits = line.get(..3).filter(|d| d.iter().all(u8::is_ascii_digit))?;
+    let code = digits
+        .iter()
+        .fold(0, |code, d| code * 10 + u16::from(d - b'0'));
+    (200..600)
+        .contains(&code)
+        .then(|| (code, line.get(3) == Some(&b'-')))
+}
+
+/// Whether `buffer` begins with `n` whole replies that [`Connection::read_reply`] reads as
+/// `Ok`: well formed, 2xx or 3xx, lines no longer than it reads.
+fn replies_complete(buffer: &[u8], n: usize) -> bool {
+    let (mut seen, mut lines) = (0, 0);
+    for line in buffer.split_inclusive(|&b| b == b'\n') {
+        if seen == n {
+            break;
+        }
+        // A partial line (its end still on the wire), an overlong, garbled or negative
+        // one: the caller reads it the ordinary way, and may have to wait or fail.
+        if !line.ends_with(b"\n") || line.len() > MAX_REPLY_LINE {
+            return false;
+        }
+        let end = line
+            .iter()
+            .rposition(|&b| b != b'\r' && b != b'\n')
+            .map_or(0, |i| i + 1);
+        match reply_line(&line[..end]) {
+            Some((code, _)) if code >= 400 => return false,
+            Some((_, true)) => {
+                lines += 1;
+                if lines >= MAX_REPLY_LINES {
+                    return false;
+                }
+            }
+            Some((_, false)) => (seen, lines) = (seen + 1, 0),
+            None => return false,
+        }
+    }
+    seen == n
+}
+
 /// One connection to the relay.
 pub struct Connection {
     stream: BufReader<Stream>,
@@ -553,18 +597,12 @@ impl Connection {
             }
             let line = String::from_utf8_lossy(&buf);
             let line = line.trim_end_matches(['\r', '\n']);
-            let code = line
-                .get(..3)
-                .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|c| c.parse::<u16>().ok())
-                .filter(|c| (200..600).contains(c));
-            let (Some(code), Some(sep)) = (code, line.as_bytes().get(3).copied().or(Some(b' ')))
-            else {
+            let Some((code, more)) = reply_line(line.as_bytes()) else {
                 self.broken = true;
                 return Err(SmtpError::Garbled(format!("{line:?}")));
             };
             lines.push(line.get(4..).unwrap_or("").to_owned());
-            if sep != b'-' {
+            if !more {
                 self.last_reply = Instant::now();
                 let reply = Reply { code, lines };
                 return if code < 400 {
@@ -583,24 +621,10 @@ impl Connection {
     }
 
     /// Whether the next `n` replies have already arrived (they are in the read buffer, so
-    /// reading them will not wait for the relay) and all are positive (2xx or 3xx). Reads
-    /// nothing.
+    /// reading them will not wait for the relay) and [`Connection::read_reply`] will return
+    /// each as `Ok` (2xx or 3xx, well formed). Reads nothing.
     pub fn replies_waiting(&self, n: usize) -> bool {
-        let mut seen = 0;
-        for line in self.stream.buffer().split_inclusive(|&b| b == b'\n') {
-            if seen == n {
-                break;
-            }
-            // A partial line (its end still on the wire), a negative or garbled reply: the
-            // caller will read it the ordinary way.
-            if !line.ends_with(b"\n") || !matches!(line.first(), Some(b'2' | b'3')) {
-                return false;
-            }
-            if line.get(3) != Some(&b'-') {
-                seen += 1;
-            }
-        }
-        seen == n
+        replies_complete(self.stream.buffer(), n)
     }
 
     /// A read or write failed: do not reuse the connection.
@@ -660,6 +684,41 @@ impl fmt::Debug for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Replies counted as waiting are exactly those `read_reply` would read as `Ok` without
+    /// touching the socket; anything else (a line still arriving, a refusal, a line it would
+    /// call garbled or read in two) leaves the caller to read the ordinary way.
+    #[test]
+    fn replies_waiting_are_whole_and_positive() {
+        let three = b"250 2.0.0 Ok: queued\r\n250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n";
+        assert!(replies_complete(three, 3));
+        assert!(replies_complete(three, 2));
+        assert!(!replies_complete(three, 4), "only three are there");
+        let multi = b"250-first\r\n250 last\r\n250\r\n354 go\n";
+        assert!(replies_complete(multi, 3));
+        assert!(!replies_complete(b"250 Ok\r\n250 Ok\r\n354 End da", 3));
+        assert!(!replies_complete(b"250 Ok\r\n250-Ok\r\n", 2));
+        for bad in [
+            &b"250 Ok\r\n550 5.1.1 no such user\r\n554 no valid recipients\r\n"[..],
+            b"250 Ok\r\n421 closing\r\n250 Ok\r\n",
+            b"250 Ok\r\n2 ok\r\n354 go\r\n",
+            b"250 Ok\r\n2x0 ok\r\n354 go\r\n",
+            b"250 Ok\r\n199 ok\r\n354 go\r\n",
+        ] {
+            assert!(
+                !replies_complete(bad, 3),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut long = b"250 ".to_vec();
+        long.resize(MAX_REPLY_LINE + 1, b'x');
+        long.extend_from_slice(b"\r\n250 Ok\r\n354 go\r\n");
+        assert!(!replies_complete(&long, 3), "read_reply reads it in two");
+        let mut many = b"250-x\r\n".repeat(MAX_REPLY_LINES);
+        many.extend_from_slice(b"250 Ok\r\n250 Ok\r\n354 go\r\n");
+        assert!(!replies_complete(&many, 3), "read_reply refuses it");
+    }
 
     #[test]
     fn extensions_are_read_from_ehlo_lines() {
