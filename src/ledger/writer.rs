@@ -33,7 +33,8 @@ pub struct ChunkLedger {
     states: ChunkStates,
     /// This session's id, written in every record.
     session: String,
-    /// Reused for formatting records, so the hot path does not allocate.
+    /// Reused for formatting records, so the hot path does not allocate. Empty between
+    /// writes, except for a record [`ChunkLedger::sent_with_next`] holds.
     buf: String,
     /// What the records written so far abbreviate against.
     encoder: record::Encoder,
@@ -41,8 +42,6 @@ pub struct ChunkLedger {
     poisoned: Option<Poison>,
     /// Records were written since the last fsync.
     dirty: bool,
-    /// `buf` holds a record from [`ChunkLedger::sent_with_next`], not yet written.
-    held: bool,
 }
 
 impl ChunkLedger {
@@ -107,7 +106,6 @@ impl ChunkLedger {
             encoder: record::Encoder::default(),
             poisoned: None,
             dirty: false,
-            held: false,
         };
         let start = Record {
             session: &session.id,
@@ -138,7 +136,6 @@ impl ChunkLedger {
                 },
             })
             .collect();
-        ledger.buf.clear();
         for rec in std::iter::once(&start).chain(&settle) {
             ledger.encoder.encode(rec, &mut ledger.buf);
         }
@@ -236,11 +233,7 @@ impl ChunkLedger {
                 reply: &reply,
             },
         };
-        if !self.held {
-            self.buf.clear();
-        }
         self.encoder.encode(&rec, &mut self.buf);
-        self.held = true;
         apply(&mut self.states, &rec);
         Ok(())
     }
@@ -251,10 +244,9 @@ impl ChunkLedger {
         if let Some(p) = &self.poisoned {
             return Err(self.err(p.error()));
         }
-        if !self.held {
+        if self.buf.is_empty() {
             return Ok(());
         }
-        self.held = false;
         self.write_buf().map_err(|e| self.err(e))
     }
 
@@ -351,7 +343,7 @@ impl ChunkLedger {
     /// Syncs and closes the ledger (releasing its lock). Call it when the chunk is done, so
     /// its last outcomes are durable before the worker moves on.
     pub fn close(mut self) -> Result<(), LedgerError> {
-        if self.dirty || self.held {
+        if self.dirty || !self.buf.is_empty() {
             self.sync()
         } else {
             Ok(())
@@ -371,11 +363,8 @@ impl ChunkLedger {
             at: to_millis(now),
             event,
         };
-        if !std::mem::take(&mut self.held) {
-            self.buf.clear();
-        }
         self.encoder.encode(&rec, &mut self.buf);
-        write_all(&mut self.file, &self.buf, &mut self.poisoned)?;
+        write_all(&mut self.file, &mut self.buf, &mut self.poisoned)?;
         self.dirty = true;
         apply(&mut self.states, &rec);
         Ok(())
@@ -392,9 +381,6 @@ impl ChunkLedger {
             return Ok(());
         }
         let at = to_millis(now);
-        if !std::mem::take(&mut self.held) {
-            self.buf.clear();
-        }
         if matches!(event(keys[0]), Event::Reserve(_)) {
             self.encoder.encode_reserve(keys, at, &mut self.buf);
         } else {
@@ -419,9 +405,9 @@ impl ChunkLedger {
         Ok(())
     }
 
-    /// Writes `buf` as is.
+    /// Writes `buf` as is, and empties it.
     fn write_buf(&mut self) -> io::Result<()> {
-        write_all(&mut self.file, &self.buf, &mut self.poisoned)?;
+        write_all(&mut self.file, &mut self.buf, &mut self.poisoned)?;
         self.dirty = true;
         Ok(())
     }
@@ -433,9 +419,7 @@ impl ChunkLedger {
 
 impl Drop for ChunkLedger {
     fn drop(&mut self) {
-        if self.held {
-            let _ = self.flush();
-        }
+        let _ = self.flush();
         if self.dirty && self.poisoned.is_none() {
             // Best effort: errors surface only through `close`.
             let _ = self.file.sync_data();
@@ -444,13 +428,16 @@ impl Drop for ChunkLedger {
 }
 
 /// Appends `buf` with one `write(2)` (more only if the kernel writes it short), poisoning the
-/// ledger on failure.
-fn write_all(file: &mut File, buf: &str, poisoned: &mut Option<Poison>) -> io::Result<()> {
-    if let Some(p) = poisoned {
-        return Err(p.error());
-    }
-    file.write_all(buf.as_bytes())
-        .inspect_err(|e| *poisoned = Some(Poison::from(e)))
+/// ledger on failure, and empties `buf` either way.
+fn write_all(file: &mut File, buf: &mut String, poisoned: &mut Option<Poison>) -> io::Result<()> {
+    let written = match poisoned {
+        Some(p) => Err(p.error()),
+        None => file
+            .write_all(buf.as_bytes())
+            .inspect_err(|e| *poisoned = Some(Poison::from(e))),
+    };
+    buf.clear();
+    written
 }
 
 /// The first failed write or fsync, kept so every later refusal names it (a full disk says
